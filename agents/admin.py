@@ -1,0 +1,81 @@
+"""Creates the monitor's topics, with their partitions, before any worker subscribes to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from agents.topology import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+class TopologyError(RuntimeError):
+    """The broker holds a topic the monitor cannot use as it is."""
+
+
+async def ensure_topics(
+    bootstrap_servers: str, specs: list[TopicSpec], replication: int, timeout_s: float = 60.0
+) -> list[str]:
+    """Create the missing topics, refuse one whose partition count differs; return the new."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError as exc:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TopologyError(f"no broker answers at {bootstrap_servers}: {exc}") from exc
+            await asyncio.sleep(0.5)
+    try:
+        existing = await _partition_counts(admin)
+        for spec in specs:
+            count = existing.get(spec.name)
+            if count is not None and count != spec.partitions:
+                raise TopologyError(
+                    f"topic {spec.name} has {count} partitions but the monitor is set up for "
+                    f"{spec.partitions}: set CXMON_PARTITIONS={count}, or recreate the topic"
+                )
+        missing = [spec for spec in specs if spec.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
+                        for spec in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                log.info("another worker created the topics first")
+            await _wait_visible(admin, {spec.name for spec in missing}, deadline)
+        return [spec.name for spec in missing]
+    finally:
+        await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
+    names = await admin.list_topics()
+    if not names:
+        return {}
+    described = await admin.describe_topics(list(names))
+    return {
+        topic["topic"]: len(topic["partitions"])
+        for topic in described
+        if topic.get("error_code", 0) == 0
+    }
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, names: set[str], deadline: float) -> None:
+    while True:
+        counts = await _partition_counts(admin)
+        if names <= counts.keys():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TopologyError(
+                f"topics not visible after creation: {sorted(names - counts.keys())}"
+            )
+        await asyncio.sleep(0.2)

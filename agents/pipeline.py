@@ -1,0 +1,353 @@
+"""The agents: they bind the pure core to topics and tables, one batch at a time."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import faust
+from faust.types import EventT, StreamT
+
+from agents import metrics
+from agents.topology import Topology
+from models.decode import (
+    InvalidRecord,
+    decode_identity_link,
+    decode_survey_answer,
+    decode_touchpoint_event,
+    encode_alert,
+)
+from models.records import Alert, AlertKind, AlertStatus
+from streams.catalog import Catalog, ScoreMetric
+from streams.identity import encode_link, linked_customer, supersedes
+from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
+from streams.messaging import CustomerMessages, FrequencyPolicy
+from streams.sentiment import SentimentScorer
+from streams.settings import Settings
+from streams.touchpoints import TouchpointState, TouchpointWindows
+
+log = logging.getLogger(__name__)
+
+Stream = faust.Stream[bytes]
+Event = EventT[bytes]
+StateTable = faust.Table[bytes, bytes]
+
+
+def payload(event: Event) -> bytes:
+    """The raw value; a tombstone on an input topic reads as empty and fails validation."""
+    return event.message.value or b""
+
+
+class PartitionedState:
+    """A table written with an explicit changelog partition, so batches may mix partitions."""
+
+    def __init__(self, table: StateTable) -> None:
+        self.table = table
+        self.store = table.data
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.store.get(key)
+        return value
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self.store[key] = value
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        if self.store.get(key) is not None:
+            del self.store[key]
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> Iterable[tuple[bytes, bytes]]:
+        return list(self.store.items())
+
+
+@dataclass(frozen=True)
+class Core:
+    """What the agents apply: the catalog and the scorer, built once at start."""
+
+    catalog: Catalog
+    scorer: SentimentScorer
+
+
+class Pipeline:
+    """Owns the agents of one worker; each method is one agent's loop."""
+
+    def __init__(self, app: faust.App, topology: Topology, settings: Settings, core: Core) -> None:
+        self.app = app
+        self.topology = topology
+        self.settings = settings
+        self.core = core
+        self.policy = FrequencyPolicy(core.catalog.messaging)
+        self.partials = PartialTallies(core.catalog, core.scorer)
+        self.seen = PartitionedState(topology.seen_ids)
+        self.windows = PartitionedState(topology.touchpoint_windows)
+        self.identities = PartitionedState(topology.identities)
+        self.frequency = PartitionedState(topology.customer_frequency)
+        self.over_messaged = PartitionedState(topology.over_messaged)
+        self.watermarks: dict[str, dict[int, int]] = defaultdict(dict)
+        self.watched = set(core.catalog.touchpoints) | {
+            moment.touchpoint for moment in core.catalog.key_moments
+        }
+        for moment in core.catalog.key_moments:
+            metrics.KEY_MOMENT_DEGRADED.labels(moment.touchpoint, moment.metric.value).set(0)
+
+    def attach(self) -> None:
+        topology = self.topology
+        for topic, agent in (
+            (topology.touchpoint_events, self.ingest_touchpoint_events),
+            (topology.survey_answers, self.ingest_survey_answers),
+            (topology.identity_links, self.ingest_identity_links),
+            (topology.identity_updates, self.apply_identity_updates),
+            (topology.touchpoint_partials, self.score_touchpoints),
+            (topology.contact_messages, self.resolve_contacts),
+            (topology.customer_messages, self.count_customer_messages),
+        ):
+            self.app.agent(topic, name=agent.__name__)(agent)
+
+    async def _batches(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
+        async for events in cast(Stream, stream).take_events(
+            self.settings.batch_size, self.settings.batch_seconds
+        ):
+            yield list(events)
+
+    # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
+
+    async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            started = time.perf_counter()
+            for event, record in await self._valid(events, decode_touchpoint_event):
+                if not self._first_time(event, record.event_id, record.occurred_at_ms):
+                    continue
+                self.partials.add_event(record)
+                message = outbound_message(record)
+                if message is not None:
+                    await self._route(message)
+            await self._flush_partials()
+            metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+
+    async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            started = time.perf_counter()
+            for event, record in await self._valid(events, decode_survey_answer):
+                if self._first_time(event, record.answer_id, record.answered_at_ms):
+                    self.partials.add_answer(record)
+            await self._flush_partials()
+            metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+
+    async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            for _, link in await self._valid(events, decode_identity_link):
+                await self.topology.identity_updates.send(
+                    key=link.contact.key.encode(), value=encode_link(link)
+                )
+
+    async def _valid(
+        self, events: list[Event], decode: Callable[[bytes], Any]
+    ) -> list[tuple[Event, Any]]:
+        valid = []
+        for event in events:
+            message = event.message
+            metrics.RECORDS.labels(message.topic).inc()
+            try:
+                valid.append((event, decode(payload(event))))
+            except InvalidRecord as exc:
+                await self._dead_letter(event, exc)
+        return valid
+
+    async def _dead_letter(self, event: Event, error: InvalidRecord) -> None:
+        message = event.message
+        metrics.DEAD_LETTERS.labels(message.topic, error.reason.value).inc()
+        await self.topology.dead_letters.send(
+            key=message.key,
+            value=message.value,
+            headers=[
+                ("cxmon-reason", error.reason.value.encode()),
+                ("cxmon-error", error.detail.encode()),
+                ("cxmon-topic", message.topic.encode()),
+                ("cxmon-partition", str(message.partition).encode()),
+                ("cxmon-offset", str(message.offset).encode()),
+            ],
+        )
+
+    def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
+        message = event.message
+        key = f"{message.topic}\x1f{record_id}".encode()
+        if self.seen.get(key) is not None:
+            metrics.DUPLICATES.labels(message.topic).inc()
+            return False
+        self.seen.put(message.partition, key, str(occurred_at_ms).encode())
+        self._expire_seen(message.topic, message.partition, occurred_at_ms)
+        return True
+
+    def _expire_seen(self, topic: str, partition: int, occurred_at_ms: int) -> None:
+        """Forget ids older than the TTL, at most once per TTL/24 of event time per partition."""
+        marks = self.watermarks[f"seen:{topic}"]
+        last_sweep = marks.get(partition)
+        if last_sweep is None:
+            marks[partition] = occurred_at_ms
+            return
+        if occurred_at_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
+            return
+        marks[partition] = occurred_at_ms
+        horizon = occurred_at_ms - self.settings.dedup_ttl_ms
+        prefix = f"{topic}\x1f".encode()
+        for key, value in self.seen.items():
+            if key.startswith(prefix) and int(value) < horizon:
+                self.seen.delete(partition, key)
+
+    async def _flush_partials(self) -> None:
+        for partial in self.partials.drain():
+            await self.topology.touchpoint_partials.send(
+                key=partial.touchpoint.encode(), value=partial.encode()
+            )
+
+    async def _route(self, message: OutboundMessage) -> None:
+        if message.customer_id is not None:
+            await self.topology.customer_messages.send(
+                key=message.customer_id.encode(), value=message.encode()
+            )
+        elif message.contact_key is not None:
+            await self.topology.contact_messages.send(
+                key=message.contact_key.encode(), value=message.encode()
+            )
+
+    # Identity: the latest link per contact, co-partitioned with contact-only messages.
+
+    async def apply_identity_updates(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            for event in events:
+                message = event.message
+                key, link = message.key or b"", payload(event)
+                if supersedes(link, self.identities.get(key)):
+                    self.identities.put(message.partition, key, link)
+
+    async def resolve_contacts(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            for event in events:
+                message = OutboundMessage.decode(payload(event))
+                assert message.contact_key is not None
+                customer = linked_customer(self.identities.get(message.contact_key.encode()))
+                if customer is None:
+                    # Unlinked contacts are customers of their own until a link arrives.
+                    metrics.UNRESOLVED_CONTACTS.inc()
+                    customer = message.contact_key
+                await self.topology.customer_messages.send(
+                    key=customer.encode(), value=message.resolved_to(customer).encode()
+                )
+
+    # Stage 2a: per-touchpoint windows and key moments.
+
+    async def score_touchpoints(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            started = time.perf_counter()
+            grouped: dict[str, tuple[int, list[TouchpointPartial]]] = {}
+            for event in events:
+                partial = TouchpointPartial.decode(payload(event))
+                grouped.setdefault(partial.touchpoint, (event.message.partition, []))[1].append(
+                    partial
+                )
+            for touchpoint, (partition, partials) in grouped.items():
+                await self._score(touchpoint, partition, partials)
+            metrics.BATCH_SECONDS.labels("score").observe(time.perf_counter() - started)
+
+    async def _score(
+        self, touchpoint: str, partition: int, partials: list[TouchpointPartial]
+    ) -> None:
+        key = touchpoint.encode()
+        raw = self.windows.get(key)
+        state = TouchpointState() if raw is None else TouchpointState.decode(raw)
+        windows = self.partials.windows(touchpoint)
+        for partial in partials:
+            if not windows.add(state, partial.bucket_start_ms, partial.tally, partial.latest_ms):
+                metrics.LATE_PARTIALS.inc(partial.tally.records)
+        for alert in windows.advance(state):
+            await self._emit(alert)
+        self.windows.put(partition, key, state.encode())
+        if touchpoint in self.watched:
+            self._export_scores(touchpoint, windows, state)
+
+    def _export_scores(
+        self, touchpoint: str, windows: TouchpointWindows, state: TouchpointState
+    ) -> None:
+        latest = windows.latest_window(state)
+        if latest is None:
+            return
+        _, tally = latest
+        for metric in ScoreMetric:
+            value = tally.value(metric)
+            if value is not None:
+                metrics.TOUCHPOINT_SCORE.labels(touchpoint, metric.value).set(value)
+            metrics.TOUCHPOINT_SAMPLES.labels(touchpoint, metric.value).set(tally.samples(metric))
+
+    # Stage 2b: per-customer message frequency and the over-messaging policy.
+
+    async def count_customer_messages(self, stream: StreamT[bytes]) -> None:
+        async for events in self._batches(stream):
+            started = time.perf_counter()
+            by_customer: dict[str, tuple[int, list[OutboundMessage]]] = {}
+            marks = self.watermarks["customers"]
+            for event in events:
+                message = OutboundMessage.decode(payload(event))
+                assert message.customer_id is not None
+                partition = event.message.partition
+                by_customer.setdefault(message.customer_id, (partition, []))[1].append(message)
+                marks[partition] = max(marks.get(partition, 0), message.message.sent_at_ms)
+            for customer, (partition, messages) in by_customer.items():
+                await self._count(customer, partition, messages)
+            for partition in {partition for partition, _ in by_customer.values()}:
+                await self._sweep_over_messaged(partition, marks[partition])
+            metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
+
+    async def _count(self, customer: str, partition: int, messages: list[OutboundMessage]) -> None:
+        key = customer.encode()
+        raw = self.frequency.get(key)
+        state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
+        for message in messages:
+            self.policy.record(state, message.message)
+            # Judged as of the newest message: a late one must not move the clock back.
+            alert = self.policy.judge(state, customer, state.messages[-1].sent_at_ms)
+            if alert is not None:
+                await self._emit(alert)
+        self.policy.expire(state, state.messages[-1].sent_at_ms)
+        self.frequency.put(partition, key, state.encode())
+        self._index_incident(customer, partition, state)
+
+    async def _sweep_over_messaged(self, partition: int, now_ms: int) -> None:
+        """Resolve incidents whose window has moved past the breach, as event time advances."""
+        tag = str(partition).encode()
+        for key, value in self.over_messaged.items():
+            if value != tag:
+                continue
+            raw = self.frequency.get(key)
+            if raw is None:
+                self.over_messaged.delete(partition, key)
+                continue
+            state = CustomerMessages.decode(raw)
+            alert = self.policy.judge(state, key.decode(), now_ms)
+            if alert is not None:
+                await self._emit(alert)
+                self.policy.expire(state, now_ms)
+                self.frequency.put(partition, key, state.encode())
+                self._index_incident(key.decode(), partition, state)
+
+    def _index_incident(self, customer: str, partition: int, state: CustomerMessages) -> None:
+        key = customer.encode()
+        if state.incident_start_ms is None:
+            self.over_messaged.delete(partition, key)
+        elif self.over_messaged.get(key) is None:
+            self.over_messaged.put(partition, key, str(partition).encode())
+
+    async def _emit(self, alert: Alert) -> None:
+        metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
+        if alert.kind is AlertKind.KEY_MOMENT_DEGRADED:
+            metric = str(alert.details["metric"])
+            metrics.KEY_MOMENT_DEGRADED.labels(alert.subject, metric).set(
+                1 if alert.status is AlertStatus.FIRING else 0
+            )
+        log.info("alert %s %s: %s", alert.status.value, alert.kind.value, alert.fingerprint)
+        await self.topology.alerts.send(key=alert.fingerprint.encode(), value=encode_alert(alert))

@@ -1,0 +1,112 @@
+"""The Faust app, and every topic and table of the monitor, declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from streams.settings import Settings
+
+RAW: dict[str, Any] = {
+    "key_type": bytes,
+    "value_type": bytes,
+    "key_serializer": "raw",
+    "value_serializer": "raw",
+}
+# Tables of current state need only the latest value per key; the broker may compact them.
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def build_app(settings: Settings) -> faust.App:
+    return faust.App(
+        settings.app_id,
+        broker=settings.broker_url,
+        store="memory://",
+        datadir=str(settings.data_dir / "worker"),
+        autodiscover=False,
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        processing_guarantee="at_least_once",
+        consumer_group_instance_id=settings.instance_id,
+        broker_session_timeout=30.0,
+        broker_heartbeat_interval=3.0,
+        producer_linger_ms=5,
+        stream_buffer_maxsize=max(4_096, settings.batch_size * 2),
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+    )
+
+
+class Topology:
+    """Topics in, topics out, internal repartition topics and state tables, for one app."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        names = settings.topics
+        internal = settings.internal_prefix
+        self.partitions = settings.partitions
+
+        def topic(name: str, **config: str) -> faust.TopicT:
+            return app.topic(name, partitions=settings.partitions, config=config or None, **RAW)
+
+        def table(name: str, help_text: str) -> faust.Table[bytes, bytes]:
+            return app.Table(  # type: ignore[return-value]
+                name,
+                partitions=settings.partitions,
+                changelog_topic=topic(f"{settings.app_id}-{name}-changelog", **COMPACTED),
+                help=help_text,
+                key_type=bytes,  # bytes keys and values make Faust use the raw codec
+                value_type=bytes,
+            )
+
+        self.touchpoint_events = topic(names.touchpoint_events)
+        self.survey_answers = topic(names.survey_answers)
+        self.identity_links = topic(names.identity_links, **COMPACTED)
+        self.alerts = topic(names.alerts)
+        self.dead_letters = topic(names.dead_letters)
+
+        # Repartitioned by what the next stage keys its state on, with our own partitioner.
+        self.touchpoint_partials = topic(f"{internal}touchpoint-partials")
+        self.contact_messages = topic(f"{internal}contact-messages")
+        self.customer_messages = topic(f"{internal}customer-messages")
+        self.identity_updates = topic(f"{internal}identity-updates", **COMPACTED)
+
+        self.seen_ids = table("seen-ids", "Event and answer ids already counted, with their time.")
+        self.touchpoint_windows = table("touchpoint-windows", "Rolling tallies per touchpoint.")
+        self.identities = table("identities", "Customer id of each contact key.")
+        self.customer_frequency = table("customer-frequency", "Messages per customer in window.")
+        self.over_messaged = table(
+            "over-messaged", "Customers with an open over_messaged incident."
+        )
+
+    def topics(self) -> list[faust.TopicT]:
+        return [
+            self.touchpoint_events, self.survey_answers, self.identity_links,
+            self.alerts, self.dead_letters, self.touchpoint_partials,
+            self.contact_messages, self.customer_messages, self.identity_updates,
+        ]  # fmt: skip
+
+    def tables(self) -> list[faust.Table[bytes, bytes]]:
+        return [
+            self.seen_ids, self.touchpoint_windows, self.identities,
+            self.customer_frequency, self.over_messaged,
+        ]  # fmt: skip
+
+    def specs(self) -> list[TopicSpec]:
+        """Every topic the worker needs, changelogs included, to create before it starts."""
+        topics = [*self.topics(), *(table.changelog_topic for table in self.tables())]
+        return [
+            TopicSpec(topic.get_topic_name(), self.partitions, dict(topic.config or {}))
+            for topic in topics
+        ]

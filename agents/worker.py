@@ -1,0 +1,51 @@
+"""Builds one worker from the settings: catalog and scorer first, topics next, then Faust."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from agents.admin import ensure_topics
+from agents.metrics import REGISTRY
+from agents.pipeline import Core, Pipeline
+from agents.topology import Topology, build_app
+from streams.catalog import load_catalog
+from streams.sentiment import build_scorer
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
+    """The app with its agents and web pages; refuses a bad catalog before anything starts."""
+    core = Core(catalog=load_catalog(settings.catalog), scorer=build_scorer(settings.sentiment))
+    app = build_app(settings)
+    topology = Topology(app, settings)
+    pipeline = Pipeline(app, topology, settings, core)
+    pipeline.attach()
+    # Faust pauses a stream whenever more than 100 changelog writes wait to be sent;
+    # a batch writes up to one per record, so let a whole batch through at once.
+    app.producer.buffer.max_messages = settings.batch_size * 4
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+    return app, topology, pipeline
+
+
+def run(settings: Settings) -> int:
+    app, topology, _ = assemble(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    created = asyncio.run(
+        ensure_topics(settings.bootstrap_servers, topology.specs(), settings.replication)
+    )
+    if created:
+        log.info("created %d topics", len(created))
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0

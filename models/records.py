@@ -1,0 +1,119 @@
+"""Typed records of the public contract: what other services publish and what the monitor emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class Category(StrEnum):
+    MARKETING = "marketing"
+    TRANSACTIONAL = "transactional"
+    SERVICE = "service"
+
+
+class Outcome(StrEnum):
+    SUCCESS = "success"
+    FAILURE = "failure"
+    ABANDONED = "abandoned"
+
+
+class SurveyMetric(StrEnum):
+    NPS = "nps"
+    CSAT = "csat"
+    CES = "ces"
+
+
+class Stage(StrEnum):
+    AWARENESS = "awareness"
+    INTEREST = "interest"
+    INTENT = "intent"
+    PURCHASE = "purchase"
+    USE = "use"
+    SERVICE = "service"
+    RETENTION = "retention"
+
+
+class AlertKind(StrEnum):
+    KEY_MOMENT_DEGRADED = "key_moment_degraded"
+    OVER_MESSAGED = "over_messaged"
+
+
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class Severity(StrEnum):
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    type: str
+    value: str
+
+    @property
+    def key(self) -> str:
+        """The `type:value` form used as the identity-links key."""
+        return f"{self.type}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class TouchpointEvent:
+    event_id: str
+    occurred_at_ms: int
+    touchpoint: str
+    channel: str
+    direction: Direction
+    customer_id: str | None = None
+    contact: Contact | None = None
+    category: Category | None = None
+    stage: Stage | None = None
+    outcome: Outcome | None = None
+    duration_ms: float | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyAnswer:
+    answer_id: str
+    answered_at_ms: int
+    touchpoint: str
+    metric: SurveyMetric
+    score: float
+    customer_id: str | None = None
+    contact: Contact | None = None
+    channel: str | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityLink:
+    contact: Contact
+    customer_id: str
+    linked_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    alert_id: str
+    fingerprint: str
+    kind: AlertKind
+    status: AlertStatus
+    subject: str
+    severity: Severity
+    starts_at_ms: int
+    ends_at_ms: int | None
+    summary: str
+    observed: float
+    threshold: float
+    window: str
+    details: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,248 @@
+"""The `cxmon` command line: broker, worker, publish, simulate, alerts and a one-command demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+from streams.broker import BrokerError, LocalBroker, broker_command
+from streams.catalog import CatalogError, load_catalog, parse_duration_ms
+from streams.publish import Outgoing, alert_line, follow, read_lines, send_all
+from streams.settings import Settings, SettingsError
+from streams.simulate import SimulationConfig, SimulatedRecord, generate
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        code: int = args.run(settings, args)
+    except (SettingsError, CatalogError, BrokerError) as exc:
+        print(f"cxmon: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxmon", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    broker = commands.add_parser("broker", help="run the local Kafka-protocol broker in the foreground")
+    broker.add_argument("--data-dir", type=Path, help="where it keeps data (default: $CXMON_DATA_DIR/broker)")
+    broker.add_argument("--fresh", action="store_true", help="delete the data directory first")
+    broker.set_defaults(run=run_broker)
+
+    worker = commands.add_parser("worker", help="run the stream worker")
+    worker.set_defaults(run=run_worker)
+
+    check = commands.add_parser("check-catalog", help="parse the catalog and report what it declares")
+    check.add_argument("path", nargs="?", type=Path, help="catalog file (default: $CXMON_CATALOG)")
+    check.set_defaults(run=run_check_catalog)
+
+    publish = commands.add_parser("publish", help="publish JSON lines, each routed to its topic")
+    publish.add_argument("file", nargs="?", default="-", help="file of JSON lines, or - for stdin")
+    publish.add_argument("--topic", help="send every line, as is, to this topic")
+    publish.set_defaults(run=run_publish)
+
+    simulate = commands.add_parser("simulate", help="publish realistic multi-channel journeys")
+    add_simulation_options(simulate)
+    simulate.set_defaults(run=run_simulate)
+
+    alerts = commands.add_parser("alerts", help="follow cx.alerts, one line per transition")
+    alerts.add_argument("--json", action="store_true", help="print the raw alert objects")
+    alerts.add_argument("--from-beginning", action="store_true", help="start at the oldest alert")
+    alerts.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after this long idle")
+    alerts.set_defaults(run=run_alerts)
+
+    demo = commands.add_parser("demo", help="broker, worker, simulator and alerts, all in one")
+    add_simulation_options(demo, demo=True)
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    parser.add_argument("--seed", type=int, default=7, help="same seed, same journeys")
+    parser.add_argument("--customers", type=int, default=2_000)
+    parser.add_argument("--span", default="3h", help="event time to generate, e.g. 3h or 7d")
+    parser.add_argument("--start", help="event time of the first record (RFC 3339); default: now - span")
+    parser.add_argument("--journeys-per-hour", type=int, default=6_000)
+    parser.add_argument(
+        "--degrade",
+        metavar="TOUCHPOINT",
+        default="checkout.payment" if demo else None,
+        help="make this touchpoint's experience bad half-way through the span",
+    )
+    parser.add_argument(
+        "--over-messaged",
+        type=int,
+        default=3 if demo else 0,
+        metavar="N",
+        help="customers who get a burst of marketing messages",
+    )
+    parser.add_argument("--duplicates", type=float, default=0.01 if demo else 0.0, metavar="RATIO")
+    parser.add_argument("--invalid", type=float, default=0.002 if demo else 0.0, metavar="RATIO")
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=0.0,
+        help="event-time seconds per wall second (0: as fast as the broker takes them)",
+    )
+
+
+def simulation_config(args: argparse.Namespace) -> SimulationConfig:
+    span_ms = parse_duration_ms(args.span)
+    if args.start:
+        from models.decode import parse_timestamp_ms
+
+        start_ms = parse_timestamp_ms(args.start, "--start")
+    else:
+        start_ms = (int(time.time() * 1000) - span_ms) // 60_000 * 60_000
+    return SimulationConfig(
+        seed=args.seed,
+        customers=args.customers,
+        start_ms=start_ms,
+        duration_ms=span_ms,
+        journeys_per_hour=args.journeys_per_hour,
+        degrade_touchpoint=args.degrade,
+        degrade_from_ms=start_ms + span_ms // 2 if args.degrade else None,
+        over_messaged_customers=args.over_messaged,
+        duplicate_ratio=args.duplicates,
+        invalid_ratio=args.invalid,
+    )
+
+
+def run_broker(settings: Settings, args: argparse.Namespace) -> int:
+    url = urlparse(settings.broker_url)
+    data_dir: Path = args.data_dir or settings.data_dir / "broker"
+    if args.fresh and data_dir.exists():
+        import shutil
+
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = broker_command(url.hostname or "127.0.0.1", url.port or 9092, data_dir)
+    os.execv(command[0], command)
+
+
+def run_check_catalog(settings: Settings, args: argparse.Namespace) -> int:
+    path = args.path or settings.catalog
+    catalog = load_catalog(path)
+    print(
+        f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments"
+    )
+    for moment in catalog.key_moments:
+        print(f"  {moment.id}: degraded when {moment.standard()}, min {moment.min_samples} samples")
+    return 0
+
+
+def run_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.worker import run
+
+    return run(settings)
+
+
+def run_publish(settings: Settings, args: argparse.Namespace) -> int:
+    stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    with stream:
+        sent, errors = asyncio.run(send_all(settings, read_lines(stream, settings.topics, args.topic)))
+    print(f"published {sent:,} messages; {len(errors)} lines refused", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def simulated_messages(
+    settings: Settings, records: Iterator[SimulatedRecord], speed: float
+) -> Iterator[Outgoing]:
+    topics = {
+        "touchpoint_events": settings.topics.touchpoint_events,
+        "survey_answers": settings.topics.survey_answers,
+        "identity_links": settings.topics.identity_links,
+    }
+    first_ms: int | None = None
+    wall_start = time.monotonic()
+    for record in records:
+        if speed > 0:
+            first_ms = record.occurred_at_ms if first_ms is None else first_ms
+            due = (record.occurred_at_ms - first_ms) / 1000 / speed
+            delay = due - (time.monotonic() - wall_start)
+            if delay > 0:
+                time.sleep(delay)
+        yield Outgoing(topics[record.role], record.key, record.value)
+
+
+def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    config = simulation_config(args)
+    records = simulated_messages(settings, generate(config), args.speed)
+    sent, _ = asyncio.run(send_all(settings, records))
+    print(f"simulated {sent:,} messages over {args.span} of event time", file=sys.stderr)
+    return 0
+
+
+def run_alerts(settings: Settings, args: argparse.Namespace) -> int:
+    async def show() -> None:
+        async for _, value, _ in follow(
+            settings,
+            settings.topics.alerts,
+            from_beginning=args.from_beginning,
+            idle_timeout_s=args.idle_exit,
+        ):
+            print(value.decode() if args.json else alert_line(value), flush=True)
+
+    asyncio.run(show())
+    return 0
+
+
+def run_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Everything on one machine: a fresh local broker, a worker, the simulator, the alerts."""
+    url = urlparse(settings.broker_url)
+    data_dir = settings.data_dir / "demo"
+    broker = LocalBroker(url.hostname or "127.0.0.1", url.port or 9092, data_dir / "broker")
+    print(f"starting the local broker on {broker.bootstrap_servers} ...", file=sys.stderr)
+    with broker.start(fresh=True), _worker(data_dir) as worker:
+        print("worker started; publishing simulated journeys ...", file=sys.stderr)
+        config = simulation_config(args)
+        sent, _ = asyncio.run(
+            send_all(settings, simulated_messages(settings, generate(config), args.speed))
+        )
+        print(f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr)
+
+        async def show() -> None:
+            async for _, value, _ in follow(settings, settings.topics.alerts, from_beginning=True):
+                print(alert_line(value), flush=True)
+                if worker.poll() is not None:
+                    return
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(show())
+    return 0
+
+
+@contextlib.contextmanager
+def _worker(data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    env = {**os.environ, "CXMON_DATA_DIR": str(data_dir)}
+    log_path = data_dir / "worker.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    print(f"worker log: {log_path}", file=sys.stderr)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,180 @@
+"""Per-customer, cross-channel message frequency in a rolling event-time window, and its policy."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import orjson
+
+from models.decode import format_timestamp
+from models.records import Alert, AlertKind, AlertStatus, Category
+from streams.alerts import Incident, fingerprint
+from streams.catalog import MessagingPolicy, format_duration
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One outbound message as the frequency state keeps it."""
+
+    sent_at_ms: int
+    channel: str
+    category: Category
+
+
+@dataclass(slots=True)
+class CustomerMessages:
+    """Messages still inside the window, oldest first, and the open incident if any."""
+
+    messages: list[Message] = field(default_factory=list)
+    incident_start_ms: int | None = None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.incident_start_ms,
+                [[m.sent_at_ms, m.channel, m.category.value] for m in self.messages],
+            ]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CustomerMessages:
+        incident, messages = orjson.loads(raw)
+        return cls(
+            messages=[
+                Message(at, channel, Category(category)) for at, channel, category in messages
+            ],
+            incident_start_ms=incident,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """What the window holds for one customer at one instant, and which limits it breaks."""
+
+    at_ms: int
+    total: int
+    counted: int
+    by_channel: dict[str, int]
+    by_category: dict[str, int]
+    counted_by_channel: dict[str, int]
+    quiet_hour_messages: int
+    breaches: tuple[str, ...]
+
+
+class FrequencyPolicy:
+    """Applies one messaging policy to one customer's state; no I/O, no clock but event time."""
+
+    def __init__(self, policy: MessagingPolicy) -> None:
+        self.policy = policy
+        self.window = format_duration(policy.window_ms)
+
+    def record(self, state: CustomerMessages, message: Message) -> None:
+        """Insert in event-time order: late messages still count in their own place."""
+        messages = state.messages
+        index = len(messages)
+        while index and messages[index - 1].sent_at_ms > message.sent_at_ms:
+            index -= 1
+        messages.insert(index, message)
+
+    def expire(self, state: CustomerMessages, now_ms: int) -> None:
+        horizon = now_ms - self.policy.window_ms
+        keep = 0
+        while keep < len(state.messages) and state.messages[keep].sent_at_ms <= horizon:
+            keep += 1
+        if keep:
+            del state.messages[:keep]
+
+    def pressure(self, state: CustomerMessages, now_ms: int) -> Pressure:
+        horizon = now_ms - self.policy.window_ms
+        inside = [m for m in state.messages if horizon < m.sent_at_ms <= now_ms]
+        counted = [m for m in inside if m.category in self.policy.categories]
+        counted_by_channel = Counter(m.channel for m in counted)
+        quiet = self.policy.quiet_hours
+        quiet_count = sum(1 for m in counted if quiet is not None and quiet.contains(m.sent_at_ms))
+        breaches: list[str] = []
+        if len(counted) > self.policy.max_messages:
+            breaches.append("max_messages")
+        if counted_by_channel and max(counted_by_channel.values()) > self.policy.max_per_channel:
+            breaches.append("max_per_channel")
+        if quiet_count:
+            breaches.append("quiet_hours")
+        return Pressure(
+            at_ms=now_ms,
+            total=len(inside),
+            counted=len(counted),
+            by_channel=dict(Counter(m.channel for m in inside)),
+            by_category=dict(Counter(m.category.value for m in inside)),
+            counted_by_channel=dict(counted_by_channel),
+            quiet_hour_messages=quiet_count,
+            breaches=tuple(breaches),
+        )
+
+    def judge(self, state: CustomerMessages, customer: str, now_ms: int) -> Alert | None:
+        """Fire when the window breaks the policy, resolve when it no longer does; else nothing."""
+        pressure = self.pressure(state, now_ms)
+        firing = state.incident_start_ms is not None
+        if pressure.breaches and not firing:
+            state.incident_start_ms = now_ms
+            return self._alert(customer, pressure, AlertStatus.FIRING, now_ms)
+        if firing and not pressure.breaches:
+            assert state.incident_start_ms is not None
+            alert = self._alert(customer, pressure, AlertStatus.RESOLVED, state.incident_start_ms)
+            state.incident_start_ms = None
+            return alert
+        return None
+
+    def _alert(
+        self, customer: str, pressure: Pressure, status: AlertStatus, starts_at_ms: int
+    ) -> Alert:
+        policy = self.policy
+        busiest = max(pressure.counted_by_channel.values(), default=0)
+        if status is AlertStatus.RESOLVED:
+            summary = (
+                f"Customer {customer} is no longer over-messaged: {pressure.counted} counted "
+                f"messages in the last {self.window}."
+            )
+        elif "max_messages" in pressure.breaches:
+            summary = (
+                f"Customer {customer} got {pressure.counted} messages across "
+                f"{len(pressure.counted_by_channel)} channels in {self.window}, over the limit "
+                f"of {policy.max_messages}."
+            )
+        elif "max_per_channel" in pressure.breaches:
+            channel = max(pressure.counted_by_channel, key=pressure.counted_by_channel.__getitem__)
+            summary = (
+                f"Customer {customer} got {busiest} messages on {channel} in {self.window}, over "
+                f"the per-channel limit of {policy.max_per_channel}."
+            )
+        else:
+            assert policy.quiet_hours is not None
+            summary = (
+                f"Customer {customer} was messaged in quiet hours "
+                f"({policy.quiet_hours.describe()})."
+            )
+        observed, threshold = float(pressure.counted), float(policy.max_messages)
+        if "max_messages" not in pressure.breaches and "max_per_channel" in pressure.breaches:
+            observed, threshold = float(busiest), float(policy.max_per_channel)
+        incident = Incident(
+            kind=AlertKind.OVER_MESSAGED,
+            subject=customer,
+            fingerprint=fingerprint(AlertKind.OVER_MESSAGED, customer),
+            severity=policy.severity,
+            starts_at_ms=starts_at_ms,
+        )
+        return incident.transition(
+            status,
+            at_ms=pressure.at_ms,
+            summary=summary,
+            observed=observed,
+            threshold=threshold,
+            window=self.window,
+            details={
+                "breaches": list(pressure.breaches),
+                "messages": pressure.counted,
+                "by_channel": pressure.counted_by_channel,
+                "by_category": pressure.by_category,
+                "quiet_hour_messages": pressure.quiet_hour_messages,
+                "evaluated_at": format_timestamp(pressure.at_ms),
+            },
+        )

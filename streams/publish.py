@@ -1,0 +1,169 @@
+"""Publishing JSON lines and simulated journeys to the input topics, and following the alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from models.decode import InvalidRecord, parse_json_object
+from streams.settings import Settings, Topics
+
+
+class UnroutableLine(ValueError):
+    """A line that names no input topic by its fields."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+def route(doc: dict[str, Any], topics: Topics) -> tuple[str, bytes | None]:
+    """The topic a record belongs to by its fields, and its key: the customer, else the contact."""
+    contact = doc.get("contact")
+    contact_key = (
+        f"{contact.get('type')}:{contact.get('value')}".encode()
+        if isinstance(contact, dict)
+        else None
+    )
+    customer = doc.get("customer_id")
+    customer_key = str(customer).encode() if customer is not None else None
+    if "answer_id" in doc:
+        return topics.survey_answers, customer_key or contact_key
+    if "event_id" in doc:
+        return topics.touchpoint_events, customer_key or contact_key
+    if "linked_at" in doc and contact_key is not None:
+        return topics.identity_links, contact_key
+    raise UnroutableLine("has none of event_id, answer_id, or contact with linked_at")
+
+
+def read_lines(stream: IO[bytes], topics: Topics, topic: str | None) -> Iterator[Outgoing | str]:
+    """Each line as a message, or as an error text naming the line; blank lines are skipped."""
+    for number, raw in enumerate(stream, start=1):
+        line = raw.rstrip(b"\r\n")
+        if not line.strip():
+            continue
+        if topic is not None:
+            yield Outgoing(topic, None, line)
+            continue
+        try:
+            name, key = route(parse_json_object(line), topics)
+        except (InvalidRecord, UnroutableLine) as exc:
+            yield f"line {number}: {exc}"
+            continue
+        yield Outgoing(name, key, line)
+
+
+def producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        acks="all",
+        enable_idempotence=True,
+    )
+
+
+async def send_all(
+    settings: Settings,
+    messages: Iterable[Outgoing | str] | AsyncIterator[Outgoing | str],
+    *,
+    progress_every: int = 50_000,
+) -> tuple[int, list[str]]:
+    """Send every message, waiting for the broker's acks; returns the count and the errors."""
+    errors: list[str] = []
+    sent = 0
+    pending: list[asyncio.Future[Any]] = []
+    started = time.monotonic()
+    client = producer(settings)
+    await client.start()
+    try:
+        async for item in _aiter(messages):
+            if isinstance(item, str):
+                errors.append(item)
+                print(item, file=sys.stderr)
+                continue
+            pending.append(await client.send(item.topic, item.value, key=item.key))
+            sent += 1
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            if progress_every and sent % progress_every == 0:
+                rate = sent / max(time.monotonic() - started, 1e-9)
+                print(f"published {sent:,} messages ({rate:,.0f}/s)", file=sys.stderr)
+        await asyncio.gather(*pending)
+    finally:
+        await client.stop()
+    return sent, errors
+
+
+async def _aiter(
+    items: Iterable[Outgoing | str] | AsyncIterator[Outgoing | str],
+) -> AsyncIterator[Outgoing | str]:
+    if isinstance(items, AsyncIterator):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+async def follow(
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool,
+    idle_timeout_s: float | None = None,
+) -> AsyncIterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Every message of a topic, without joining a group; stops after an idle timeout if given."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions: set[int] | None = None
+        while not partitions:
+            await consumer.topics()  # refreshes the metadata: the topic may be seconds old
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await asyncio.sleep(0.2)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        if from_beginning:
+            await consumer.seek_to_beginning(*assigned)
+        else:
+            await consumer.seek_to_end(*assigned)
+        idle_since = time.monotonic()
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            if not batches:
+                if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                    return
+                continue
+            idle_since = time.monotonic()
+            for records in batches.values():
+                for record in records:
+                    yield record.key, record.value or b"", list(record.headers or [])
+    finally:
+        await consumer.stop()
+
+
+def alert_line(raw: bytes) -> str:
+    """One readable line per alert transition."""
+    try:
+        alert = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return f"(unreadable alert: {raw[:80]!r})"
+    status = str(alert.get("status", "?")).upper()
+    at = alert.get("ends_at") if status == "RESOLVED" else alert.get("starts_at")
+    return (
+        f"{at}  {status:<8} {alert.get('severity', '?'):<8} {alert.get('kind', '?'):<20} "
+        f"{alert.get('subject', '?')}  {alert.get('summary', '')}"
+    )
