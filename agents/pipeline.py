@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
-from faust.types import EventT, StreamT
+from aiokafka.partitioner import murmur2
+from faust.types import TP, EventT, StreamT
 
 from agents import metrics
 from agents.topology import Topology
@@ -26,6 +27,14 @@ from streams.catalog import Catalog, ScoreMetric
 from streams.identity import encode_link, linked_customer, supersedes
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
 from streams.messaging import CustomerMessages, FrequencyPolicy
+from streams.progress import (
+    PROGRESS_KEY,
+    SourceMark,
+    SourceProgress,
+    decode_marks,
+    encode_marks,
+    source_name,
+)
 from streams.sentiment import SentimentScorer
 from streams.settings import Settings
 from streams.touchpoints import TouchpointState, TouchpointWindows
@@ -40,6 +49,11 @@ StateTable = faust.Table[bytes, bytes]
 def payload(event: Event) -> bytes:
     """The raw value; a tombstone on an input topic reads as empty and fails validation."""
     return event.message.value or b""
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Where the producer's default partitioner puts `key`: Kafka's murmur2, as in Java."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 class PartitionedState:
@@ -75,13 +89,14 @@ class Core:
 
 
 class Pipeline:
-    """Owns the agents of one worker; each method is one agent's loop."""
+    """Owns the agents of one worker; each `async def` taking a stream is one agent's loop."""
 
     def __init__(self, app: faust.App, topology: Topology, settings: Settings, core: Core) -> None:
         self.app = app
         self.topology = topology
         self.settings = settings
         self.core = core
+        self.partitions = settings.partitions
         self.policy = FrequencyPolicy(core.catalog.messaging)
         self.partials = PartialTallies(core.catalog, core.scorer)
         self.seen = PartitionedState(topology.seen_ids)
@@ -89,10 +104,23 @@ class Pipeline:
         self.identities = PartitionedState(topology.identities)
         self.frequency = PartitionedState(topology.customer_frequency)
         self.over_messaged = PartitionedState(topology.over_messaged)
-        self.watermarks: dict[str, dict[int, int]] = defaultdict(dict)
-        self.watched = set(core.catalog.touchpoints) | {
-            moment.touchpoint for moment in core.catalog.key_moments
-        }
+        self.dedup_sweeps: dict[str, int] = {}
+        self.sources = Sources(topology, settings.partitions)
+        self.touchpoint_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(
+                self.sources.expected(topology.touchpoint_events, topology.survey_answers)
+            )
+        )
+        self.customer_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(self.sources.expected(topology.touchpoint_events))
+        )
+        self.judged_to: dict[int, int] = {}
+        watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
+        self.watched = frozenset(watched)
+        self.key_moment_touchpoints: dict[int, list[str]] = defaultdict(list)
+        for touchpoint in sorted({m.touchpoint for m in core.catalog.key_moments}):
+            partition = partition_of(touchpoint.encode(), self.partitions)
+            self.key_moment_touchpoints[partition].append(touchpoint)
         for moment in core.catalog.key_moments:
             metrics.KEY_MOMENT_DEGRADED.labels(moment.touchpoint, moment.metric.value).set(0)
 
@@ -108,11 +136,13 @@ class Pipeline:
             (topology.customer_messages, self.count_customer_messages),
         ):
             self.app.agent(topic, name=agent.__name__)(agent)
+        self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
 
     async def _batches(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
-        async for events in cast(Stream, stream).take_events(
+        batches = cast(Stream, stream).take_events(
             self.settings.batch_size, self.settings.batch_seconds
-        ):
+        )
+        async for events in batches:
             yield list(events)
 
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
@@ -128,6 +158,7 @@ class Pipeline:
                 if message is not None:
                     await self._route(message)
             await self._flush_partials()
+            await self._report_progress(events, to_customers=True)
             metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
 
     async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
@@ -137,6 +168,7 @@ class Pipeline:
                 if self._first_time(event, record.answer_id, record.answered_at_ms):
                     self.partials.add_answer(record)
             await self._flush_partials()
+            await self._report_progress(events, to_customers=False)
             metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
 
     async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
@@ -154,13 +186,17 @@ class Pipeline:
             message = event.message
             metrics.RECORDS.labels(message.topic).inc()
             try:
-                valid.append((event, decode(payload(event))))
+                record = decode(payload(event))
             except InvalidRecord as exc:
                 await self._dead_letter(event, exc)
+                continue
+            valid.append((event, record))
+            self.sources.saw(message.topic, message.partition, message.offset, record.at_ms)
         return valid
 
     async def _dead_letter(self, event: Event, error: InvalidRecord) -> None:
         message = event.message
+        self.sources.saw(message.topic, message.partition, message.offset, None)
         metrics.DEAD_LETTERS.labels(message.topic, error.reason.value).inc()
         await self.topology.dead_letters.send(
             key=message.key,
@@ -186,14 +222,11 @@ class Pipeline:
 
     def _expire_seen(self, topic: str, partition: int, occurred_at_ms: int) -> None:
         """Forget ids older than the TTL, at most once per TTL/24 of event time per partition."""
-        marks = self.watermarks[f"seen:{topic}"]
-        last_sweep = marks.get(partition)
-        if last_sweep is None:
-            marks[partition] = occurred_at_ms
-            return
+        source = source_name(topic, partition)
+        last_sweep = self.dedup_sweeps.setdefault(source, occurred_at_ms)
         if occurred_at_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
             return
-        marks[partition] = occurred_at_ms
+        self.dedup_sweeps[source] = occurred_at_ms
         horizon = occurred_at_ms - self.settings.dedup_ttl_ms
         prefix = f"{topic}\x1f".encode()
         for key, value in self.seen.items():
@@ -215,6 +248,35 @@ class Pipeline:
             await self.topology.contact_messages.send(
                 key=message.contact_key.encode(), value=message.encode()
             )
+
+    # Event-time progress: every downstream partition learns how far each input has got.
+
+    async def _report_progress(self, events: list[Event], *, to_customers: bool) -> None:
+        touched = {(e.message.topic, e.message.partition) for e in events}
+        await self._broadcast([self.sources.mark(self.app, *tp) for tp in touched], to_customers)
+
+    async def report_idle_inputs(self) -> None:
+        """Inputs with nothing left to read must not hold the watermark back, even if empty."""
+        if self.app.consumer is None:
+            return
+        for tp in self.app.consumer.assignment():
+            if not self.sources.is_input(tp.topic):
+                continue
+            mark = self.sources.mark(self.app, tp.topic, tp.partition)
+            if mark.idle and self.sources.needs_idle_report(mark):
+                to_customers = tp.topic == self.topology.touchpoint_events.get_topic_name()
+                await self._broadcast([mark], to_customers)
+
+    async def _broadcast(self, marks: list[SourceMark], to_customers: bool) -> None:
+        if not marks:
+            return
+        value = encode_marks(marks)
+        targets = [self.topology.touchpoint_partials]
+        if to_customers:
+            targets.append(self.topology.customer_messages)
+        for topic in targets:
+            for partition in range(self.partitions):
+                await topic.send(key=PROGRESS_KEY, value=value, partition=partition)
 
     # Identity: the latest link per contact, co-partitioned with contact-only messages.
 
@@ -245,28 +307,53 @@ class Pipeline:
     async def score_touchpoints(self, stream: StreamT[bytes]) -> None:
         async for events in self._batches(stream):
             started = time.perf_counter()
-            grouped: dict[str, tuple[int, list[TouchpointPartial]]] = {}
+            grouped: dict[int, dict[str, list[TouchpointPartial]]] = defaultdict(dict)
             for event in events:
+                message = event.message
+                if message.key == PROGRESS_KEY:
+                    for mark in decode_marks(payload(event)):
+                        self.touchpoint_progress[message.partition].report(mark)
+                    grouped.setdefault(message.partition, {})
+                    continue
                 partial = TouchpointPartial.decode(payload(event))
-                grouped.setdefault(partial.touchpoint, (event.message.partition, []))[1].append(
-                    partial
-                )
-            for touchpoint, (partition, partials) in grouped.items():
-                await self._score(touchpoint, partition, partials)
+                grouped[message.partition].setdefault(partial.touchpoint, []).append(partial)
+            for partition, by_touchpoint in grouped.items():
+                await self._score_partition(partition, by_touchpoint)
             metrics.BATCH_SECONDS.labels("score").observe(time.perf_counter() - started)
 
+    async def _score_partition(
+        self, partition: int, by_touchpoint: dict[str, list[TouchpointPartial]]
+    ) -> None:
+        watermark = self.touchpoint_progress[partition].watermark()
+        advanced = watermark is not None and watermark > self.judged_to.get(partition, -1)
+        if advanced:
+            assert watermark is not None
+            self.judged_to[partition] = watermark
+        due = set(by_touchpoint)
+        if advanced:
+            due.update(self.key_moment_touchpoints.get(partition, ()))
+        for touchpoint in sorted(due):
+            await self._score(touchpoint, partition, by_touchpoint.get(touchpoint, []), watermark)
+
     async def _score(
-        self, touchpoint: str, partition: int, partials: list[TouchpointPartial]
+        self,
+        touchpoint: str,
+        partition: int,
+        partials: list[TouchpointPartial],
+        watermark: int | None,
     ) -> None:
         key = touchpoint.encode()
         raw = self.windows.get(key)
+        if raw is None and not partials:
+            return
         state = TouchpointState() if raw is None else TouchpointState.decode(raw)
         windows = self.partials.windows(touchpoint)
         for partial in partials:
             if not windows.add(state, partial.bucket_start_ms, partial.tally, partial.latest_ms):
                 metrics.LATE_PARTIALS.inc(partial.tally.records)
-        for alert in windows.advance(state):
-            await self._emit(alert)
+        if watermark is not None:
+            for alert in windows.advance(state, watermark):
+                await self._emit(alert)
         self.windows.put(partition, key, state.encode())
         if touchpoint in self.watched:
             self._export_scores(touchpoint, windows, state)
@@ -290,17 +377,24 @@ class Pipeline:
         async for events in self._batches(stream):
             started = time.perf_counter()
             by_customer: dict[str, tuple[int, list[OutboundMessage]]] = {}
-            marks = self.watermarks["customers"]
+            partitions: set[int] = set()
             for event in events:
-                message = OutboundMessage.decode(payload(event))
-                assert message.customer_id is not None
-                partition = event.message.partition
-                by_customer.setdefault(message.customer_id, (partition, []))[1].append(message)
-                marks[partition] = max(marks.get(partition, 0), message.message.sent_at_ms)
+                message = event.message
+                partitions.add(message.partition)
+                if message.key == PROGRESS_KEY:
+                    for mark in decode_marks(payload(event)):
+                        self.customer_progress[message.partition].report(mark)
+                    continue
+                outbound = OutboundMessage.decode(payload(event))
+                assert outbound.customer_id is not None
+                entry = by_customer.setdefault(outbound.customer_id, (message.partition, []))
+                entry[1].append(outbound)
             for customer, (partition, messages) in by_customer.items():
                 await self._count(customer, partition, messages)
-            for partition in {partition for partition, _ in by_customer.values()}:
-                await self._sweep_over_messaged(partition, marks[partition])
+            for partition in partitions:
+                watermark = self.customer_progress[partition].watermark()
+                if watermark is not None:
+                    await self._sweep_over_messaged(partition, watermark)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
     async def _count(self, customer: str, partition: int, messages: list[OutboundMessage]) -> None:
@@ -328,10 +422,11 @@ class Pipeline:
                 self.over_messaged.delete(partition, key)
                 continue
             state = CustomerMessages.decode(raw)
-            alert = self.policy.judge(state, key.decode(), now_ms)
+            now = max(now_ms, state.messages[-1].sent_at_ms) if state.messages else now_ms
+            alert = self.policy.judge(state, key.decode(), now)
             if alert is not None:
                 await self._emit(alert)
-                self.policy.expire(state, now_ms)
+                self.policy.expire(state, now)
                 self.frequency.put(partition, key, state.encode())
                 self._index_incident(key.decode(), partition, state)
 
@@ -351,3 +446,47 @@ class Pipeline:
             )
         log.info("alert %s %s: %s", alert.status.value, alert.kind.value, alert.fingerprint)
         await self.topology.alerts.send(key=alert.fingerprint.encode(), value=encode_alert(alert))
+
+
+class Sources:
+    """What this worker has read of each input partition: offsets and event time."""
+
+    def __init__(self, topology: Topology, partitions: int) -> None:
+        self.partitions = partitions
+        self.inputs = frozenset(
+            topic.get_topic_name()
+            for topic in (topology.touchpoint_events, topology.survey_answers)
+        )
+        self.watermarks: dict[str, int] = {}
+        self.offsets: dict[str, int] = {}
+        self.reported_idle: set[str] = set()
+
+    def expected(self, *topics: faust.TopicT) -> set[str]:
+        return {
+            source_name(topic.get_topic_name(), partition)
+            for topic in topics
+            for partition in range(self.partitions)
+        }
+
+    def is_input(self, topic: str) -> bool:
+        return topic in self.inputs
+
+    def saw(self, topic: str, partition: int, offset: int, occurred_at_ms: int | None) -> None:
+        source = source_name(topic, partition)
+        self.offsets[source] = offset
+        self.reported_idle.discard(source)
+        if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
+            self.watermarks[source] = occurred_at_ms
+
+    def mark(self, app: faust.App, topic: str, partition: int) -> SourceMark:
+        source = source_name(topic, partition)
+        highwater = app.consumer.highwater(TP(topic, partition)) if app.consumer else None
+        read_to = self.offsets.get(source, -1) + 1
+        idle = highwater is not None and read_to >= highwater
+        return SourceMark(source, self.watermarks.get(source), idle)
+
+    def needs_idle_report(self, mark: SourceMark) -> bool:
+        if mark.source in self.reported_idle:
+            return False
+        self.reported_idle.add(mark.source)
+        return True

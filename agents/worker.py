@@ -33,7 +33,8 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        # aiohttp refuses a charset inside content_type; the header carries it whole.
+        return web.bytes(generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return app, topology, pipeline
 

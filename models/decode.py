@@ -80,7 +80,8 @@ def parse_timestamp_ms(value: object, name: str) -> int:
         millis = value
     elif isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value)
+            # RFC 3339 allows a lower-case "t" and "z"; fromisoformat takes only upper case.
+            moment = datetime.fromisoformat(value.upper())
         except ValueError:
             raise InvalidRecord(
                 Reason.INVALID_TIMESTAMP, f"{name}: {value[:40]!r} is not an RFC 3339 timestamp"

@@ -81,6 +81,10 @@ class TouchpointEvent:
     duration_ms: float | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def at_ms(self) -> int:
+        return self.occurred_at_ms
+
 
 @dataclass(frozen=True, slots=True)
 class SurveyAnswer:
@@ -94,12 +98,20 @@ class SurveyAnswer:
     channel: str | None = None
     comment: str | None = None
 
+    @property
+    def at_ms(self) -> int:
+        return self.answered_at_ms
+
 
 @dataclass(frozen=True, slots=True)
 class IdentityLink:
     contact: Contact
     customer_id: str
     linked_at_ms: int
+
+    @property
+    def at_ms(self) -> int:
+        return self.linked_at_ms
 
 
 @dataclass(frozen=True, slots=True)

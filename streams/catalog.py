@@ -241,8 +241,10 @@ class _Reader:
     def only(self, entries: dict[str, yaml.Node], allowed: set[str], node: yaml.Node) -> None:
         for key in entries:
             if key not in allowed:
+                # Point at the offending key's own line, not where its mapping starts.
+                key_node = next((k for k, _ in node.value if k.value == key), node)
                 raise self.fail(
-                    node, f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}"
+                    key_node, f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}"
                 )
 
     def number(self, node: yaml.Node, what: str) -> float:
@@ -257,7 +259,7 @@ class _Reader:
 
     def count(self, node: yaml.Node, what: str) -> int:
         text = self.scalar(node, what)
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise self.fail(node, f"{what}: {text!r} is not a whole number")
         return int(text)
 
@@ -422,6 +424,12 @@ class _Reader:
     def clock(self, node: yaml.Node, what: str) -> time:
         text = self.scalar(node, what)
         try:
-            return time.fromisoformat(text)
+            moment = time.fromisoformat(text)
         except ValueError:
             raise self.fail(node, f"{what}: {text!r} is not a time of day such as 22:00") from None
+        if moment.tzinfo is not None:
+            # A local time with an offset cannot be compared with the zone's local clock.
+            raise self.fail(
+                node, f"{what}: {text!r} has an offset; give the zone in quiet_hours.timezone"
+            )
+        return moment

@@ -40,12 +40,14 @@ class TouchpointState:
     buckets: dict[int, Tally] = field(default_factory=dict)
     watermark_ms: int | None = None
     moments: dict[str, MomentState] = field(default_factory=dict)
+    judged_to_ms: int | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(
             {
                 "b": [[start, tally.to_wire()] for start, tally in self.buckets.items()],
                 "w": self.watermark_ms,
+                "j": self.judged_to_ms,
                 "m": {
                     name: [m.evaluated_until_ms, m.incident_start_ms, m.last_value, m.last_samples]
                     for name, m in self.moments.items()
@@ -60,6 +62,7 @@ class TouchpointState:
             buckets={start: Tally.from_wire(wire) for start, wire in doc["b"]},
             watermark_ms=doc["w"],
             moments={name: MomentState(*fields) for name, fields in doc["m"].items()},
+            judged_to_ms=doc["j"],
         )
 
 
@@ -97,7 +100,7 @@ class TouchpointWindows:
 
     def add(self, state: TouchpointState, bucket_start: int, tally: Tally, latest_ms: int) -> bool:
         """Merge a partial tally; False when its bucket is older than any window still open."""
-        if state.watermark_ms is not None and bucket_start < state.watermark_ms - self.retention_ms:
+        if state.judged_to_ms is not None and bucket_start < state.judged_to_ms - self.retention_ms:
             return False
         existing = state.buckets.get(bucket_start)
         if existing is None:
@@ -108,11 +111,17 @@ class TouchpointWindows:
             state.watermark_ms = latest_ms
         return True
 
-    def advance(self, state: TouchpointState) -> list[Alert]:
-        """Judge every window closed by the watermark, in order, and drop expired buckets."""
-        if state.watermark_ms is None:
+    def advance(self, state: TouchpointState, watermark_ms: int | None = None) -> list[Alert]:
+        """Judge every window closed by the watermark, in order, and drop expired buckets.
+
+        The watermark is how far event time has got on every input; without one, the
+        touchpoint's own newest event stands in for it.
+        """
+        watermark = state.watermark_ms if watermark_ms is None else watermark_ms
+        if watermark is None or (state.judged_to_ms is not None and watermark < state.judged_to_ms):
             return []
-        closed_until = state.watermark_ms - self.grace_ms
+        state.judged_to_ms = watermark
+        closed_until = watermark - self.grace_ms
         alerts: list[Alert] = []
         starts = sorted(state.buckets)
         for moment in self.moments:
@@ -121,7 +130,7 @@ class TouchpointWindows:
                 alert = self._transition(progress, verdict)
                 if alert is not None:
                     alerts.append(alert)
-        horizon = state.watermark_ms - self.retention_ms
+        horizon = watermark - self.retention_ms
         for start in starts:
             if start + self.bucket_ms > horizon:
                 break
@@ -130,10 +139,10 @@ class TouchpointWindows:
 
     def latest_window(self, state: TouchpointState) -> tuple[int, Tally] | None:
         """The default scoring window that closed last, for dashboards."""
-        if state.watermark_ms is None:
+        if state.judged_to_ms is None:
             return None
         step = self.scores.step_ms
-        end = (state.watermark_ms - self.grace_ms) // step * step
+        end = (state.judged_to_ms - self.grace_ms) // step * step
         return end, self._window_tally(
             state.buckets, sorted(state.buckets), end, self.scores.window_ms
         )
