@@ -103,7 +103,7 @@ class Pipeline:
         self.windows = PartitionedState(topology.touchpoint_windows)
         self.identities = PartitionedState(topology.identities)
         self.frequency = PartitionedState(topology.customer_frequency)
-        self.over_messaged = PartitionedState(topology.over_messaged)
+        self.customers_due = PartitionedState(topology.customers_due)
         self.dedup_sweeps: dict[str, int] = {}
         self.sources = Sources(topology, settings.partitions)
         self.touchpoint_progress: defaultdict[int, SourceProgress] = defaultdict(
@@ -111,9 +111,15 @@ class Pipeline:
                 self.sources.expected(topology.touchpoint_events, topology.survey_answers)
             )
         )
-        self.customer_progress: defaultdict[int, SourceProgress] = defaultdict(
+        self.contact_progress: defaultdict[int, SourceProgress] = defaultdict(
             lambda: SourceProgress(self.sources.expected(topology.touchpoint_events))
         )
+        self.customer_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(
+                self.sources.expected(topology.touchpoint_events, topology.contact_messages)
+            )
+        )
+        self.customers_judged_to: dict[int, int] = {}
         self.judged_to: dict[int, int] = {}
         watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
         self.watched = frozenset(watched)
@@ -270,10 +276,13 @@ class Pipeline:
     async def _broadcast(self, marks: list[SourceMark], to_customers: bool) -> None:
         if not marks:
             return
-        value = encode_marks(marks)
         targets = [self.topology.touchpoint_partials]
         if to_customers:
-            targets.append(self.topology.customer_messages)
+            targets += [self.topology.customer_messages, self.topology.contact_messages]
+        await self._send_marks(marks, targets)
+
+    async def _send_marks(self, marks: list[SourceMark], targets: list[faust.TopicT]) -> None:
+        value = encode_marks(marks)
         for topic in targets:
             for partition in range(self.partitions):
                 await topic.send(key=PROGRESS_KEY, value=value, partition=partition)
@@ -290,7 +299,14 @@ class Pipeline:
 
     async def resolve_contacts(self, stream: StreamT[bytes]) -> None:
         async for events in self._batches(stream):
+            progressed: set[int] = set()
             for event in events:
+                partition = event.message.partition
+                if event.message.key == PROGRESS_KEY:
+                    for mark in decode_marks(payload(event)):
+                        self.contact_progress[partition].report(mark)
+                    progressed.add(partition)
+                    continue
                 message = OutboundMessage.decode(payload(event))
                 assert message.contact_key is not None
                 customer = linked_customer(self.identities.get(message.contact_key.encode()))
@@ -301,6 +317,14 @@ class Pipeline:
                 await self.topology.customer_messages.send(
                     key=customer.encode(), value=message.resolved_to(customer).encode()
                 )
+            # Passed on after the messages they cover, so the frequency stage waits for them.
+            topic = self.topology.contact_messages.get_topic_name()
+            for partition in sorted(progressed):
+                progress = self.contact_progress[partition]
+                mark = SourceMark(
+                    source_name(topic, partition), progress.watermark(), progress.all_idle()
+                )
+                await self._send_marks([mark], [self.topology.customer_messages])
 
     # Stage 2a: per-touchpoint windows and key moments.
 
@@ -390,52 +414,41 @@ class Pipeline:
                 entry = by_customer.setdefault(outbound.customer_id, (message.partition, []))
                 entry[1].append(outbound)
             for customer, (partition, messages) in by_customer.items():
-                await self._count(customer, partition, messages)
-            for partition in partitions:
-                watermark = self.customer_progress[partition].watermark()
-                if watermark is not None:
-                    await self._sweep_over_messaged(partition, watermark)
+                self._record(customer, partition, messages)
+            for partition in sorted(partitions):
+                await self._judge_customers(partition)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    async def _count(self, customer: str, partition: int, messages: list[OutboundMessage]) -> None:
+    def _record(self, customer: str, partition: int, messages: list[OutboundMessage]) -> None:
         key = customer.encode()
         raw = self.frequency.get(key)
         state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
         for message in messages:
             self.policy.record(state, message.message)
-            # Judged as of the newest message: a late one must not move the clock back.
-            alert = self.policy.judge(state, customer, state.messages[-1].sent_at_ms)
-            if alert is not None:
-                await self._emit(alert)
-        self.policy.expire(state, state.messages[-1].sent_at_ms)
         self.frequency.put(partition, key, state.encode())
-        self._index_incident(customer, partition, state)
+        if self.customers_due.get(key) is None:
+            self.customers_due.put(partition, key, str(partition).encode())
 
-    async def _sweep_over_messaged(self, partition: int, now_ms: int) -> None:
-        """Resolve incidents whose window has moved past the breach, as event time advances."""
+    async def _judge_customers(self, partition: int) -> None:
+        """Judge every waiting customer of the partition up to its watermark, in event time."""
+        watermark = self.customer_progress[partition].watermark()
+        if watermark is None or watermark <= self.customers_judged_to.get(partition, -1):
+            return
+        self.customers_judged_to[partition] = watermark
         tag = str(partition).encode()
-        for key, value in self.over_messaged.items():
+        for key, value in self.customers_due.items():
             if value != tag:
                 continue
             raw = self.frequency.get(key)
             if raw is None:
-                self.over_messaged.delete(partition, key)
+                self.customers_due.delete(partition, key)
                 continue
             state = CustomerMessages.decode(raw)
-            now = max(now_ms, state.messages[-1].sent_at_ms) if state.messages else now_ms
-            alert = self.policy.judge(state, key.decode(), now)
-            if alert is not None:
+            for alert in self.policy.advance(state, key.decode(), watermark):
                 await self._emit(alert)
-                self.policy.expire(state, now)
-                self.frequency.put(partition, key, state.encode())
-                self._index_incident(key.decode(), partition, state)
-
-    def _index_incident(self, customer: str, partition: int, state: CustomerMessages) -> None:
-        key = customer.encode()
-        if state.incident_start_ms is None:
-            self.over_messaged.delete(partition, key)
-        elif self.over_messaged.get(key) is None:
-            self.over_messaged.put(partition, key, str(partition).encode())
+            self.frequency.put(partition, key, state.encode())
+            if not state.waiting:
+                self.customers_due.delete(partition, key)
 
     async def _emit(self, alert: Alert) -> None:
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()

@@ -86,8 +86,8 @@ class Topology:
         self.touchpoint_windows = table("touchpoint-windows", "Rolling tallies per touchpoint.")
         self.identities = table("identities", "Customer id of each contact key.")
         self.customer_frequency = table("customer-frequency", "Messages per customer in window.")
-        self.over_messaged = table(
-            "over-messaged", "Customers with an open over_messaged incident."
+        self.customers_due = table(
+            "customers-due", "Customers with messages not judged yet, or an open incident."
         )
 
     def topics(self) -> list[faust.TopicT]:
@@ -100,7 +100,7 @@ class Topology:
     def tables(self) -> list[faust.Table[bytes, bytes]]:
         return [
             self.seen_ids, self.touchpoint_windows, self.identities,
-            self.customer_frequency, self.over_messaged,
+            self.customer_frequency, self.customers_due,
         ]  # fmt: skip
 
     def specs(self) -> list[TopicSpec]:

@@ -90,7 +90,9 @@ class LocalBroker:
             )
         if not wait_for_port(self.host, self.port, timeout_s):
             self.stop()
-            raise BrokerError(f"the broker did not listen on {self.host}:{self.port}; see {log_path}")
+            raise BrokerError(
+                f"the broker did not listen on {self.host}:{self.port}; see {log_path}"
+            )
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 15.0) -> None:

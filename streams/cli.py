@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
+from models.decode import parse_timestamp_ms
 from streams.broker import BrokerError, LocalBroker, broker_command
 from streams.catalog import CatalogError, load_catalog, parse_duration_ms
 from streams.publish import Outgoing, alert_line, follow, read_lines, send_all
 from streams.settings import Settings, SettingsError
-from streams.simulate import SimulationConfig, SimulatedRecord, generate
+from streams.simulate import SimulatedRecord, SimulationConfig, generate
 
 EXIT_USAGE = 2
 
@@ -41,15 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxmon", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    broker = commands.add_parser("broker", help="run the local Kafka-protocol broker in the foreground")
-    broker.add_argument("--data-dir", type=Path, help="where it keeps data (default: $CXMON_DATA_DIR/broker)")
+    broker = commands.add_parser(
+        "broker", help="run the local Kafka-protocol broker in the foreground"
+    )
+    broker.add_argument(
+        "--data-dir", type=Path, help="where it keeps data (default: $CXMON_DATA_DIR/broker)"
+    )
     broker.add_argument("--fresh", action="store_true", help="delete the data directory first")
     broker.set_defaults(run=run_broker)
 
     worker = commands.add_parser("worker", help="run the stream worker")
     worker.set_defaults(run=run_worker)
 
-    check = commands.add_parser("check-catalog", help="parse the catalog and report what it declares")
+    check = commands.add_parser(
+        "check-catalog", help="parse the catalog and report what it declares"
+    )
     check.add_argument("path", nargs="?", type=Path, help="catalog file (default: $CXMON_CATALOG)")
     check.set_defaults(run=run_check_catalog)
 
@@ -65,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     alerts = commands.add_parser("alerts", help="follow cx.alerts, one line per transition")
     alerts.add_argument("--json", action="store_true", help="print the raw alert objects")
     alerts.add_argument("--from-beginning", action="store_true", help="start at the oldest alert")
-    alerts.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after this long idle")
+    alerts.add_argument(
+        "--idle-exit", type=float, metavar="SECONDS", help="exit after this long idle"
+    )
     alerts.set_defaults(run=run_alerts)
 
     demo = commands.add_parser("demo", help="broker, worker, simulator and alerts, all in one")
@@ -78,7 +88,9 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
     parser.add_argument("--seed", type=int, default=7, help="same seed, same journeys")
     parser.add_argument("--customers", type=int, default=2_000)
     parser.add_argument("--span", default="3h", help="event time to generate, e.g. 3h or 7d")
-    parser.add_argument("--start", help="event time of the first record (RFC 3339); default: now - span")
+    parser.add_argument(
+        "--start", help="event time of the first record (RFC 3339); default: now - span"
+    )
     parser.add_argument("--journeys-per-hour", type=int, default=6_000)
     parser.add_argument(
         "--degrade",
@@ -106,8 +118,6 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
 def simulation_config(args: argparse.Namespace) -> SimulationConfig:
     span_ms = parse_duration_ms(args.span)
     if args.start:
-        from models.decode import parse_timestamp_ms
-
         start_ms = parse_timestamp_ms(args.start, "--start")
     else:
         start_ms = (int(time.time() * 1000) - span_ms) // 60_000 * 60_000
@@ -129,8 +139,6 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
     url = urlparse(settings.broker_url)
     data_dir: Path = args.data_dir or settings.data_dir / "broker"
     if args.fresh and data_dir.exists():
-        import shutil
-
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     command = broker_command(url.hostname or "127.0.0.1", url.port or 9092, data_dir)
@@ -140,16 +148,15 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_catalog(settings: Settings, args: argparse.Namespace) -> int:
     path = args.path or settings.catalog
     catalog = load_catalog(path)
-    print(
-        f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments"
-    )
+    print(f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments")
     for moment in catalog.key_moments:
         print(f"  {moment.id}: degraded when {moment.standard()}, min {moment.min_samples} samples")
     return 0
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from agents.worker import run
+    # Faust is imported only by the command that runs it: the others start in a blink.
+    from agents.worker import run  # noqa: PLC0415
 
     return run(settings)
 
@@ -157,7 +164,9 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
 def run_publish(settings: Settings, args: argparse.Namespace) -> int:
     stream = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     with stream:
-        sent, errors = asyncio.run(send_all(settings, read_lines(stream, settings.topics, args.topic)))
+        sent, errors = asyncio.run(
+            send_all(settings, read_lines(stream, settings.topics, args.topic))
+        )
     print(f"published {sent:,} messages; {len(errors)} lines refused", file=sys.stderr)
     return 1 if errors else 0
 
@@ -216,7 +225,9 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         sent, _ = asyncio.run(
             send_all(settings, simulated_messages(settings, generate(config), args.speed))
         )
-        print(f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr)
+        print(
+            f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr
+        )
 
         async def show() -> None:
             async for _, value, _ in follow(settings, settings.topics.alerts, from_beginning=True):
@@ -235,7 +246,10 @@ def _worker(data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     log_path = data_dir / "worker.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "streams", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     print(f"worker log: {log_path}", file=sys.stderr)
     try:

@@ -24,27 +24,39 @@ class Message:
 
 @dataclass(slots=True)
 class CustomerMessages:
-    """Messages still inside the window, oldest first, and the open incident if any."""
+    """Messages still inside the window, oldest first, the open incident, how far it is judged."""
 
     messages: list[Message] = field(default_factory=list)
     incident_start_ms: int | None = None
+    judged_to_ms: int | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Messages not judged yet, or an incident still open: event time must come back here."""
+        if self.incident_start_ms is not None:
+            return True
+        return bool(self.messages) and (
+            self.judged_to_ms is None or self.messages[-1].sent_at_ms > self.judged_to_ms
+        )
 
     def encode(self) -> bytes:
         return orjson.dumps(
             [
                 self.incident_start_ms,
                 [[m.sent_at_ms, m.channel, m.category.value] for m in self.messages],
+                self.judged_to_ms,
             ]
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> CustomerMessages:
-        incident, messages = orjson.loads(raw)
+        incident, messages, judged_to = orjson.loads(raw)
         return cls(
             messages=[
                 Message(at, channel, Category(category)) for at, channel, category in messages
             ],
             incident_start_ms=incident,
+            judged_to_ms=judged_to,
         )
 
 
@@ -110,6 +122,61 @@ class FrequencyPolicy:
             breaches=tuple(breaches),
         )
 
+    def resolves_at(self, state: CustomerMessages) -> int | None:
+        """When the open incident ends if no message comes: its breaches have left the window."""
+        if state.incident_start_ms is None:
+            return None
+        ends = sorted(
+            {
+                m.sent_at_ms + self.policy.window_ms
+                for m in state.messages
+                if m.category in self.policy.categories
+            }
+        )
+        for instant in ends:
+            if instant > state.incident_start_ms and not self.pressure(state, instant).breaches:
+                return instant
+        return None
+
+    def advance(self, state: CustomerMessages, customer: str, watermark_ms: int) -> list[Alert]:
+        """Judge, in event-time order, every message the watermark has passed, then settle.
+
+        Messages newer than the watermark wait: one that is still on its way may belong
+        before them, and the verdict must not depend on which arrived first.
+        """
+        if state.judged_to_ms is not None and watermark_ms <= state.judged_to_ms:
+            return []
+        alerts: list[Alert | None] = []
+        for message in state.messages:
+            at = message.sent_at_ms
+            if at > watermark_ms:
+                break
+            if state.judged_to_ms is not None and at <= state.judged_to_ms:
+                continue
+            alerts.append(self.settle(state, customer, at))
+            alerts.append(self.judge(state, customer, at))
+        alerts.append(self.settle(state, customer, watermark_ms))
+        state.judged_to_ms = watermark_ms
+        # Nothing at or before judged_to - window can change a verdict any more.
+        self.expire(state, watermark_ms)
+        return [alert for alert in alerts if alert is not None]
+
+    def settle(self, state: CustomerMessages, customer: str, now_ms: int) -> Alert | None:
+        """Resolve the open incident if it ended by `now_ms`, stamped with the exact instant.
+
+        The instant comes from the messages, not from when this is called, so a replay
+        and a live run resolve at the same event time however their batches fall.
+        """
+        ends_at = self.resolves_at(state)
+        if ends_at is None or ends_at > now_ms:
+            return None
+        assert state.incident_start_ms is not None
+        alert = self._alert(
+            customer, self.pressure(state, ends_at), AlertStatus.RESOLVED, state.incident_start_ms
+        )
+        state.incident_start_ms = None
+        return alert
+
     def judge(self, state: CustomerMessages, customer: str, now_ms: int) -> Alert | None:
         """Fire when the window breaks the policy, resolve when it no longer does; else nothing."""
         pressure = self.pressure(state, now_ms)
@@ -155,6 +222,9 @@ class FrequencyPolicy:
         observed, threshold = float(pressure.counted), float(policy.max_messages)
         if "max_messages" not in pressure.breaches and "max_per_channel" in pressure.breaches:
             observed, threshold = float(busiest), float(policy.max_per_channel)
+        elif pressure.breaches == ("quiet_hours",):
+            # Quiet hours allow no counted message at all: those are the figures behind it.
+            observed, threshold = float(pressure.quiet_hour_messages), 0.0
         incident = Incident(
             kind=AlertKind.OVER_MESSAGED,
             subject=customer,

@@ -53,6 +53,9 @@ class SourceProgress:
                 mark = SourceMark(mark.source, newest, mark.idle)
         self.marks[mark.source] = mark
 
+    def all_idle(self) -> bool:
+        return self.expected <= self.marks.keys() and all(m.idle for m in self.marks.values())
+
     def watermark(self) -> int | None:
         """None until every expected partition has reported once."""
         if not self.expected <= self.marks.keys():

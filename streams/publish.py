@@ -125,7 +125,9 @@ async def follow(
     idle_timeout_s: float | None = None,
 ) -> AsyncIterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
     """Every message of a topic, without joining a group; stops after an idle timeout if given."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         partitions: set[int] | None = None

@@ -193,9 +193,7 @@ def _exponential() -> list[float]:
     return [rng.expovariate(1 / 1500) + 1.0 for _ in range(2001)]
 
 
-@pytest.mark.parametrize(
-    "make", [_uniform, _lognormal, _two_levels, _constant, _few, _exponential]
-)
+@pytest.mark.parametrize("make", [_uniform, _lognormal, _two_levels, _constant, _few, _exponential])
 def test_p95_duration_is_upper_bin_edge_at_or_just_above_true_p95(
     make: Callable[[], list[float]],
 ) -> None:

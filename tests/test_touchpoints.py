@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -169,7 +170,7 @@ def test_hovering_value_gives_fire_resolve_pairs_never_two_firings(catalog: Cata
     assert len({a.fingerprint for _, a in alerts}) == 1
     assert len({a.alert_id for _, a in alerts}) == 4
     statuses = [a.status for _, a in alerts]
-    assert all(x != y for x, y in zip(statuses, statuses[1:], strict=False))
+    assert all(x != y for x, y in pairwise(statuses))
 
 
 def test_two_key_moments_on_one_touchpoint_have_distinct_fingerprints(

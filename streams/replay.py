@@ -1,0 +1,109 @@
+"""The whole monitor in one process, no Kafka: the reference a worker's output must equal."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from models.decode import (
+    InvalidRecord,
+    Reason,
+    decode_identity_link,
+    decode_survey_answer,
+    decode_touchpoint_event,
+)
+from models.records import Alert
+from streams.catalog import Catalog
+from streams.identity import encode_link, linked_customer, supersedes
+from streams.ingest import OutboundMessage, PartialTallies, outbound_message
+from streams.messaging import CustomerMessages, FrequencyPolicy
+from streams.sentiment import SentimentScorer
+from streams.touchpoints import TouchpointState
+
+Role = Literal["touchpoint_events", "survey_answers", "identity_links"]
+
+
+@dataclass
+class ReplayResult:
+    alerts: list[Alert] = field(default_factory=list)
+    rejected: dict[Role, list[Reason]] = field(default_factory=lambda: defaultdict(list))
+    duplicates: int = 0
+    touchpoints: dict[str, TouchpointState] = field(default_factory=dict)
+    customers: dict[str, CustomerMessages] = field(default_factory=dict)
+
+
+class OfflineMonitor:
+    """Feeds records in publication order through the pure core, then closes every window."""
+
+    def __init__(self, catalog: Catalog, scorer: SentimentScorer) -> None:
+        self.partials = PartialTallies(catalog, scorer)
+        self.policy = FrequencyPolicy(catalog.messaging)
+        self.seen: set[tuple[Role, str]] = set()
+        self.links: dict[str, bytes] = {}
+        self.messages: dict[str, list[OutboundMessage]] = defaultdict(list)
+        self.result = ReplayResult()
+        self.watermark_ms: int | None = None
+        self.message_watermark_ms: int | None = None
+
+    def feed(self, role: Role, raw: bytes) -> None:
+        try:
+            if role == "identity_links":
+                link = decode_identity_link(raw)
+                encoded = encode_link(link)
+                if supersedes(encoded, self.links.get(link.contact.key)):
+                    self.links[link.contact.key] = encoded
+                return
+            if role == "touchpoint_events":
+                event = decode_touchpoint_event(raw)
+                if self._first_time(role, event.event_id):
+                    self.partials.add_event(event)
+                    self._advance(event.occurred_at_ms, messages=True)
+                    message = outbound_message(event)
+                    if message is not None:
+                        self._route(message)
+                return
+            answer = decode_survey_answer(raw)
+            if self._first_time(role, answer.answer_id):
+                self.partials.add_answer(answer)
+                self._advance(answer.answered_at_ms, messages=False)
+        except InvalidRecord as exc:
+            self.result.rejected[role].append(exc.reason)
+
+    def finish(self) -> ReplayResult:
+        """Every window judged up to the newest event time, every incident settled."""
+        result = self.result
+        for partial in self.partials.drain():
+            state = result.touchpoints.setdefault(partial.touchpoint, TouchpointState())
+            windows = self.partials.windows(partial.touchpoint)
+            windows.add(state, partial.bucket_start_ms, partial.tally, partial.latest_ms)
+        for touchpoint in sorted(result.touchpoints):
+            windows = self.partials.windows(touchpoint)
+            result.alerts += windows.advance(result.touchpoints[touchpoint], self.watermark_ms)
+        for customer in sorted(self.messages):
+            frequency = result.customers.setdefault(customer, CustomerMessages())
+            for message in self.messages[customer]:
+                self.policy.record(frequency, message.message)
+            if self.message_watermark_ms is not None:
+                result.alerts += self.policy.advance(frequency, customer, self.message_watermark_ms)
+        return result
+
+    def _first_time(self, role: Role, record_id: str) -> bool:
+        if (role, record_id) in self.seen:
+            self.result.duplicates += 1
+            return False
+        self.seen.add((role, record_id))
+        return True
+
+    def _advance(self, at_ms: int, *, messages: bool) -> None:
+        if self.watermark_ms is None or at_ms > self.watermark_ms:
+            self.watermark_ms = at_ms
+        if messages and (self.message_watermark_ms is None or at_ms > self.message_watermark_ms):
+            self.message_watermark_ms = at_ms
+
+    def _route(self, message: OutboundMessage) -> None:
+        customer = message.customer_id
+        if customer is None:
+            assert message.contact_key is not None
+            customer = linked_customer(self.links.get(message.contact_key)) or message.contact_key
+        self.messages[customer].append(message.resolved_to(customer))

@@ -1,0 +1,66 @@
+"""The monitor end to end on the real local broker: a replay of hours of journeys, in seconds."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from models.decode import parse_timestamp_ms
+from streams.catalog import load_catalog
+from streams.replay import OfflineMonitor
+from streams.sentiment import build_scorer
+from streams.simulate import SimulationConfig, generate
+from tests.harness import Deployment
+
+pytestmark = pytest.mark.broker
+
+START_MS = 1_795_305_600_000  # 2026-11-22T00:00:00+08:00... a fixed past day, so runs agree
+HOUR_MS = 3_600_000
+
+
+def transitions(alerts: list[dict[str, object]]) -> set[tuple[object, ...]]:
+    return {
+        (a["kind"], a["subject"], a["status"], a["fingerprint"], a["alert_id"], a["starts_at"], a["ends_at"])
+        for a in alerts
+    }
+
+
+def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deployment) -> None:
+    config = SimulationConfig(
+        start_ms=START_MS,
+        duration_ms=3 * HOUR_MS,
+        degrade_touchpoint="checkout.payment",
+        degrade_from_ms=START_MS + 3 * HOUR_MS // 2,
+        over_messaged_customers=3,
+        duplicate_ratio=0.02,
+        invalid_ratio=0.005,
+    )
+    records = list(generate(config))
+    reference = OfflineMonitor(load_catalog(deployment.catalog), build_scorer("auto"))
+    for record in records:
+        reference.feed(record.role, record.value)
+    expected = reference.finish()
+    expected_alerts = [orjson.loads(__import__("models.decode", fromlist=["x"]).encode_alert(a)) for a in expected.alerts]
+    invalid = sum(len(reasons) for reasons in expected.rejected.values())
+    kinds = {a["kind"] for a in expected_alerts}
+    assert kinds == {"key_moment_degraded", "over_messaged"}, "the scenario must produce both kinds"
+    assert invalid > 0 and expected.duplicates > 0
+
+    deployment.start_worker()
+    assert deployment.publish(records) == len(records)
+
+    topics = deployment.topics
+    alerts = deployment.read(
+        topics.alerts, until=lambda seen: len(seen) >= len(expected_alerts), timeout_s=120
+    )
+    received = [orjson.loads(value) for _, value, _ in alerts]
+    assert transitions(received) == transitions(expected_alerts)
+    assert len(received) == len(expected_alerts), "each transition is emitted once"
+    for alert in received:
+        parse_timestamp_ms(alert["starts_at"], "starts_at")
+        assert alert["summary"]
+
+    dead = deployment.read(topics.dead_letters, until=lambda seen: len(seen) >= invalid, timeout_s=60)
+    assert len(dead) == invalid
+    reasons = sorted(dict(headers)["cxmon-reason"].decode() for _, _, headers in dead)
+    assert reasons == sorted(r.value for rs in expected.rejected.values() for r in rs)
