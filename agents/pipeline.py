@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import murmur2
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT
 
 from agents import metrics
@@ -263,9 +264,11 @@ class Pipeline:
 
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty."""
-        if self.app.consumer is None:
+        try:
+            assigned = self.app.consumer.assignment()
+        except ConsumerNotStarted:
             return
-        for tp in self.app.consumer.assignment():
+        for tp in assigned:
             if not self.sources.is_input(tp.topic):
                 continue
             mark = self.sources.mark(self.app, tp.topic, tp.partition)
@@ -493,7 +496,11 @@ class Sources:
 
     def mark(self, app: faust.App, topic: str, partition: int) -> SourceMark:
         source = source_name(topic, partition)
-        highwater = app.consumer.highwater(TP(topic, partition)) if app.consumer else None
+        try:
+            highwater = app.consumer.highwater(TP(topic, partition))
+        except ConsumerNotStarted:
+            # Between rebalances nothing is known of the end: not idle, to be safe.
+            highwater = None
         read_to = self.offsets.get(source, -1) + 1
         idle = highwater is not None and read_to >= highwater
         return SourceMark(source, self.watermarks.get(source), idle)

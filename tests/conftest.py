@@ -14,7 +14,9 @@ from tests.harness import Deployment, WorkerProcess, free_port
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     root = tmp_path_factory.mktemp("broker")
-    with LocalBroker("127.0.0.1", free_port(), root / "data", log_path=root / "broker.log") as running:
+    with LocalBroker(
+        "127.0.0.1", free_port(), root / "data", log_path=root / "broker.log"
+    ) as running:
         yield running
 
 

@@ -141,7 +141,9 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+                raise RuntimeError(
+                    f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                )
             if "[^Worker]: Ready" in self.log():
                 return
             time.sleep(0.25)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from models.decode import parse_timestamp_ms
+from models.decode import encode_alert, parse_timestamp_ms
 from streams.catalog import load_catalog
 from streams.replay import OfflineMonitor
 from streams.sentiment import build_scorer
@@ -20,7 +20,15 @@ HOUR_MS = 3_600_000
 
 def transitions(alerts: list[dict[str, object]]) -> set[tuple[object, ...]]:
     return {
-        (a["kind"], a["subject"], a["status"], a["fingerprint"], a["alert_id"], a["starts_at"], a["ends_at"])
+        (
+            a["kind"],
+            a["subject"],
+            a["status"],
+            a["fingerprint"],
+            a["alert_id"],
+            a["starts_at"],
+            a["ends_at"],
+        )
         for a in alerts
     }
 
@@ -40,7 +48,7 @@ def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deploym
     for record in records:
         reference.feed(record.role, record.value)
     expected = reference.finish()
-    expected_alerts = [orjson.loads(__import__("models.decode", fromlist=["x"]).encode_alert(a)) for a in expected.alerts]
+    expected_alerts = [orjson.loads(encode_alert(a)) for a in expected.alerts]
     invalid = sum(len(reasons) for reasons in expected.rejected.values())
     kinds = {a["kind"] for a in expected_alerts}
     assert kinds == {"key_moment_degraded", "over_messaged"}, "the scenario must produce both kinds"
@@ -60,7 +68,45 @@ def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deploym
         parse_timestamp_ms(alert["starts_at"], "starts_at")
         assert alert["summary"]
 
-    dead = deployment.read(topics.dead_letters, until=lambda seen: len(seen) >= invalid, timeout_s=60)
+    dead = deployment.read(
+        topics.dead_letters, until=lambda seen: len(seen) >= invalid, timeout_s=60
+    )
     assert len(dead) == invalid
     reasons = sorted(dict(headers)["cxmon-reason"].decode() for _, _, headers in dead)
     assert reasons == sorted(r.value for rs in expected.rejected.values() for r in rs)
+
+
+def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Deployment) -> None:
+    """Half the journeys, a clean stop, a new worker, the other half: as if never stopped."""
+    config = SimulationConfig(
+        start_ms=START_MS,
+        duration_ms=2 * HOUR_MS,
+        degrade_touchpoint="checkout.payment",
+        degrade_from_ms=START_MS + HOUR_MS,
+        over_messaged_customers=2,
+        duplicate_ratio=0.02,
+    )
+    records = list(generate(config))
+    reference = OfflineMonitor(load_catalog(deployment.catalog), build_scorer("auto"))
+    for record in records:
+        reference.feed(record.role, record.value)
+    expected = [orjson.loads(encode_alert(a)) for a in reference.finish().alerts]
+    half = len(records) // 2
+    # The cut falls inside the degraded hour's first window, so state must carry over.
+    assert records[half].occurred_at_ms > START_MS + HOUR_MS - 10 * 60_000
+
+    first = deployment.start_worker()
+    deployment.publish(records[:half])
+    topics = deployment.topics
+    deployment.read(topics.alerts, until=lambda seen: len(seen) >= 1, timeout_s=90)
+    assert first.stop() == 0, first.log()[-3000:]
+
+    second = deployment.start_worker()
+    assert "Restore complete" in second.log()
+    deployment.publish(records[half:])
+    alerts = deployment.read(
+        topics.alerts, until=lambda seen: len(seen) >= len(expected), timeout_s=120
+    )
+    received = [orjson.loads(value) for _, value, _ in alerts]
+    assert transitions(received) == transitions(expected)
+    assert len(received) == len(expected)

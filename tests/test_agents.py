@@ -1,0 +1,264 @@
+"""The agents under Faust's test context: what each sends downstream for what it is given."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.pipeline import Pipeline
+from agents.topology import Topology
+from agents.worker import assemble
+from models.records import Category
+from streams.ingest import OutboundMessage, TouchpointPartial
+from streams.messaging import Message
+from streams.progress import PROGRESS_KEY, SourceMark, decode_marks, encode_marks, source_name
+from streams.scores import Tally
+from streams.settings import Settings
+
+PARTITIONS = 2
+DAY_MS = 86_400_000
+START_MS = 1_795_305_600_000
+
+
+@dataclass
+class Sent:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    partition: int | None
+    headers: dict[str, bytes]
+
+
+@dataclass
+class Harness:
+    app: Any
+    topology: Topology
+    pipeline: Pipeline
+    sent: list[Sent] = field(default_factory=list)
+    changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
+
+    def to(self, topic: Any) -> list[Sent]:
+        return [s for s in self.sent if s.topic == topic.get_topic_name()]
+
+    def data(self, topic: Any) -> list[Sent]:
+        return [s for s in self.to(topic) if s.key != PROGRESS_KEY]
+
+    async def feed(self, agent_name: str, items: list[tuple[bytes | None, bytes, int]]) -> None:
+        agent = self.app.agents[agent_name]
+        async with agent.test_context() as context:
+            for key, value, partition in items:
+                await context.put(value, key=key, partition=partition)
+            # take_events hands a batch over after its `within` timeout; give it that.
+            await asyncio.sleep(0.3)
+
+
+@pytest.fixture
+async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
+    settings = Settings.from_env(
+        {
+            "CXMON_BROKER_URL": "kafka://127.0.0.1:1",
+            "CXMON_PARTITIONS": str(PARTITIONS),
+            "CXMON_BATCH_SECONDS": "0.01",
+            "CXMON_DATA_DIR": str(tmp_path),
+        }
+    )
+    app, topology, pipeline = assemble(settings)
+    app.finalize()
+    app.flow_control.resume()
+    result = Harness(app, topology, pipeline)
+    for topic in topology.topics():
+        topic.send = capture(result, topic.get_topic_name())  # type: ignore[method-assign]
+    for table in topology.tables():
+        table.send_changelog = record_changelog(result, table.name)  # type: ignore[method-assign]
+    yield result
+
+
+def capture(harness: Harness, name: str) -> Callable[..., Any]:
+    async def send(
+        *, key: bytes | None = None, value: bytes | None = None, partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None, **_: Any,
+    ) -> None:  # fmt: skip
+        harness.sent.append(Sent(name, key, value, partition, dict(headers or [])))
+
+    return send
+
+
+def record_changelog(harness: Harness, table: str) -> Callable[..., Any]:
+    def send_changelog(partition: int | None, key: bytes, value: bytes | None, **_: Any) -> None:
+        harness.changelog.append((table, partition, key, value))
+
+    return send_changelog
+
+
+def event(event_id: str, *, at_ms: int = START_MS, **fields: Any) -> bytes:
+    doc = {
+        "event_id": event_id,
+        "occurred_at": at_ms,
+        "customer_id": "c-1",
+        "touchpoint": "marketing.sms",
+        "channel": "sms",
+        "direction": "outbound",
+        **fields,
+    }
+    return orjson.dumps(doc)
+
+
+def all_idle(topology: Topology, watermark_ms: int, *topics: Any) -> bytes:
+    return encode_marks(
+        SourceMark(source_name(t.get_topic_name(), p), watermark_ms, idle=True)
+        for t in topics
+        for p in range(PARTITIONS)
+    )
+
+
+async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
+    topology = harness.topology
+    await harness.feed(
+        "ingest_touchpoint_events",
+        [
+            (b"c-1", event("e-1"), 1),
+            (b"c-1", event("e-1"), 1),  # the same event again: counted once
+            (b"c-1", b'{"event_id": "e-2"', 1),
+            (
+                b"c-1",
+                event("e-3", outcome="failure", direction="inbound", touchpoint="app.login"),
+                1,
+            ),
+        ],
+    )
+    dead = harness.to(topology.dead_letters)
+    assert len(dead) == 1
+    assert dead[0].value == b'{"event_id": "e-2"'
+    assert dead[0].headers["cxmon-reason"] == b"invalid_json"
+    assert dead[0].headers["cxmon-partition"] == b"1"
+
+    messages = [
+        OutboundMessage.decode(s.value or b"") for s in harness.data(topology.customer_messages)
+    ]
+    assert [(m.event_id, m.customer_id, m.message.category) for m in messages] == [
+        ("e-1", "c-1", Category.MARKETING)
+    ]
+    partials = [
+        TouchpointPartial.decode(s.value or b"") for s in harness.data(topology.touchpoint_partials)
+    ]
+    tallies = {p.touchpoint: p.tally for p in partials}
+    assert tallies["marketing.sms"].events == 1
+    assert (tallies["app.login"].outcomes, tallies["app.login"].failures) == (1, 1)
+
+    seen_writes = [entry for entry in harness.changelog if entry[0] == "seen-ids"]
+    assert len(seen_writes) == 2 and {entry[1] for entry in seen_writes} == {1}
+
+    marks = [s for s in harness.to(topology.touchpoint_partials) if s.key == PROGRESS_KEY]
+    assert sorted(s.partition for s in marks) == list(range(PARTITIONS))
+    reported = decode_marks(marks[0].value or b"")
+    assert [(m.source, m.watermark_ms) for m in reported] == [
+        (source_name(topology.touchpoint_events.get_topic_name(), 1), START_MS)
+    ]
+
+
+async def test_contact_only_message_resolves_through_identity_link(harness: Harness) -> None:
+    topology = harness.topology
+    link = orjson.dumps(
+        {
+            "contact": {"type": "phone", "value": "+8613800000000"},
+            "customer_id": "c-9",
+            "linked_at": START_MS,
+        }
+    )
+    await harness.feed("ingest_identity_links", [(b"phone:+8613800000000", link, 0)])
+    update = harness.to(topology.identity_updates)
+    assert [u.key for u in update] == [b"phone:+8613800000000"]
+    await harness.feed("apply_identity_updates", [(update[0].key, update[0].value or b"", 0)])
+
+    contact_only = OutboundMessage(
+        "e-7", None, "phone:+8613800000000", Message(START_MS, "sms", Category.MARKETING)
+    )
+    stranger = OutboundMessage(
+        "e-8", None, "email:x@example.com", Message(START_MS, "email", Category.MARKETING)
+    )
+    await harness.feed(
+        "resolve_contacts",
+        [
+            (b"phone:+8613800000000", contact_only.encode(), 0),
+            (b"email:x@example.com", stranger.encode(), 0),
+        ],
+    )
+    resolved = [
+        OutboundMessage.decode(s.value or b"") for s in harness.data(topology.customer_messages)
+    ]
+    assert [(m.event_id, m.customer_id) for m in resolved] == [
+        ("e-7", "c-9"),
+        ("e-8", "email:x@example.com"),
+    ]
+
+
+async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
+    harness: Harness,
+) -> None:
+    topology = harness.topology
+    detractors = Tally(detractors=40)
+    window_start = START_MS  # checkout.payment/nps: window 30m, step 5m, min 30 samples, below 10
+    partials = [
+        TouchpointPartial(
+            "checkout.payment", window_start + minute * 60_000, window_start, detractors
+        )
+        for minute in (0,)
+    ]
+    key = b"checkout.payment"
+    partition = 0
+    items = [(key, p.encode(), partition) for p in partials]
+    sources = (topology.touchpoint_events, topology.survey_answers)
+    # Before every input has reported, nothing is judged; then all idle past the window end.
+    await harness.feed("score_touchpoints", items)
+    assert harness.to(topology.alerts) == []
+    closed = START_MS + 35 * 60_000
+    await harness.feed(
+        "score_touchpoints", [(PROGRESS_KEY, all_idle(topology, closed, *sources), partition)]
+    )
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert len(alerts) == 1
+    assert (alerts[0]["kind"], alerts[0]["status"], alerts[0]["subject"]) == (
+        "key_moment_degraded",
+        "firing",
+        "checkout.payment",
+    )
+    assert alerts[0]["observed"] == -100.0 and alerts[0]["samples"] == 40
+
+
+async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: Harness) -> None:
+    topology = harness.topology
+    channels = ["sms", "email", "app_push", "wechat", "sms", "email"]
+    items = [
+        (
+            b"c-1",
+            OutboundMessage(
+                f"e-{n}", "c-1", None, Message(START_MS + n * 60_000, channel, Category.MARKETING)
+            ).encode(),
+            0,
+        )
+        for n, channel in enumerate(channels)
+    ]
+    await harness.feed("count_customer_messages", items)
+    assert harness.to(topology.alerts) == [], "no verdict before the watermark passes"
+    marks = all_idle(
+        topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contact_messages
+    )
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [(a["kind"], a["status"], a["subject"], a["observed"]) for a in alerts] == [
+        ("over_messaged", "firing", "c-1", 6.0)
+    ]
+    later = all_idle(
+        topology,
+        START_MS + DAY_MS + 3_600_000,
+        topology.touchpoint_events,
+        topology.contact_messages,
+    )
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, later, 0)])
+    statuses = [orjson.loads(s.value or b"")["status"] for s in harness.to(topology.alerts)]
+    assert statuses == ["firing", "resolved"]
