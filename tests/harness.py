@@ -1,4 +1,4 @@
-"""Real processes for end-to-end tests: the local broker, workers, and topic readers with deadlines."""
+"""Real processes for end-to-end tests: workers on the local broker, topic readers."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class Deployment:
         timeout_s: float,
         settle_s: float = 3.0,
     ) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
-        """Messages of `topic` from the start, once `until` holds and nothing more came for a while."""
+        """Messages of `topic` from the start, once `until` holds and the topic has gone quiet."""
 
         async def collect() -> list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
             seen: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ class Harness:
     def data(self, topic: Any) -> list[Sent]:
         return [s for s in self.to(topic) if s.key != PROGRESS_KEY]
 
-    async def feed(self, agent_name: str, items: list[tuple[bytes | None, bytes, int]]) -> None:
+    async def feed(self, agent_name: str, items: Sequence[tuple[bytes | None, bytes, int]]) -> None:
         agent = self.app.agents[agent_name]
         async with agent.test_context() as context:
             for key, value, partition in items:
@@ -58,7 +58,7 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
+async def harness(tmp_path: Any) -> Harness:
     settings = Settings.from_env(
         {
             "CXMON_BROKER_URL": "kafka://127.0.0.1:1",
@@ -75,7 +75,7 @@ async def harness(tmp_path: Any) -> AsyncIterator[Harness]:
         topic.send = capture(result, topic.get_topic_name())  # type: ignore[method-assign]
     for table in topology.tables():
         table.send_changelog = record_changelog(result, table.name)  # type: ignore[method-assign]
-    yield result
+    return result
 
 
 def capture(harness: Harness, name: str) -> Callable[..., Any]:
@@ -151,10 +151,11 @@ async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
     assert (tallies["app.login"].outcomes, tallies["app.login"].failures) == (1, 1)
 
     seen_writes = [entry for entry in harness.changelog if entry[0] == "seen-ids"]
-    assert len(seen_writes) == 2 and {entry[1] for entry in seen_writes} == {1}
+    assert len(seen_writes) == 2
+    assert {entry[1] for entry in seen_writes} == {1}
 
     marks = [s for s in harness.to(topology.touchpoint_partials) if s.key == PROGRESS_KEY]
-    assert sorted(s.partition for s in marks) == list(range(PARTITIONS))
+    assert sorted(s.partition or 0 for s in marks) == list(range(PARTITIONS))
     reported = decode_marks(marks[0].value or b"")
     assert [(m.source, m.watermark_ms) for m in reported] == [
         (source_name(topology.touchpoint_events.get_topic_name(), 1), START_MS)
@@ -227,7 +228,8 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
         "firing",
         "checkout.payment",
     )
-    assert alerts[0]["observed"] == -100.0 and alerts[0]["samples"] == 40
+    assert alerts[0]["observed"] == -100.0
+    assert alerts[0]["samples"] == 40
 
 
 async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: Harness) -> None:
