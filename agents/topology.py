@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import faust
 
 from streams.settings import Settings
+from streams.topics import COMPACTED, TopicSpec, input_topics
 
 RAW: dict[str, Any] = {
     "key_type": bytes,
@@ -15,15 +15,6 @@ RAW: dict[str, Any] = {
     "key_serializer": "raw",
     "value_serializer": "raw",
 }
-# Tables of current state need only the latest value per key; the broker may compact them.
-COMPACTED = {"cleanup.policy": "compact"}
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    config: dict[str, str]
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -70,9 +61,10 @@ class Topology:
                 value_type=bytes,
             )
 
-        self.touchpoint_events = topic(names.touchpoint_events)
-        self.survey_answers = topic(names.survey_answers)
-        self.identity_links = topic(names.identity_links, **COMPACTED)
+        events, answers, links = (
+            topic(spec.name, **spec.config) for spec in input_topics(settings)
+        )
+        self.touchpoint_events, self.survey_answers, self.identity_links = events, answers, links
         self.alerts = topic(names.alerts)
         self.dead_letters = topic(names.dead_letters)
 

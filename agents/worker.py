@@ -9,13 +9,13 @@ from typing import Any
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.admin import ensure_topics
 from agents.metrics import REGISTRY
 from agents.pipeline import Core, Pipeline
 from agents.topology import Topology, build_app
 from streams.catalog import load_catalog
 from streams.sentiment import build_scorer
 from streams.settings import Settings
+from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
 def run(settings: Settings) -> int:
     app, topology, _ = assemble(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    created = asyncio.run(
-        ensure_topics(settings.bootstrap_servers, topology.specs(), settings.replication)
-    )
+    created = asyncio.run(ensure_topics(settings, topology.specs()))
     if created:
         log.info("created %d topics", len(created))
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), redirect_stdouts=False)

@@ -50,7 +50,8 @@ def parse_duration_ms(text: str) -> int:
 def format_duration(millis: int) -> str:
     for unit in ("d", "h", "m", "s"):
         size = DURATION_UNITS_MS[unit]
-        if millis % size == 0:
+        # A day reads as 24h, as people write it; a week as 7d.
+        if millis % size == 0 and not (unit == "d" and millis == size):
             return f"{millis // size}{unit}"
     return f"{millis}ms"
 

@@ -21,6 +21,7 @@ from streams.catalog import CatalogError, load_catalog, parse_duration_ms
 from streams.publish import Outgoing, alert_line, follow, read_lines, send_all
 from streams.settings import Settings, SettingsError
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.topics import TopologyError
 
 EXIT_USAGE = 2
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         code: int = args.run(settings, args)
-    except (SettingsError, CatalogError, BrokerError) as exc:
+    except (SettingsError, CatalogError, BrokerError, TopologyError) as exc:
         print(f"cxmon: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
@@ -230,13 +231,20 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         )
 
         async def show() -> None:
-            async for _, value, _ in follow(settings, settings.topics.alerts, from_beginning=True):
+            alerts = follow(
+                settings,
+                settings.topics.alerts,
+                from_beginning=True,
+                stop=lambda: worker.poll() is not None,
+            )
+            async for _, value, _ in alerts:
                 print(alert_line(value), flush=True)
-                if worker.poll() is not None:
-                    return
 
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(show())
+        if worker.poll() is not None:
+            print(f"the worker stopped (exit {worker.returncode}); see its log", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.decode import InvalidRecord, parse_json_object
 from streams.settings import Settings, Topics
+from streams.topics import TopicSpec, ensure_topics, input_topics
 
 
 class UnroutableLine(ValueError):
@@ -84,6 +85,7 @@ async def send_all(
     sent = 0
     pending: list[asyncio.Future[Any]] = []
     started = time.monotonic()
+    await ensure_topics(settings, input_topics(settings))
     client = producer(settings)
     await client.start()
     try:
@@ -123,8 +125,12 @@ async def follow(
     *,
     from_beginning: bool,
     idle_timeout_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> AsyncIterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
-    """Every message of a topic, without joining a group; stops after an idle timeout if given."""
+    """Every message of a topic, without joining a group; ends when idle too long or `stop()`."""
+    # Created here if the worker has not yet: waiting on metadata for a topic that does
+    # not exist never ends, and a broker that auto-creates would give it one partition.
+    await ensure_topics(settings, [TopicSpec(topic, settings.partitions)])
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
     )
@@ -147,6 +153,8 @@ async def follow(
             batches = await consumer.getmany(timeout_ms=200)
             if not batches:
                 if idle_timeout_s is not None and time.monotonic() - idle_since > idle_timeout_s:
+                    return
+                if stop is not None and stop():
                     return
                 continue
             idle_since = time.monotonic()

@@ -13,9 +13,9 @@ from zhconv import convert as _zh_convert  # type: ignore[import-untyped, unused
 
 __all__ = ["MAX_CHARS", "SCORER_NAMES", "SentimentScorer", "build_scorer"]
 
-# Both models cost time roughly linear in the text, and VADER has per-token rescans;
-# one pasted log or essay must not stall the stream, and the opening of a comment
-# carries its tone well enough.
+# Both models slow down with length, VADER worse than linearly (an uncapped 1 MB comment
+# ran for over 13 minutes); one pasted log must not stall the stream, and the opening
+# of a comment carries its tone well enough.
 MAX_CHARS = 2_000
 
 SCORER_NAMES = ("auto", "en", "zh", "none")

@@ -1,27 +1,50 @@
-"""Creates the monitor's topics, with their partitions, before any worker subscribes to them."""
+"""Topic creation with the right partitions, before any producer or consumer touches a topic."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
-from agents.topology import TopicSpec
+from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Tables of current state and identity links need only the latest value per key.
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
 
 class TopologyError(RuntimeError):
-    """The broker holds a topic the monitor cannot use as it is."""
+    """The broker holds a topic the monitor cannot use as it is, or no broker answers."""
+
+
+def input_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics other services publish to: auto-created, they would get 1 partition."""
+    names = settings.topics
+    return [
+        TopicSpec(names.touchpoint_events, settings.partitions),
+        TopicSpec(names.survey_answers, settings.partitions),
+        TopicSpec(names.identity_links, settings.partitions, COMPACTED),
+    ]
 
 
 async def ensure_topics(
-    bootstrap_servers: str, specs: list[TopicSpec], replication: int, timeout_s: float = 60.0
+    settings: Settings, specs: list[TopicSpec], timeout_s: float = 60.0
 ) -> list[str]:
     """Create the missing topics, refuse one whose partition count differs; return the new."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=15_000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
+    )
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:
@@ -29,7 +52,9 @@ async def ensure_topics(
             break
         except KafkaError as exc:
             if asyncio.get_running_loop().time() > deadline:
-                raise TopologyError(f"no broker answers at {bootstrap_servers}: {exc}") from exc
+                raise TopologyError(
+                    f"no broker answers at {settings.bootstrap_servers}: {exc}"
+                ) from exc
             await asyncio.sleep(0.5)
     try:
         existing = await _partition_counts(admin)
@@ -45,12 +70,17 @@ async def ensure_topics(
             try:
                 await admin.create_topics(
                     [
-                        NewTopic(spec.name, spec.partitions, replication, topic_configs=spec.config)
+                        NewTopic(
+                            spec.name,
+                            spec.partitions,
+                            settings.replication,
+                            topic_configs=spec.config,
+                        )
                         for spec in missing
                     ]
                 )
             except TopicAlreadyExistsError:
-                log.info("another worker created the topics first")
+                log.info("another process created the topics first")
             await _wait_visible(admin, {spec.name for spec in missing}, deadline)
         return [spec.name for spec in missing]
     finally:
@@ -75,7 +105,6 @@ async def _wait_visible(admin: AIOKafkaAdminClient, names: set[str], deadline: f
         if names <= counts.keys():
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise TopologyError(
-                f"topics not visible after creation: {sorted(names - counts.keys())}"
-            )
+            missing = sorted(names - counts.keys())
+            raise TopologyError(f"topics not visible after creation: {missing}")
         await asyncio.sleep(0.2)

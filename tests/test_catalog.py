@@ -1,0 +1,595 @@
+"""The catalog CX ops edit: the shipped example, durations, refusals with their line, windows."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import time
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from models.records import Category, Severity, Stage
+from streams.catalog import (
+    Catalog,
+    CatalogError,
+    KeyMoment,
+    MessagingPolicy,
+    QuietHours,
+    ScoreMetric,
+    ScoreWindow,
+    load_catalog,
+    parse_catalog,
+    parse_duration_ms,
+)
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "deploy" / "catalog.example.yaml"
+
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+# 2026-11-22T00:00:00Z: 20,779 days after the epoch (56 years with 14 leap days to
+# 2026-01-01, then 325 days to 22 November), worked out by hand.
+DAY_START_MS = 1_795_305_600_000
+
+
+def catalog_text(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def line_of(text: str, needle: str) -> int:
+    """The 1-based line of the only line of `text` that contains `needle`."""
+    lines = [number for number, line in enumerate(text.splitlines(), 1) if needle in line]
+    assert len(lines) == 1, f"{needle!r} is on lines {lines}"
+    return lines[0]
+
+
+def refusal(text: str) -> CatalogError:
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(text, "ops/catalog.yaml")
+    return info.value
+
+
+# --- the shipped example -----------------------------------------------------------------
+
+
+def test_example_catalog_loads_with_the_key_moments_it_lists() -> None:
+    catalog = load_catalog(EXAMPLE)
+    assert catalog.key_moments == (
+        KeyMoment(
+            touchpoint="checkout.payment",
+            metric=ScoreMetric.NPS,
+            below=10.0,
+            above=None,
+            window_ms=30 * MINUTE,
+            step_ms=5 * MINUTE,
+            min_samples=30,
+            severity=Severity.CRITICAL,
+        ),
+        KeyMoment(
+            touchpoint="checkout.payment",
+            metric=ScoreMetric.FAILURE_RATE,
+            below=None,
+            above=0.15,
+            window_ms=30 * MINUTE,
+            step_ms=5 * MINUTE,
+            min_samples=50,
+            severity=Severity.CRITICAL,
+        ),
+        KeyMoment(
+            touchpoint="app.login",
+            metric=ScoreMetric.DURATION_MS,
+            below=None,
+            above=3000.0,
+            window_ms=30 * MINUTE,
+            step_ms=5 * MINUTE,
+            min_samples=50,
+            severity=Severity.WARNING,  # not given in the file: the default
+        ),
+        KeyMoment(
+            touchpoint="call_center.support",
+            metric=ScoreMetric.CSAT,
+            below=3.5,
+            above=None,
+            window_ms=HOUR,
+            step_ms=10 * MINUTE,
+            min_samples=20,
+            severity=Severity.WARNING,
+        ),
+        KeyMoment(
+            touchpoint="call_center.support",
+            metric=ScoreMetric.CES,
+            below=None,
+            above=4.5,
+            window_ms=HOUR,
+            step_ms=10 * MINUTE,
+            min_samples=20,
+            severity=Severity.WARNING,
+        ),
+    )
+
+
+def test_example_catalog_scores_touchpoints_and_messaging() -> None:
+    catalog = load_catalog(EXAMPLE)
+    assert catalog.scores == ScoreWindow(window_ms=HOUR, step_ms=5 * MINUTE, grace_ms=MINUTE)
+    assert len(catalog.touchpoints) == 15
+    assert catalog.touchpoints["douyin.ad"] is Stage.AWARENESS
+    assert catalog.touchpoints["checkout.payment"] is Stage.PURCHASE
+    assert catalog.touchpoints["delivery.tracking"] is Stage.USE
+    assert catalog.touchpoints["call_center.support"] is Stage.SERVICE
+    assert catalog.touchpoints["wechat.official_account"] is Stage.RETENTION
+    assert catalog.messaging == MessagingPolicy(
+        window_ms=DAY,
+        max_messages=5,
+        max_per_channel=3,
+        categories=frozenset({Category.MARKETING}),
+        quiet_hours=QuietHours(start=time(22), end=time(8), timezone=ZoneInfo("Asia/Shanghai")),
+        severity=Severity.WARNING,
+    )
+
+
+def test_example_key_moments_by_touchpoint() -> None:
+    catalog = load_catalog(EXAMPLE)
+    assert [m.id for m in catalog.key_moments_for("checkout.payment")] == [
+        "checkout.payment/nps",
+        "checkout.payment/failure_rate",
+    ]
+    assert [m.id for m in catalog.key_moments_for("call_center.support")] == [
+        "call_center.support/csat",
+        "call_center.support/ces",
+    ]
+    assert catalog.key_moments_for("douyin.ad") == ()
+    assert catalog.key_moments_for("no.such.touchpoint") == ()
+
+
+def test_example_bucket_and_retention() -> None:
+    catalog = load_catalog(EXAMPLE)
+    # gcd(1h, 5m, 30m, 5m, 30m, 5m) = 5m; longest window 1h + 1m grace.
+    assert catalog.bucket_ms("checkout.payment") == 5 * MINUTE
+    assert catalog.retention_ms("checkout.payment") == 61 * MINUTE
+    # gcd(1h, 5m, 1h, 10m, 1h, 10m) = 5m.
+    assert catalog.bucket_ms("call_center.support") == 5 * MINUTE
+    assert catalog.retention_ms("call_center.support") == 61 * MINUTE
+
+
+def test_empty_catalog_is_the_defaults() -> None:
+    assert parse_catalog("") == Catalog()
+    assert parse_catalog("# nothing configured yet\n") == Catalog()
+
+
+def test_minimal_key_moment_takes_its_defaults() -> None:
+    catalog = parse_catalog(
+        catalog_text(
+            """
+            scores: {window: 2h, step: 10m}
+            key_moments:
+              - touchpoint: app.cart
+                metric: abandon_rate
+                above: 0.4
+            """
+        )
+    )
+    (moment,) = catalog.key_moments
+    assert moment.window_ms == 2 * HOUR  # the scores window
+    assert moment.step_ms == 10 * MINUTE  # the scores step
+    assert moment.min_samples == 30
+    assert moment.severity is Severity.WARNING
+    assert moment.threshold == 0.4
+    assert catalog.scores.grace_ms == MINUTE
+
+
+def test_load_catalog_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "key_moments:\n  - {touchpoint: app.login, metric: csat, below: 4}\n", encoding="utf-8"
+    )
+    assert [m.id for m in load_catalog(path).key_moments] == ["app.login/csat"]
+    assert [m.id for m in load_catalog(str(path)).key_moments] == ["app.login/csat"]
+
+
+def test_load_catalog_on_a_missing_file_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "catalog.yaml"
+    with pytest.raises(CatalogError) as info:
+        load_catalog(missing)
+    assert info.value.line is None
+    assert "read" in info.value.reason
+    assert str(missing) in str(info.value)
+
+
+def test_errors_from_a_file_name_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "key_moments:\n  - touchpoint: app.login\n    metric: joy\n    below: 1\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert info.value.line == 3
+    assert str(info.value).startswith(f"{path}:3: ")
+
+
+# --- durations ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", 30_000),
+        ("5m", 300_000),
+        ("1h", 3_600_000),
+        ("24h", 86_400_000),
+        ("7d", 604_800_000),
+        ("90m", 5_400_000),
+    ],
+)
+def test_durations(text: str, expected: int) -> None:
+    assert parse_duration_ms(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0m", "0s", "5 minutes", "-1h", "1.5h", "", "5", "h", "1w"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration_ms(text)
+
+
+# --- refusals, each with its line --------------------------------------------------------
+
+BASE_MOMENT = """
+    # A comment first, so that line numbers are not all small.
+    scores:
+      window: 1h
+      step: 5m
+    key_moments:
+      - touchpoint: checkout.payment
+        metric: nps
+        below: 10
+        window: 30m
+        step: 5m
+        min_samples: 30
+        severity: critical
+    """
+
+
+def moment_text(**replace: str) -> str:
+    text = catalog_text(BASE_MOMENT)
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def test_bad_yaml_is_refused_with_its_line() -> None:
+    text = catalog_text(
+        """
+        messaging:
+          window: 24h
+          max_messages: 5
+         max_per_channel: 3
+        """
+    )
+    error = refusal(text)
+    assert error.line == line_of(text, "max_per_channel")
+    assert "YAML" in error.reason
+
+
+def test_unclosed_flow_sequence_is_refused() -> None:
+    text = catalog_text(
+        """
+        messaging:
+          categories: [marketing, service
+          window: 24h
+        """
+    )
+    error = refusal(text)
+    assert error.line is not None
+    assert error.line >= line_of(text, "categories")
+    assert "YAML" in error.reason
+
+
+def test_unknown_metric_is_refused_on_its_line() -> None:
+    text = moment_text(**{"metric: nps": "metric: happiness"})
+    error = refusal(text)
+    assert error.line == line_of(text, "happiness")
+    assert "happiness" in error.reason
+    assert "nps" in error.reason  # the allowed metrics are listed
+
+
+def test_both_below_and_above_is_refused() -> None:
+    text = moment_text(**{"below: 10": "below: 10\n    above: 3"})
+    error = refusal(text)
+    assert error.line == line_of(text, "- touchpoint: checkout.payment")
+    assert "below" in error.reason
+    assert "above" in error.reason
+
+
+def test_neither_below_nor_above_is_refused() -> None:
+    text = moment_text(**{"    below: 10\n": ""})
+    error = refusal(text)
+    assert error.line == line_of(text, "- touchpoint: checkout.payment")
+    assert "below" in error.reason
+    assert "above" in error.reason
+
+
+@pytest.mark.parametrize(("window", "step"), [("1h", "7m"), ("5m", "10m"), ("90s", "1m")])
+def test_window_not_a_multiple_of_step_is_refused(window: str, step: str) -> None:
+    text = moment_text(
+        **{"window: 30m": f"window: {window}", "step: 5m\n    min": f"step: {step}\n    min"}
+    )
+    error = refusal(text)
+    assert error.line == line_of(text, "- touchpoint: checkout.payment")
+    assert "step" in error.reason
+
+
+def test_scores_window_not_a_multiple_of_step_is_refused() -> None:
+    text = moment_text(**{"step: 5m\nkey": "step: 7m\nkey"})
+    error = refusal(text)
+    assert error.line == line_of(text, "window: 1h")  # where the scores mapping starts
+    assert "scores" in error.reason
+    assert "step" in error.reason
+
+
+def test_unknown_top_level_key_is_refused_on_its_line() -> None:
+    text = moment_text() + "mesaging:\n  window: 24h\n"
+    error = refusal(text)
+    assert error.line == line_of(text, "mesaging")
+    assert "mesaging" in error.reason
+    assert "messaging" in error.reason  # the expected keys are listed
+
+
+def test_unknown_key_inside_a_key_moment_is_refused_on_its_line() -> None:
+    text = moment_text(**{"severity: critical": "severty: critical"})
+    error = refusal(text)
+    assert error.line == line_of(text, "severty")
+    assert "severty" in error.reason
+
+
+def test_unknown_key_inside_messaging_is_refused_on_its_line() -> None:
+    text = catalog_text(
+        """
+        messaging:
+          window: 24h
+          max_messages: 5
+          max_per_chanel: 3
+        """
+    )
+    error = refusal(text)
+    assert error.line == line_of(text, "max_per_chanel")
+    assert "max_per_chanel" in error.reason
+
+
+def test_unknown_severity_is_refused_on_its_line() -> None:
+    text = moment_text(**{"severity: critical": "severity: urgent"})
+    error = refusal(text)
+    assert error.line == line_of(text, "urgent")
+    assert "urgent" in error.reason
+    assert "critical" in error.reason
+
+
+def test_duplicate_key_moment_is_refused_on_the_second() -> None:
+    text = moment_text() + "  - touchpoint: checkout.payment\n    metric: nps\n    below: 8\n"
+    error = refusal(text)
+    assert error.line == line_of(text, "below: 8") - 2
+    assert "checkout.payment/nps" in error.reason
+    assert "twice" in error.reason
+
+
+def test_same_touchpoint_with_another_metric_is_not_a_duplicate() -> None:
+    text = moment_text() + "  - {touchpoint: checkout.payment, metric: csat, below: 4}\n"
+    assert len(parse_catalog(text).key_moments_for("checkout.payment")) == 2
+
+
+def test_duplicate_mapping_key_is_refused_on_its_line() -> None:
+    text = moment_text(**{"min_samples: 30": "min_samples: 30\n    window: 45m"})
+    error = refusal(text)
+    assert error.line == line_of(text, "window: 45m")
+    assert "window" in error.reason
+    assert "twice" in error.reason
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "2.5", "²"])
+def test_bad_min_samples_is_refused_on_its_line(value: str) -> None:
+    text = moment_text(**{"min_samples: 30": f"min_samples: {value!r}"})
+    error = refusal(text)
+    assert error.line == line_of(text, "min_samples")
+    assert "min_samples" in error.reason
+
+
+@pytest.mark.parametrize("value", ["high", "'ten'", "[10]", ".nan"])
+def test_non_number_threshold_is_refused_on_its_line(value: str) -> None:
+    text = moment_text(**{"below: 10": f"below: {value}"})
+    error = refusal(text)
+    assert error.line == line_of(text, "below:")
+    assert "below" in error.reason
+
+
+def test_bad_duration_in_a_key_moment_is_refused_on_its_line() -> None:
+    text = moment_text(**{"window: 30m": "window: 30 minutes"})
+    error = refusal(text)
+    assert error.line == line_of(text, "30 minutes")
+    assert "window" in error.reason
+
+
+QUIET_HOURS = """
+    messaging:
+      window: 24h
+      quiet_hours:
+        start: "22:00"
+        end: "08:00"
+        timezone: Asia/Shanghai
+    """
+
+
+def quiet_text(**replace: str) -> str:
+    text = catalog_text(QUIET_HOURS)
+    for old, new in replace.items():
+        assert old in text
+        text = text.replace(old, new)
+    return text
+
+
+def test_quiet_hours_load() -> None:
+    policy = parse_catalog(quiet_text()).messaging
+    assert policy.quiet_hours == QuietHours(
+        start=time(22), end=time(8), timezone=ZoneInfo("Asia/Shanghai")
+    )
+
+
+def test_unknown_timezone_is_refused_on_its_line() -> None:
+    text = quiet_text(**{"Asia/Shanghai": "Asia/Shangai"})
+    error = refusal(text)
+    assert error.line == line_of(text, "Asia/Shangai")
+    assert "Asia/Shangai" in error.reason
+    assert "timezone" in error.reason
+
+
+@pytest.mark.parametrize("value", ["25:00", "10pm", "22h00", "noon"])
+def test_bad_clock_time_is_refused_on_its_line(value: str) -> None:
+    text = quiet_text(**{'start: "22:00"': f'start: "{value}"'})
+    error = refusal(text)
+    assert error.line == line_of(text, "start:")
+    assert value in error.reason
+
+
+def test_clock_time_with_an_offset_is_refused() -> None:
+    # The zone belongs in `timezone`; an offset on the clock time cannot be compared with
+    # the zone's local time of a message.
+    text = quiet_text(**{'end: "08:00"': 'end: "08:00+08:00"'})
+    error = refusal(text)
+    assert error.line == line_of(text, "end:")
+    assert "08:00+08:00" in error.reason
+
+
+def test_quiet_hours_without_end_is_refused() -> None:
+    text = quiet_text(**{'    end: "08:00"\n': ""})
+    error = refusal(text)
+    assert error.line == line_of(text, "start:")
+    assert "end" in error.reason
+
+
+def test_unknown_messaging_category_is_refused_on_its_line() -> None:
+    text = quiet_text(**{"window: 24h": "window: 24h\n  categories: [marketing, spam]"})
+    error = refusal(text)
+    assert error.line == line_of(text, "categories")
+    assert "spam" in error.reason
+
+
+# --- quiet hours -------------------------------------------------------------------------
+
+SHANGHAI_NIGHT = QuietHours(start=time(22), end=time(8), timezone=ZoneInfo("Asia/Shanghai"))
+
+
+@pytest.mark.parametrize(
+    ("millis", "inside"),
+    [
+        # Shanghai is UTC+8 all year. Several of these would flip if the zone were ignored:
+        # 12:00 local is 04:00 UTC, inside 22:00-08:00 when read as UTC.
+        pytest.param(DAY_START_MS + 14 * HOUR, True, id="22:00-local"),
+        pytest.param(DAY_START_MS + 15 * HOUR + 30 * MINUTE, True, id="23:30-local"),
+        pytest.param(DAY_START_MS + 16 * HOUR, True, id="00:00-local"),
+        pytest.param(DAY_START_MS + 23 * HOUR + 59 * MINUTE, True, id="07:59-local"),
+        pytest.param(DAY_START_MS + DAY, False, id="08:00-local"),
+        pytest.param(DAY_START_MS + DAY + 4 * HOUR, False, id="12:00-local"),
+        pytest.param(DAY_START_MS + 13 * HOUR + 59 * MINUTE, False, id="21:59-local"),
+    ],
+)
+def test_quiet_hours_crossing_midnight(millis: int, inside: bool) -> None:
+    assert SHANGHAI_NIGHT.contains(millis) is inside
+
+
+@pytest.mark.parametrize(
+    ("millis", "inside"),
+    [
+        pytest.param(DAY_START_MS + 9 * HOUR, True, id="09:00"),
+        pytest.param(DAY_START_MS + 12 * HOUR, True, id="12:00"),
+        pytest.param(DAY_START_MS + 16 * HOUR + 59 * MINUTE, True, id="16:59"),
+        pytest.param(DAY_START_MS + 17 * HOUR, False, id="17:00"),
+        pytest.param(DAY_START_MS + 8 * HOUR + 59 * MINUTE, False, id="08:59"),
+        pytest.param(DAY_START_MS, False, id="00:00"),
+        pytest.param(DAY_START_MS + 23 * HOUR, False, id="23:00"),
+    ],
+)
+def test_quiet_hours_within_one_day(millis: int, inside: bool) -> None:
+    office = QuietHours(start=time(9), end=time(17), timezone=ZoneInfo("UTC"))
+    assert office.contains(millis) is inside
+
+
+# --- key moments -------------------------------------------------------------------------
+
+
+def moment(**changes: object) -> KeyMoment:
+    fields: dict[str, object] = {
+        "touchpoint": "checkout.payment",
+        "metric": ScoreMetric.NPS,
+        "below": 10.0,
+        "above": None,
+        "window_ms": 30 * MINUTE,
+        "step_ms": 5 * MINUTE,
+        "min_samples": 30,
+        "severity": Severity.CRITICAL,
+    }
+    fields.update(changes)
+    return KeyMoment(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "breaks"), [(9.99, True), (-5.0, True), (10.0, False), (42.0, False)]
+)
+def test_below_standard_breaks_under_the_bound_only(value: float, breaks: bool) -> None:
+    assert moment().breaks(value) is breaks
+
+
+@pytest.mark.parametrize(
+    ("value", "breaks"), [(0.16, True), (1.0, True), (0.15, False), (0.0, False)]
+)
+def test_above_standard_breaks_over_the_bound_only(value: float, breaks: bool) -> None:
+    rate = moment(metric=ScoreMetric.FAILURE_RATE, below=None, above=0.15)
+    assert rate.breaks(value) is breaks
+    assert rate.threshold == 0.15
+
+
+# --- buckets and retention ---------------------------------------------------------------
+
+WINDOWS = catalog_text(
+    """
+    scores:
+      window: 1h
+      step: 20m
+      grace: 2m
+    key_moments:
+      - {touchpoint: t.a, metric: nps, below: 9, window: 45m, step: 15m}
+      - {touchpoint: t.a, metric: failure_rate, above: 0.1, window: 2h, step: 8m}
+      - {touchpoint: t.b, metric: csat, below: 4, window: 90s, step: 45s}
+      - {touchpoint: t.c, metric: ces, above: 4, window: 7d, step: 1d}
+    """
+)
+
+
+def test_bucket_is_the_gcd_of_every_window_and_step_of_the_touchpoint() -> None:
+    catalog = parse_catalog(WINDOWS)
+    # t.a: gcd(60m, 20m, 45m, 15m, 120m, 8m) = 1m: both of its key moments count.
+    assert catalog.bucket_ms("t.a") == MINUTE
+    # t.b: gcd(3600s, 1200s, 90s, 45s) = 15s.
+    assert catalog.bucket_ms("t.b") == 15_000
+    # t.c: gcd(60m, 20m, 7d, 1d) = 20m.
+    assert catalog.bucket_ms("t.c") == 20 * MINUTE
+    # No key moment: gcd(60m, 20m) = 20m.
+    assert catalog.bucket_ms("t.none") == 20 * MINUTE
+
+
+def test_every_window_is_a_whole_number_of_buckets() -> None:
+    catalog = parse_catalog(WINDOWS)
+    for name in ("t.a", "t.b", "t.c", "t.none"):
+        bucket = catalog.bucket_ms(name)
+        sizes = [catalog.scores.window_ms, catalog.scores.step_ms]
+        for m in catalog.key_moments_for(name):
+            sizes += [m.window_ms, m.step_ms]
+        assert all(size % bucket == 0 for size in sizes), name
+
+
+def test_retention_is_the_longest_window_plus_grace() -> None:
+    catalog = parse_catalog(WINDOWS)
+    assert catalog.retention_ms("t.a") == 122 * MINUTE  # 2h + 2m
+    assert catalog.retention_ms("t.b") == 62 * MINUTE  # the 1h scores window + 2m
+    assert catalog.retention_ms("t.c") == 7 * DAY + 2 * MINUTE
+    assert catalog.retention_ms("t.none") == 62 * MINUTE
