@@ -190,7 +190,9 @@ def decode_identity_link(raw: bytes) -> IdentityLink:
 
 
 def encode_alert(alert: Alert) -> bytes:
-    doc: dict[str, Any] = {
+    # Details first: a detail can never overwrite a field of the contract.
+    doc: dict[str, Any] = dict(alert.details)
+    doc |= {
         "alert_id": alert.alert_id,
         "fingerprint": alert.fingerprint,
         "kind": alert.kind.value,
@@ -204,7 +206,6 @@ def encode_alert(alert: Alert) -> bytes:
         "threshold": alert.threshold,
         "window": alert.window,
     }
-    doc.update(alert.details)
     return orjson.dumps(doc)
 
 

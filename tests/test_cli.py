@@ -1,0 +1,76 @@
+"""The command line without a broker: routing of published lines, refusals at start."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+from streams.publish import Outgoing, read_lines
+from streams.settings import Topics
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_publish_routes_each_line_by_its_fields_and_names_bad_lines() -> None:
+    lines = b"\n".join(
+        [
+            b'{"event_id": "e1", "customer_id": "c1", "touchpoint": "app.login"}',
+            b'{"answer_id": "a1", "contact": {"type": "phone", "value": "+86138"}}',
+            b'{"contact": {"type": "email", "value": "x@example.com"}, "linked_at": 1}',
+            b"",
+            b"not json",
+            b'{"hello": "world"}',
+        ]
+    )
+    topics = Topics()
+    items = list(read_lines(io.BytesIO(lines), topics, None))
+    routed = [(i.topic, i.key) for i in items if isinstance(i, Outgoing)]
+    assert routed == [
+        (topics.touchpoint_events, b"c1"),
+        (topics.survey_answers, b"phone:+86138"),
+        (topics.identity_links, b"email:x@example.com"),
+    ]
+    errors = [i for i in items if isinstance(i, str)]
+    assert len(errors) == 2
+    assert errors[0].startswith("line 5: ")
+    assert errors[1].startswith("line 6: ")
+
+
+def test_publish_with_a_topic_sends_every_line_as_is() -> None:
+    items = list(read_lines(io.BytesIO(b"not json\n{}\n"), Topics(), "raw"))
+    assert items == [Outgoing("raw", None, b"not json"), Outgoing("raw", None, b"{}")]
+
+
+def test_worker_refuses_a_bad_catalog_before_it_touches_the_broker(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "key_moments:\n  - touchpoint: checkout.payment\n    metric: nsp\n    below: 1\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "worker"],
+        env={"CXMON_CATALOG": str(catalog), "CXMON_BROKER_URL": "kafka://127.0.0.1:1", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{catalog}:3:" in done.stderr
+    assert "'nsp' is not one of" in done.stderr
+
+
+def test_a_bad_setting_is_named() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "check-catalog"],
+        env={"CXMON_PARTITIONS": "eight", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "CXMON_PARTITIONS='eight' is not a whole number" in done.stderr
