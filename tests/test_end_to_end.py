@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
+
 import orjson
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from models.decode import encode_alert, parse_timestamp_ms
 from streams.catalog import load_catalog
@@ -16,6 +20,20 @@ pytestmark = pytest.mark.broker
 
 START_MS = 1_795_305_600_000  # 2026-11-22T00:00:00+08:00... a fixed past day, so runs agree
 HOUR_MS = 3_600_000
+
+
+async def committed_offsets(deployment: Deployment) -> Counter[str]:
+    """What the worker's consumer group committed, summed per topic over its partitions."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.settings().bootstrap_servers)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(deployment.name)
+    finally:
+        await admin.close()
+    totals: Counter[str] = Counter()
+    for tp, meta in offsets.items():
+        totals[tp.topic] += meta.offset
+    return totals
 
 
 def transitions(alerts: list[dict[str, object]]) -> set[tuple[object, ...]]:
@@ -101,6 +119,10 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     topics = deployment.topics
     deployment.read(topics.alerts, until=lambda seen: len(seen) >= 1, timeout_s=90)
     assert first.stop() == 0, first.log()[-3000:]
+    committed = asyncio.run(committed_offsets(deployment))
+    published = Counter(record.role for record in records[:half])
+    assert committed[topics.touchpoint_events] == published["touchpoint_events"]
+    assert committed[topics.survey_answers] == published["survey_answers"]
 
     second = deployment.start_worker()
     assert "Restore complete" in second.log()
