@@ -13,6 +13,19 @@ from streams.settings import Topics
 REPO = Path(__file__).resolve().parent.parent
 
 
+def cxmon(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m streams ARGS` with only the given environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env={"PATH": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+
+
 def test_publish_routes_each_line_by_its_fields_and_names_bad_lines() -> None:
     lines = b"\n".join(
         [
@@ -48,29 +61,13 @@ def test_worker_refuses_a_bad_catalog_before_it_touches_the_broker(tmp_path: Pat
     catalog.write_text(
         "key_moments:\n  - touchpoint: checkout.payment\n    metric: nsp\n    below: 1\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "streams", "worker"],
-        env={"CXMON_CATALOG": str(catalog), "CXMON_BROKER_URL": "kafka://127.0.0.1:1", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
-    )
+    done = cxmon("worker", CXMON_CATALOG=str(catalog), CXMON_BROKER_URL="kafka://127.0.0.1:1")
     assert done.returncode == 2
     assert f"{catalog}:3:" in done.stderr
     assert "'nsp' is not one of" in done.stderr
 
 
 def test_a_bad_setting_is_named() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "streams", "check-catalog"],
-        env={"CXMON_PARTITIONS": "eight", "PATH": ""},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-        check=False,
-    )
+    done = cxmon("check-catalog", CXMON_PARTITIONS="eight")
     assert done.returncode == 2
     assert "CXMON_PARTITIONS='eight' is not a whole number" in done.stderr

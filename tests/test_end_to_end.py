@@ -11,15 +11,23 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from models.decode import encode_alert, parse_timestamp_ms
 from streams.catalog import load_catalog
-from streams.replay import OfflineMonitor
+from streams.replay import OfflineMonitor, ReplayResult
 from streams.sentiment import build_scorer
-from streams.simulate import SimulationConfig, generate
+from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from tests.harness import Deployment
 
 pytestmark = pytest.mark.broker
 
 START_MS = 1_795_305_600_000  # 2026-11-22T00:00:00+08:00... a fixed past day, so runs agree
 HOUR_MS = 3_600_000
+
+
+def reference(deployment: Deployment, records: list[SimulatedRecord]) -> ReplayResult:
+    """What the monitor must output: the same records through the pure core, no Kafka."""
+    monitor = OfflineMonitor(load_catalog(deployment.catalog), build_scorer("auto"))
+    for record in records:
+        monitor.feed(record.role, record.value)
+    return monitor.finish()
 
 
 async def committed_offsets(deployment: Deployment) -> Counter[str]:
@@ -62,10 +70,7 @@ def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deploym
         invalid_ratio=0.005,
     )
     records = list(generate(config))
-    reference = OfflineMonitor(load_catalog(deployment.catalog), build_scorer("auto"))
-    for record in records:
-        reference.feed(record.role, record.value)
-    expected = reference.finish()
+    expected = reference(deployment, records)
     expected_alerts = [orjson.loads(encode_alert(a)) for a in expected.alerts]
     invalid = sum(len(reasons) for reasons in expected.rejected.values())
     kinds = {a["kind"] for a in expected_alerts}
@@ -106,10 +111,7 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
         duplicate_ratio=0.02,
     )
     records = list(generate(config))
-    reference = OfflineMonitor(load_catalog(deployment.catalog), build_scorer("auto"))
-    for record in records:
-        reference.feed(record.role, record.value)
-    expected = [orjson.loads(encode_alert(a)) for a in reference.finish().alerts]
+    expected = [orjson.loads(encode_alert(a)) for a in reference(deployment, records).alerts]
     half = len(records) // 2
     # The cut falls inside the degraded hour's first window, so state must carry over.
     assert records[half].occurred_at_ms > START_MS + HOUR_MS - 10 * 60_000
