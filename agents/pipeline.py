@@ -272,7 +272,7 @@ class Pipeline:
             if not self.sources.is_input(tp.topic):
                 continue
             mark = self.sources.mark(self.app, tp.topic, tp.partition)
-            if mark.idle and self.sources.needs_idle_report(mark):
+            if mark.idle and self.sources.claim_idle_report(mark):
                 to_customers = tp.topic == self.topology.touchpoint_events.get_topic_name()
                 await self._broadcast([mark], to_customers)
 
@@ -505,7 +505,8 @@ class Sources:
         idle = highwater is not None and read_to >= highwater
         return SourceMark(source, self.watermarks.get(source), idle)
 
-    def needs_idle_report(self, mark: SourceMark) -> bool:
+    def claim_idle_report(self, mark: SourceMark) -> bool:
+        """True once per idle spell of a source: the caller then reports it."""
         if mark.source in self.reported_idle:
             return False
         self.reported_idle.add(mark.source)

@@ -209,11 +209,6 @@ def encode_alert(alert: Alert) -> bytes:
     return orjson.dumps(doc)
 
 
-def decode_alert(raw: bytes) -> dict[str, Any]:
-    """Alerts are read back as plain objects: consumers print or forward them."""
-    return parse_json_object(raw)
-
-
 def _required(doc: Mapping[str, Any], name: str) -> Any:
     value = doc.get(name)
     if value is None:
