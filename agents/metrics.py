@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streams.catalog import Catalog, ScoreMetric
+from streams.messaging import Message
+from streams.scores import Tally
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+LagReading = tuple[str, int, int]
+
+
+class ConsumerLag(Collector):
+    """Records left to process per assigned partition, read at scrape time from the worker."""
+
+    def __init__(self) -> None:
+        self.readings: Callable[[], Iterable[LagReading]] = lambda: ()
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "cxmon_consumer_lag_records",
+            "Records between the last one processed and the end of each assigned partition.",
+            labels=["topic", "partition"],
+        )
+        for topic, partition, lag in self.readings():
+            family.add_metric([topic, str(partition)], lag)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("cxmon_consumer_lag_records", "", labels=["topic", "partition"])
+
 
 RECORDS = Counter(
     "cxmon_records_total",
@@ -47,10 +78,28 @@ BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
     registry=REGISTRY,
 )
+INGEST_LATENCY = Histogram(
+    "cxmon_ingest_latency_seconds",
+    "Seconds from the append of a batch's oldest input record to the end of its processing.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    registry=REGISTRY,
+)
+TOUCHPOINT_INFO = Gauge(
+    "cxmon_touchpoint_info",
+    "1 for every touchpoint the catalog declares, with its journey stage.",
+    ["touchpoint", "stage"],
+    registry=REGISTRY,
+)
 TOUCHPOINT_SCORE = Gauge(
     "cxmon_touchpoint_score",
-    "Score of a touchpoint over its latest closed scoring window.",
+    "Unitless score of a touchpoint (NPS, CSAT, CES, sentiment, rates) over its latest window.",
     ["touchpoint", "metric"],
+    registry=REGISTRY,
+)
+TOUCHPOINT_WAIT = Gauge(
+    "cxmon_touchpoint_wait_seconds",
+    "Waiting or loading time customers had at a touchpoint over its latest window.",
+    ["touchpoint", "statistic"],
     registry=REGISTRY,
 )
 TOUCHPOINT_SAMPLES = Gauge(
@@ -62,6 +111,85 @@ TOUCHPOINT_SAMPLES = Gauge(
 KEY_MOMENT_DEGRADED = Gauge(
     "cxmon_key_moment_degraded",
     "1 while a key moment has an open incident, else 0.",
-    ["touchpoint", "metric"],
+    ["touchpoint", "metric", "severity"],
     registry=REGISTRY,
 )
+KEY_MOMENT_THRESHOLD = Gauge(
+    "cxmon_key_moment_threshold",
+    "The standard of a key moment, in base units (seconds for waiting time).",
+    ["touchpoint", "metric", "breaks"],
+    registry=REGISTRY,
+)
+OUTBOUND_MESSAGES = Counter(
+    "cxmon_outbound_messages_total",
+    "Outbound messages counted towards customers' frequency, by channel and category.",
+    ["channel", "category"],
+    registry=REGISTRY,
+)
+CUSTOMER_WINDOW_MESSAGES = Histogram(
+    "cxmon_customer_window_messages",
+    "Counted messages in a customer's window, observed each time the customer gets messages.",
+    buckets=(1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50),
+    registry=REGISTRY,
+)
+CONSUMER_LAG = ConsumerLag()
+REGISTRY.register(CONSUMER_LAG)
+ALERTMANAGER_PUSHES = Counter(
+    "cxmon_alertmanager_pushes_total",
+    "Pushes of alerts to Alertmanager, by outcome (a failed push is retried).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+ALERTMANAGER_ACTIVE = Gauge(
+    "cxmon_alertmanager_active_alerts",
+    "Firing alerts this worker re-sends to Alertmanager until they resolve.",
+    registry=REGISTRY,
+)
+
+
+# Channels a label may carry; any other id a producer invents is counted as "other".
+CHANNEL_LABELS = frozenset(
+    {"sms", "email", "wechat", "app_push", "in_app", "web", "app", "mini_program", "store",
+     "call_center", "social"}
+)  # fmt: skip
+
+
+def declare_catalog(catalog: Catalog) -> None:
+    """Series that exist from the start: touchpoint stages, key moment states and standards."""
+    for touchpoint, stage in catalog.touchpoints.items():
+        TOUCHPOINT_INFO.labels(touchpoint, stage.value).set(1)
+    for moment in catalog.key_moments:
+        metric = moment.metric.value
+        KEY_MOMENT_DEGRADED.labels(moment.touchpoint, metric, moment.severity.value).set(0)
+        breaks = "below" if moment.below is not None else "above"
+        threshold = moment.threshold
+        if moment.metric is ScoreMetric.DURATION_MS:
+            threshold /= 1000
+        KEY_MOMENT_THRESHOLD.labels(moment.touchpoint, metric, breaks).set(threshold)
+
+
+def export_score(touchpoint: str, metric: ScoreMetric, tally: Tally) -> None:
+    TOUCHPOINT_SAMPLES.labels(touchpoint, metric.value).set(tally.samples(metric))
+    if metric is ScoreMetric.DURATION_MS:
+        mean = tally.duration_mean()
+        if mean is not None:
+            TOUCHPOINT_WAIT.labels(touchpoint, "mean").set(mean / 1000)
+            TOUCHPOINT_WAIT.labels(touchpoint, "p95").set(tally.duration_quantile(0.95) / 1000)
+        return
+    value = tally.value(metric)
+    if value is not None:
+        TOUCHPOINT_SCORE.labels(touchpoint, metric.value).set(value)
+
+
+def forget_score(touchpoint: str, metric: ScoreMetric) -> None:
+    TOUCHPOINT_SAMPLES.remove(touchpoint, metric.value)
+    if metric is ScoreMetric.DURATION_MS:
+        TOUCHPOINT_WAIT.remove(touchpoint, "mean")
+        TOUCHPOINT_WAIT.remove(touchpoint, "p95")
+    else:
+        TOUCHPOINT_SCORE.remove(touchpoint, metric.value)
+
+
+def count_outbound(message: Message) -> None:
+    channel = message.channel if message.channel in CHANNEL_LABELS else "other"
+    OUTBOUND_MESSAGES.labels(channel, message.category.value).inc()

@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import faust
 from aiokafka.partitioner import murmur2
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, StreamT
 
 from agents import metrics
+from agents.streaming import Batches, Event, PartitionedState, payload
 from agents.topology import Topology
 from models.decode import (
     InvalidRecord,
@@ -42,43 +43,10 @@ from streams.touchpoints import TouchpointState, TouchpointWindows
 
 log = logging.getLogger(__name__)
 
-Stream = faust.Stream[bytes]
-Event = EventT[bytes]
-StateTable = faust.Table[bytes, bytes]
-
-
-def payload(event: Event) -> bytes:
-    """The raw value; a tombstone on an input topic reads as empty and fails validation."""
-    return event.message.value or b""
-
 
 def partition_of(key: bytes, partitions: int) -> int:
     """Where the producer's default partitioner puts `key`: Kafka's murmur2, as in Java."""
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-class PartitionedState:
-    """A table written with an explicit changelog partition, so batches may mix partitions."""
-
-    def __init__(self, table: StateTable) -> None:
-        self.table = table
-        self.store = table.data
-
-    def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self.store.get(key)
-        return value
-
-    def put(self, partition: int, key: bytes, value: bytes) -> None:
-        self.store[key] = value
-        self.table.send_changelog(partition, key, value)
-
-    def delete(self, partition: int, key: bytes) -> None:
-        if self.store.get(key) is not None:
-            del self.store[key]
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
-
-    def items(self) -> Iterable[tuple[bytes, bytes]]:
-        return list(self.store.items())
 
 
 @dataclass(frozen=True)
@@ -92,8 +60,11 @@ class Core:
 class Pipeline:
     """Owns the agents of one worker; each `async def` taking a stream is one agent's loop."""
 
-    def __init__(self, app: faust.App, topology: Topology, settings: Settings, core: Core) -> None:
+    def __init__(
+        self, app: faust.App, topology: Topology, settings: Settings, core: Core, batches: Batches
+    ) -> None:
         self.app = app
+        self.batches = batches
         self.topology = topology
         self.settings = settings
         self.core = core
@@ -128,8 +99,8 @@ class Pipeline:
         for touchpoint in sorted({m.touchpoint for m in core.catalog.key_moments}):
             partition = partition_of(touchpoint.encode(), self.partitions)
             self.key_moment_touchpoints[partition].append(touchpoint)
-        for moment in core.catalog.key_moments:
-            metrics.KEY_MOMENT_DEGRADED.labels(moment.touchpoint, moment.metric.value).set(0)
+        self.exported_scores: set[tuple[str, ScoreMetric]] = set()
+        metrics.declare_catalog(core.catalog)
 
     def attach(self) -> None:
         topology = self.topology
@@ -145,17 +116,10 @@ class Pipeline:
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
 
-    async def _batches(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
-        batches = cast(Stream, stream).take_events(
-            self.settings.batch_size, self.settings.batch_seconds
-        )
-        async for events in batches:
-            yield list(events)
-
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
 
     async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             started = time.perf_counter()
             for event, record in await self._valid(events, decode_touchpoint_event):
                 if not self._first_time(event, record.event_id, record.occurred_at_ms):
@@ -166,20 +130,25 @@ class Pipeline:
                     await self._route(message)
             await self._flush_partials()
             await self._report_progress(events, to_customers=True)
-            metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+            self._observe_ingest(events, started)
 
     async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             started = time.perf_counter()
             for event, record in await self._valid(events, decode_survey_answer):
                 if self._first_time(event, record.answer_id, record.answered_at_ms):
                     self.partials.add_answer(record)
             await self._flush_partials()
             await self._report_progress(events, to_customers=False)
-            metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+            self._observe_ingest(events, started)
+
+    def _observe_ingest(self, events: list[Event], started: float) -> None:
+        metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+        oldest = min(event.message.timestamp for event in events)
+        metrics.INGEST_LATENCY.observe(max(0.0, time.time() - oldest))
 
     async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             for _, link in await self._valid(events, decode_identity_link):
                 await self.topology.identity_updates.send(
                     key=link.contact.key.encode(), value=encode_link(link)
@@ -293,7 +262,7 @@ class Pipeline:
     # Identity: the latest link per contact, co-partitioned with contact-only messages.
 
     async def apply_identity_updates(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             for event in events:
                 message = event.message
                 key, link = message.key or b"", payload(event)
@@ -301,7 +270,7 @@ class Pipeline:
                     self.identities.put(message.partition, key, link)
 
     async def resolve_contacts(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             progressed: set[int] = set()
             for event in events:
                 partition = event.message.partition
@@ -332,7 +301,7 @@ class Pipeline:
     # Stage 2a: per-touchpoint windows and key moments.
 
     async def score_touchpoints(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             started = time.perf_counter()
             grouped: dict[int, dict[str, list[TouchpointPartial]]] = defaultdict(dict)
             for event in events:
@@ -393,15 +362,18 @@ class Pipeline:
             return
         _, tally = latest
         for metric in ScoreMetric:
-            value = tally.value(metric)
-            if value is not None:
-                metrics.TOUCHPOINT_SCORE.labels(touchpoint, metric.value).set(value)
-            metrics.TOUCHPOINT_SAMPLES.labels(touchpoint, metric.value).set(tally.samples(metric))
+            if tally.samples(metric):
+                metrics.export_score(touchpoint, metric, tally)
+                self.exported_scores.add((touchpoint, metric))
+            elif (touchpoint, metric) in self.exported_scores:
+                # A score with nothing behind it any more is no score: drop the series.
+                metrics.forget_score(touchpoint, metric)
+                self.exported_scores.discard((touchpoint, metric))
 
     # Stage 2b: per-customer message frequency and the over-messaging policy.
 
     async def count_customer_messages(self, stream: StreamT[bytes]) -> None:
-        async for events in self._batches(stream):
+        async for events in self.batches.of(stream):
             started = time.perf_counter()
             by_customer: dict[str, tuple[int, list[OutboundMessage]]] = {}
             partitions: set[int] = set()
@@ -428,6 +400,9 @@ class Pipeline:
         state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
         for message in messages:
             self.policy.record(state, message.message)
+            metrics.count_outbound(message.message)
+        newest = state.messages[-1].sent_at_ms
+        metrics.CUSTOMER_WINDOW_MESSAGES.observe(self.policy.pressure(state, newest).counted)
         self.frequency.put(partition, key, state.encode())
         if self.customers_due.get(key) is None:
             self.customers_due.put(partition, key, str(partition).encode())
@@ -457,7 +432,7 @@ class Pipeline:
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
         if alert.kind is AlertKind.KEY_MOMENT_DEGRADED:
             metric = str(alert.details["metric"])
-            metrics.KEY_MOMENT_DEGRADED.labels(alert.subject, metric).set(
+            metrics.KEY_MOMENT_DEGRADED.labels(alert.subject, metric, alert.severity.value).set(
                 1 if alert.status is AlertStatus.FIRING else 0
             )
         log.info("alert %s %s: %s", alert.status.value, alert.kind.value, alert.fingerprint)

@@ -81,6 +81,7 @@ class Topology:
         self.customers_due = table(
             "customers-due", "Customers with messages not judged yet, or an open incident."
         )
+        self.firing_alerts = table("firing-alerts", "Alerts firing, re-sent to Alertmanager.")
 
     def topics(self) -> list[faust.TopicT]:
         return [
@@ -92,7 +93,7 @@ class Topology:
     def tables(self) -> list[faust.Table[bytes, bytes]]:
         return [
             self.seen_ids, self.touchpoint_windows, self.identities,
-            self.customer_frequency, self.customers_due,
+            self.customer_frequency, self.customers_due, self.firing_alerts,
         ]  # fmt: skip
 
     def specs(self) -> list[TopicSpec]:

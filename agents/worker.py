@@ -10,7 +10,9 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.metrics import REGISTRY
+from agents.notifier import Notifier
 from agents.pipeline import Core, Pipeline
+from agents.streaming import Batches
 from agents.topology import Topology, build_app
 from streams.catalog import load_catalog
 from streams.sentiment import build_scorer
@@ -25,8 +27,11 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
     core = Core(catalog=load_catalog(settings.catalog), scorer=build_scorer(settings.sentiment))
     app = build_app(settings)
     topology = Topology(app, settings)
-    pipeline = Pipeline(app, topology, settings, core)
+    batches = Batches(app, settings)
+    batches.attach()
+    pipeline = Pipeline(app, topology, settings, core, batches)
     pipeline.attach()
+    Notifier(app, topology, settings, batches).attach()
     # Faust pauses a stream whenever more than 100 changelog writes wait to be sent;
     # a batch writes up to one per record, so let a whole batch through at once.
     app.producer.buffer.max_messages = settings.batch_size * 4

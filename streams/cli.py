@@ -1,4 +1,4 @@
-"""The `cxmon` command line: broker, worker, publish, simulate, alerts and a one-command demo."""
+"""The `cxmon` command line: broker, worker, publish, simulate, alerts, webhook and a demo."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from streams.publish import Outgoing, alert_line, follow, read_lines, send_all
 from streams.settings import Settings, SettingsError
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from streams.topics import TopologyError
+from streams.webhook import serve
 
 EXIT_USAGE = 2
 
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-exit", type=float, metavar="SECONDS", help="exit after this long idle"
     )
     alerts.set_defaults(run=run_alerts)
+
+    webhook = commands.add_parser(
+        "webhook", help="receive Alertmanager notifications and print them as JSON lines"
+    )
+    webhook.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    webhook.add_argument("--port", type=int, default=9095, help="port (default: 9095)")
+    webhook.set_defaults(run=run_webhook)
 
     demo = commands.add_parser("demo", help="broker, worker, simulator and alerts, all in one")
     add_simulation_options(demo, demo=True)
@@ -211,6 +219,11 @@ def run_alerts(settings: Settings, args: argparse.Namespace) -> int:
             print(value.decode() if args.json else alert_line(value), flush=True)
 
     asyncio.run(show())
+    return 0
+
+
+def run_webhook(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(serve(args.host, args.port))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,6 +41,12 @@ class Settings:
     sentiment: str = "auto"
     log_level: str = "info"
     topics: Topics = Topics()
+    alertmanager_urls: tuple[str, ...] = ()
+    alertmanager_resend_ms: int = 60_000
+    runbook_url: str = "https://github.com/cx-monitor/cx-monitor/blob/main/docs/runbook.md"
+    grafana_url: str = "http://localhost:3000"
+    # A secret: kept out of repr, so logging the settings never prints it.
+    pseudonym_key: bytes = field(default=b"", repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -98,6 +104,15 @@ class Settings:
                 f"CXMON_BATCH_SECONDS={batch_seconds_raw!r} is not a number"
             ) from None
         return cls(
+            alertmanager_urls=tuple(
+                url.strip().rstrip("/")
+                for url in text("ALERTMANAGER_URL", "").split(",")
+                if url.strip()
+            ),
+            alertmanager_resend_ms=duration("ALERTMANAGER_RESEND", default.alertmanager_resend_ms),
+            runbook_url=text("RUNBOOK_URL", default.runbook_url),
+            grafana_url=text("GRAFANA_URL", default.grafana_url),
+            pseudonym_key=secret(env, "PSEUDONYM_KEY"),
             broker_url=text("BROKER_URL", default.broker_url),
             catalog=Path(text("CATALOG", str(default.catalog))),
             app_id=text("APP_ID", default.app_id),
@@ -114,3 +129,17 @@ class Settings:
             log_level=text("LOG_LEVEL", default.log_level),
             topics=topics,
         )
+
+
+def secret(env: Mapping[str, str], name: str) -> bytes:
+    """CXMON_<name>, or the contents of the file CXMON_<name>_FILE names (Docker secrets)."""
+    value = env.get(f"CXMON_{name}")
+    path = env.get(f"CXMON_{name}_FILE")
+    if value is not None and path is not None:
+        raise SettingsError(f"set CXMON_{name} or CXMON_{name}_FILE, not both")
+    if path is not None:
+        try:
+            return Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise SettingsError(f"CXMON_{name}_FILE={path!r}: {exc.strerror}") from None
+    return (value or "").encode()

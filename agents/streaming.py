@@ -1,0 +1,88 @@
+"""Plumbing every agent shares: batches, how far each partition is processed, partitioned tables."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import cast
+
+import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP, EventT, StreamT
+
+from agents import metrics
+from streams.settings import Settings
+
+Stream = faust.Stream[bytes]
+Event = EventT[bytes]
+StateTable = faust.Table[bytes, bytes]
+
+LAG_INTERVAL_S = 5.0
+
+
+def payload(event: Event) -> bytes:
+    """The raw value; a tombstone on an input topic reads as empty and fails validation."""
+    return event.message.value or b""
+
+
+class PartitionedState:
+    """A table written with an explicit changelog partition, so batches may mix partitions."""
+
+    def __init__(self, table: StateTable) -> None:
+        self.table = table
+        self.store = table.data
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self.store.get(key)
+        return value
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        self.store[key] = value
+        self.table.send_changelog(partition, key, value)
+
+    def delete(self, partition: int, key: bytes) -> None:
+        if self.store.get(key) is not None:
+            del self.store[key]
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return list(self.store.items())
+
+
+class Batches:
+    """Hands agents their records a batch at a time and measures what is left to process."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.processed_offsets: dict[TP, int] = {}
+        self.lag: list[metrics.LagReading] = []
+        metrics.CONSUMER_LAG.readings = lambda: self.lag
+
+    def attach(self) -> None:
+        self.app.timer(LAG_INTERVAL_S, name="measure_consumer_lag")(self.measure_consumer_lag)
+
+    async def of(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
+        batches = cast(Stream, stream).take_events(
+            self.settings.batch_size, self.settings.batch_seconds
+        )
+        async for events in batches:
+            batch = list(events)
+            yield batch
+            for event in batch:
+                message = event.message
+                self.processed_offsets[message.tp] = message.offset
+
+    async def measure_consumer_lag(self) -> None:
+        """Lag from what the agents finished, not what the consumer fetched ahead of them."""
+        consumer = self.app.consumer
+        readings = []
+        try:
+            for tp in sorted(consumer.assignment()):
+                processed = self.processed_offsets.get(tp)
+                position = processed + 1 if processed is not None else await consumer.position(tp)
+                highwater = consumer.highwater(tp)
+                if position is not None and highwater is not None:
+                    readings.append((tp.topic, tp.partition, max(0, highwater - position)))
+        except ConsumerNotStarted:
+            return
+        self.lag = readings

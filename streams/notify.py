@@ -1,0 +1,128 @@
+"""Stream alerts as Alertmanager v2 alerts: labels, annotations, and the instant each one ends."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from models.decode import format_timestamp, parse_timestamp_ms
+from models.records import AlertKind, AlertStatus
+
+# Prometheus sends a firing alert with endsAt four resend intervals ahead: missing three
+# resends in a row (a worker down) lets Alertmanager resolve it on its own, not sooner.
+RESENDS_BEFORE_EXPIRY = 4
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyLinks:
+    """Where a notification points people: the runbook and the Grafana dashboards."""
+
+    runbook_url: str
+    grafana_url: str
+
+    def runbook(self, alertname: str) -> str:
+        return f"{self.runbook_url}#{alertname.lower()}"
+
+    def dashboard(self, touchpoint: str | None) -> str:
+        base = self.grafana_url.rstrip("/")
+        if touchpoint is None:
+            return f"{base}/d/cxmon-overview"
+        return f"{base}/d/cxmon-touchpoint?var-touchpoint={quote(touchpoint)}"
+
+
+def alertname(kind: str) -> str:
+    """`key_moment_degraded` becomes `KeyMomentDegraded`, as Prometheus names its alerts."""
+    return "".join(part.capitalize() for part in kind.split("_"))
+
+
+def pseudonym(customer_id: str, key: bytes) -> str:
+    """A keyed hash: stable per customer, so one customer's alerts group, yet not the id."""
+    return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def is_customer_kind(kind: str) -> bool:
+    return kind == AlertKind.OVER_MESSAGED.value
+
+
+def to_alertmanager(
+    alert: Mapping[str, Any],
+    *,
+    now_ms: int,
+    resend_ms: int,
+    links: NotifyLinks,
+    pseudonym_key: bytes,
+) -> dict[str, Any]:
+    """One `cx.alerts` object as a postable Alertmanager alert, at wall-clock instant `now_ms`."""
+    kind = str(alert["kind"])
+    name = alertname(kind)
+    subject = str(alert["subject"])
+    labels = {
+        "alertname": name,
+        "kind": kind,
+        "severity": str(alert["severity"]),
+        "source": "stream",
+    }
+    summary = str(alert["summary"])
+    touchpoint: str | None = None
+    if is_customer_kind(kind):
+        customer = pseudonym(subject, pseudonym_key)
+        labels["customer"] = customer
+        # Notifications leave the company's Kafka: the customer id stays behind.
+        summary = summary.replace(subject, customer)
+    else:
+        touchpoint = subject
+        labels["touchpoint"] = subject
+        if alert.get("metric") is not None:
+            labels["metric"] = str(alert["metric"])
+    # Event time may run ahead of the wall clock (skewed producers) or far behind it (a
+    # replay); Alertmanager wants startsAt <= endsAt, and resolves an alert ending in the past.
+    starts_at = min(parse_timestamp_ms(alert["starts_at"], "starts_at"), now_ms)
+    if alert["status"] == AlertStatus.RESOLVED.value and alert.get("ends_at") is not None:
+        ends_at = max(starts_at, min(parse_timestamp_ms(alert["ends_at"], "ends_at"), now_ms))
+    else:
+        ends_at = now_ms + RESENDS_BEFORE_EXPIRY * resend_ms
+    dashboard = links.dashboard(touchpoint)
+    return {
+        "labels": labels,
+        "annotations": {
+            "summary": summary,
+            "description": describe(alert),
+            "runbook_url": links.runbook(name),
+            "dashboard_url": dashboard,
+            "fingerprint": str(alert["fingerprint"]),
+        },
+        "startsAt": format_timestamp(starts_at),
+        "endsAt": format_timestamp(ends_at),
+        "generatorURL": dashboard,
+    }
+
+
+def describe(alert: Mapping[str, Any]) -> str:
+    """The figures behind the decision, in one line; never a customer id."""
+    parts = [f"observed {alert['observed']:g}", f"threshold {alert['threshold']:g}"]
+    parts.append(f"window {alert['window']}")
+    for name in ("samples", "min_samples", "window_end", "breaches", "by_channel"):
+        if alert.get(name) is not None:
+            parts.append(f"{name} {_plain(alert[name])}")
+    parts.append(f"event time {alert['starts_at']} to {alert.get('ends_at') or 'now'}")
+    return "; ".join(parts)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    return str(value)
+
+
+def backoff_delays(first_s: float = 0.5, cap_s: float = 30.0) -> Iterator[float]:
+    """Doubling waits between retries, capped: Alertmanager down for an hour costs little."""
+    delay = first_s
+    while True:
+        yield delay
+        delay = min(delay * 2, cap_s)
