@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -28,13 +29,16 @@ PUSH_TIMEOUT_S = 10.0
 class Alertmanager:
     """The Alertmanager instances of one cluster; a push lands once any of them takes it."""
 
-    def __init__(self, urls: tuple[str, ...]) -> None:
+    def __init__(
+        self, urls: tuple[str, ...], delays: Callable[[], Iterator[float]] = backoff_delays
+    ) -> None:
         self.urls = urls
+        self.delays = delays
 
     async def push(self, alerts: list[dict[str, Any]]) -> None:
         """Retries with backoff until one instance accepts: an alert is never dropped."""
         body = orjson.dumps(alerts)
-        for attempt, delay in enumerate(backoff_delays(), start=1):
+        for attempt, delay in enumerate(self.delays(), start=1):
             errors = await self._post_to_all(body)
             if len(errors) < len(self.urls):
                 metrics.ALERTMANAGER_PUSHES.labels("sent").inc()

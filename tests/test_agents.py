@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from agents.metrics import REGISTRY
 from agents.pipeline import Pipeline
 from agents.topology import Topology
 from agents.worker import assemble
@@ -93,6 +94,10 @@ def record_changelog(harness: Harness, table: str) -> Callable[..., Any]:
         harness.changelog.append((table, partition, key, value))
 
     return send_changelog
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def event(event_id: str, *, at_ms: int = START_MS, **fields: Any) -> bytes:
@@ -214,6 +219,10 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
     partition = 0
     items = [(key, p.encode(), partition) for p in partials]
     sources = (topology.touchpoint_events, topology.survey_answers)
+    moment = {"touchpoint": "checkout.payment", "metric": "nps"}
+    degraded = "cxmon_key_moment_degraded"
+    assert sample(degraded, **moment, severity="critical") == 0
+    assert sample("cxmon_key_moment_threshold", **moment, breaks="below") == 10
     # Before every input has reported, nothing is judged; then all idle past the window end.
     await harness.feed("score_touchpoints", items)
     assert harness.to(topology.alerts) == []
@@ -230,6 +239,10 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
     )
     assert alerts[0]["observed"] == -100.0
     assert alerts[0]["samples"] == 40
+    assert sample(degraded, **moment, severity="critical") == 1
+    assert sample("cxmon_touchpoint_score", **moment) == -100.0
+    assert sample("cxmon_touchpoint_samples", **moment) == 40
+    assert sample("cxmon_touchpoint_info", touchpoint="checkout.payment", stage="purchase") == 1
 
 
 async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: Harness) -> None:
@@ -245,8 +258,16 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
         )
         for n, channel in enumerate(channels)
     ]
+    sms_before = sample("cxmon_outbound_messages_total", channel="sms", category="marketing")
+    six_or_fewer = sample("cxmon_customer_window_messages_bucket", le="6.0")
+    five_or_fewer = sample("cxmon_customer_window_messages_bucket", le="5.0")
     await harness.feed("count_customer_messages", items)
     assert harness.to(topology.alerts) == [], "no verdict before the watermark passes"
+    sms = sample("cxmon_outbound_messages_total", channel="sms", category="marketing")
+    assert sms - sms_before == 2
+    # One batch for the customer: one observation of the six counted messages.
+    assert sample("cxmon_customer_window_messages_bucket", le="6.0") - six_or_fewer == 1
+    assert sample("cxmon_customer_window_messages_bucket", le="5.0") - five_or_fewer == 0
     marks = all_idle(
         topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contact_messages
     )
