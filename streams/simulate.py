@@ -105,7 +105,8 @@ class SimulationConfig:
     re-emission time; the value still carries the original time).
     `invalid_ratio`: after each touchpoint event / survey answer a malformed record is added
     with this probability, so invalid records ~= invalid_ratio x valid events and answers.
-    `degrade_touchpoint` without `degrade_from_ms` degrades it from `start_ms`.
+    `degrade_touchpoint` without `degrade_from_ms` degrades it from `start_ms`, and without
+    `degrade_until_ms` to the end: a degradation that ends lets its incident resolve.
     """
 
     start_ms: int
@@ -115,6 +116,7 @@ class SimulationConfig:
     journeys_per_hour: int = 6_000
     degrade_touchpoint: str | None = None
     degrade_from_ms: int | None = None
+    degrade_until_ms: int | None = None
     over_messaged_customers: int = 0
     duplicate_ratio: float = 0.0
     invalid_ratio: float = 0.0
@@ -356,6 +358,7 @@ class _Simulation:
         degrade_from = config.degrade_from_ms
         self.degrade_tp = config.degrade_touchpoint
         self.degrade_from = config.start_ms if degrade_from is None else degrade_from
+        self.degrade_until = config.degrade_until_ms
         self.customer_ids = [f"c-{i:06d}" for i in range(1, config.customers + 1)]
 
     # -- plumbing -------------------------------------------------------------------------
@@ -396,7 +399,11 @@ class _Simulation:
         self._push(at, "identity_links", key.encode(), orjson.dumps(value))
 
     def _degraded(self, touchpoint: str, t: int) -> bool:
-        return touchpoint == self.degrade_tp and t >= self.degrade_from
+        return (
+            touchpoint == self.degrade_tp
+            and t >= self.degrade_from
+            and (self.degrade_until is None or t < self.degrade_until)
+        )
 
     def _publish(self, t: int, role: Role, key: bytes, value: dict[str, Any]) -> None:
         """Push a valid event/answer, and maybe its duplicate and a malformed neighbour."""

@@ -465,3 +465,23 @@ def test_bad_config_is_refused() -> None:
         SimulationConfig(start_ms=START, duplicate_ratio=1.5)
     with pytest.raises(ValueError, match="unknown touchpoint"):
         SimulationConfig(start_ms=START, degrade_touchpoint="nowhere")
+
+
+def test_degradation_that_ends_lets_the_touchpoint_recover() -> None:
+    degrade_from, degrade_until = START + HOUR // 2, START + HOUR
+    records = run(
+        degrade_touchpoint="checkout.payment",
+        degrade_from_ms=degrade_from,
+        degrade_until_ms=degrade_until,
+    )
+    scores: dict[str, list[int]] = {"before": [], "during": [], "after": []}
+    for record in records:
+        value = decode(record)
+        if record.role != "survey_answers" or value.get("touchpoint") != "checkout.payment":
+            continue
+        at = record.occurred_at_ms
+        phase = "before" if at < degrade_from else "during" if at < degrade_until else "after"
+        scores[phase].append(value["score"])
+    assert nps(scores["during"]) < 0
+    assert nps(scores["before"]) > 20
+    assert nps(scores["after"]) > 20
