@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint typecheck unit e2e clean
+# Prometheus and Alertmanager from Debian, for the tests that run them for real.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv ops-tools run test lint typecheck unit e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+ops-tools:
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager >/dev/null; }
 
 run: venv
 	$(BIN)/cxmon demo
@@ -24,13 +33,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+unit: venv ops-tools
 	$(BIN)/pytest -q -m "not broker"
 
-e2e: venv
+e2e: venv ops-tools
 	$(BIN)/pytest -q -m broker
 
-test: lint typecheck
+test: lint typecheck ops-tools
 	$(BIN)/pytest -q
 
 clean:

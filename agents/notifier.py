@@ -92,6 +92,11 @@ class Notifier:
     def attach(self) -> None:
         if not self.settings.alertmanager_urls:
             return
+        if not self.settings.pseudonym_key:
+            log.warning(
+                "CXMON_PSEUDONYM_KEY is not set: customer pseudonyms in notifications are "
+                "unkeyed hashes, which anyone can match against guessed customer ids"
+            )
         self.app.agent(self.topology.alerts, name="notify_alertmanager")(self.notify_alertmanager)
         resend_s = self.settings.alertmanager_resend_ms / 1000
         self.app.timer(resend_s, name="resend_firing_alerts")(self.resend_firing_alerts)

@@ -746,7 +746,7 @@ def broker_problems(compose: Compose, base: Path) -> list[str]:
     problems = []
     for runner in runners(compose, base):
         settings = runner.settings()
-        if settings is None:
+        if settings is None or runner.runs(cli.run_webhook):  # the receiver needs no Kafka
             continue
         for address in settings.bootstrap_servers.split(","):
             host = address.rpartition(":")[0]
@@ -968,6 +968,149 @@ def restart_problems(compose: Compose, base: Path) -> list[str]:
     return problems
 
 
+def service_using(compose: Compose, image: str) -> tuple[str, Service] | None:
+    """The service running the named image (any pinned tag), if the file has one."""
+    for name, service in services(compose).items():
+        if str(service.get("image", "")).rsplit(":", 1)[0] == image:
+            return name, service
+    return None
+
+
+def host_path(service: Service, container_path: str, base: Path) -> Path | None:
+    """Where on the host a bind-mounted container path comes from."""
+    for mount in mounts(service):
+        if mount.named or mount.source is None:
+            continue
+        target = mount.target.rstrip("/")
+        if container_path == target or container_path.startswith(target + "/"):
+            return base / mount.source / posixpath.relpath(container_path, target)
+    return None
+
+
+def flag(service: Service, name: str, default: str) -> str:
+    for word in words(service.get("command")):
+        if word.startswith(f"--{name}="):
+            return word.split("=", 1)[1]
+    return default
+
+
+def listen_port(service: Service, default: int) -> int:
+    address = flag(service, "web.listen-address", f":{default}")
+    return int(address.rpartition(":")[2])
+
+
+def _mounted_config(
+    name: str, service: Service, path: str, base: Path, problems: list[str]
+) -> dict[str, Any] | None:
+    source = host_path(service, path, base)
+    if source is None or not source.is_file():
+        problems.append(f"{name}: {path} is not mounted from a file of this repository")
+        return None
+    loaded: dict[str, Any] = yaml.safe_load(source.read_text())
+    return loaded
+
+
+def _address(text: str) -> tuple[str, int]:
+    """host and port of `host:port` or of a URL."""
+    if "://" in text:
+        text = text.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+def ops_problems(compose: Compose, base: Path) -> list[str]:
+    """Prometheus scrapes the workers and alerts Alertmanager, which notifies the webhook;
+    workers push to Alertmanager; Grafana reads Prometheus and the dashboards: every name,
+    port and mounted file along the way agrees with the service it points at."""
+    problems: list[str] = []
+    found = {
+        role: service_using(compose, image)
+        for role, image in (
+            ("prometheus", "prom/prometheus"),
+            ("alertmanager", "prom/alertmanager"),
+            ("grafana", "grafana/grafana"),
+        )
+    }
+    for role, entry in found.items():
+        if entry is None:
+            problems.append(f"no {role} service")
+    all_runners = runners(compose, base)
+    webhooks = {
+        r.name: args.port
+        for r in all_runners
+        if r.runs(cli.run_webhook) and isinstance(args := r.args(), argparse.Namespace)
+    }
+    workers = {
+        r.name: settings
+        for r in all_runners
+        if r.runs(cli.run_worker) and (settings := r.settings()) is not None
+    }
+    alertmanager_at: tuple[str, int] | None = None
+    if (am := found["alertmanager"]) is not None:
+        name, service = am
+        alertmanager_at = (name, listen_port(service, 9093))
+        path = flag(service, "config.file", "/etc/alertmanager/alertmanager.yml")
+        config = _mounted_config(name, service, path, base, problems)
+        for receiver in (config or {}).get("receivers", []):
+            for webhook in receiver.get("webhook_configs", []):
+                host, port = _address(webhook["url"])
+                if webhooks.get(host) != port:
+                    problems.append(
+                        f"{name}: receiver {receiver['name']} posts to {host}:{port}, "
+                        f"no webhook service listens there ({webhooks})"
+                    )
+    for worker, settings in workers.items():
+        pushes = {_address(url) for url in settings.alertmanager_urls}
+        if alertmanager_at is not None and pushes != {alertmanager_at}:
+            problems.append(f"{worker}: pushes alerts to {pushes}, not {alertmanager_at}")
+    prometheus_at: tuple[str, int] | None = None
+    if (prom := found["prometheus"]) is not None:
+        name, service = prom
+        prometheus_at = (name, listen_port(service, 9090))
+        path = flag(service, "config.file", "/etc/prometheus/prometheus.yml")
+        config = _mounted_config(name, service, path, base, problems) or {}
+        for pattern in config.get("rule_files", []):
+            rules = host_path(service, posixpath.join(posixpath.dirname(path), pattern), base)
+            if rules is None or not list(rules.parent.glob(rules.name)):
+                problems.append(f"{name}: rule_files {pattern} matches no mounted file")
+        scraped = {
+            _address(target)
+            for job in config.get("scrape_configs", [])
+            if job.get("job_name") == "cx-monitor"
+            for static in job.get("static_configs", [])
+            for target in static.get("targets", [])
+        }
+        expected = {(worker, settings.web_port) for worker, settings in workers.items()}
+        if scraped != expected:
+            problems.append(f"{name}: scrapes {sorted(scraped)}, workers are {sorted(expected)}")
+        alerted = {
+            _address(target)
+            for manager in config.get("alerting", {}).get("alertmanagers", [])
+            for static in manager.get("static_configs", [])
+            for target in static.get("targets", [])
+        }
+        if alertmanager_at is not None and alerted != {alertmanager_at}:
+            problems.append(f"{name}: alerts {sorted(alerted)}, not {alertmanager_at}")
+    if (grafana := found["grafana"]) is not None:
+        name, service = grafana
+        provisioning = "/etc/grafana/provisioning"
+        for source in sorted((host_path(service, provisioning, base) or base).glob("*/*.yml")):
+            doc = yaml.safe_load(source.read_text()) or {}
+            for datasource in doc.get("datasources", []):
+                if prometheus_at is not None and _address(datasource["url"]) != prometheus_at:
+                    problems.append(f"{name}: datasource {datasource['url']} is not Prometheus")
+            for provider in doc.get("providers", []):
+                folder = host_path(service, provider["options"]["path"], base)
+                if folder is None or not list(folder.glob("*.json")):
+                    problems.append(
+                        f"{name}: dashboards at {provider['options']['path']} are "
+                        "not mounted from the repository"
+                    )
+        if host_path(service, provisioning, base) is None:
+            problems.append(f"{name}: {provisioning} is not mounted")
+    return problems
+
+
 CHECKS: dict[str, Check] = {
     "images": image_problems,
     "builds": build_problems,
@@ -981,6 +1124,7 @@ CHECKS: dict[str, Check] = {
     "workers": worker_problems,
     "volumes": volume_problems,
     "restart": restart_problems,
+    "ops": ops_problems,
 }
 
 
@@ -1005,6 +1149,7 @@ def test_checks_are_not_vacuous(compose: Compose) -> None:
     assert len([r for r in found if r.runs(cli.run_worker)]) >= 2
     assert any(r.runs(cli.run_simulate) for r in found)
     assert any(r.runs(cli.run_alerts) for r in found)
+    assert any(r.runs(cli.run_webhook) for r in found)
 
 
 @pytest.mark.parametrize("check", list(CHECKS))
@@ -1180,6 +1325,45 @@ BREAKAGES: list[tuple[str, str, Breakage]] = [
     ("workers", "other group", lambda c: _worker_env(c, 1).update(CXMON_APP_ID="other")),
     ("workers", "data dir moved", lambda c: _worker_env(c).update(CXMON_DATA_DIR="/var/cxmon")),
     ("volumes", "undeclared", lambda c: c["volumes"].pop(next(iter(c["volumes"])))),
+    ("ops", "no prometheus", lambda c: c["services"].pop("prometheus")),
+    (
+        "ops",
+        "config not mounted",
+        lambda c: c["services"]["prometheus"].update(volumes=["prometheus-data:/prometheus"]),
+    ),
+    (
+        "ops",
+        "rules elsewhere",
+        lambda c: c["services"]["prometheus"]["volumes"].__setitem__(
+            1, "./deploy/prometheus/rules:/etc/rules:ro"
+        ),
+    ),
+    (
+        "ops",
+        "alertmanager port",
+        lambda c: c["services"]["alertmanager"].update(
+            command=[
+                "--config.file=/etc/alertmanager/alertmanager.yml",
+                "--web.listen-address=:9999",
+            ]
+        ),
+    ),
+    (
+        "ops",
+        "webhook port",
+        lambda c: _runner(c, cli.run_webhook).update(command=["webhook", "--port", "9096"]),
+    ),
+    (
+        "ops",
+        "worker pushes nowhere",
+        lambda c: _worker_env(c).update(CXMON_ALERTMANAGER_URL="http://am:9093"),
+    ),
+    ("ops", "worker unscraped", lambda c: _worker_env(c, 1).update(CXMON_WEB_PORT="6068")),
+    (
+        "ops",
+        "dashboards unmounted",
+        lambda c: c["services"]["grafana"]["volumes"].pop(1),
+    ),
     ("restart", "unquoted no", lambda c: _runner(c, cli.run_simulate).update(restart=False)),
     ("restart", "unknown policy", lambda c: _runner(c, cli.run_alerts).update(restart="sometimes")),
 ]
