@@ -1,4 +1,5 @@
-"""Real Prometheus, Alertmanager and webhook receiver processes for tests, on free ports."""
+"""Real Alertmanager and webhook receiver processes for tests, and the shipped configs
+rewritten for them (Prometheus itself is started by tests/prometheus.py)."""
 
 from __future__ import annotations
 
@@ -107,22 +108,6 @@ def prometheus_config(
     job.pop("scrape_interval", None)
     config["alerting"]["alertmanagers"] = [{"static_configs": [{"targets": alertmanagers}]}]
     return config
-
-
-@contextmanager
-def prometheus(root: Path, config: dict[str, Any]) -> Iterator[Service]:
-    port = free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    config_path = root / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(config))
-    command = [
-        binary("prometheus"),
-        f"--config.file={config_path}",
-        f"--storage.tsdb.path={root / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with service("prometheus", command, port, root, "/-/ready") as running:
-        yield running
 
 
 def alertmanager_config(webhook_url: str, group_wait: str = "2s") -> dict[str, Any]:
