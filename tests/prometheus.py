@@ -58,7 +58,7 @@ def _log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     if process.poll() is not None:
         return
     process.terminate()  # SIGTERM: Prometheus shuts its TSDB down cleanly
@@ -126,7 +126,7 @@ def start_prometheus(
             time.sleep(0.1)
         yield base_url
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def _api(base_url: str, endpoint: str, params: dict[str, str], timeout: float) -> dict[str, Any]:

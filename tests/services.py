@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from tests.harness import REPO, free_port
+from tests.prometheus import stop_process
 
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 PROMETHEUS_RULES = REPO / "deploy" / "prometheus" / "rules"
@@ -71,13 +72,7 @@ class Service:
         raise TimeoutError(f"{self.name} not ready in {timeout_s}s:\n{self.log()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @contextmanager
