@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams.catalog import Catalog, ScoreMetric
+from streams.catalog import Catalog, KeyMoment, ScoreMetric
 from streams.messaging import Message
 from streams.scores import Tally
 
@@ -159,13 +159,18 @@ def declare_catalog(catalog: Catalog) -> None:
     for touchpoint, stage in catalog.touchpoints.items():
         TOUCHPOINT_INFO.labels(touchpoint, stage.value).set(1)
     for moment in catalog.key_moments:
+        set_key_moment(moment, degraded=False)
         metric = moment.metric.value
-        KEY_MOMENT_DEGRADED.labels(moment.touchpoint, metric, moment.severity.value).set(0)
         breaks = "below" if moment.below is not None else "above"
         threshold = moment.threshold
         if moment.metric is ScoreMetric.DURATION_MS:
             threshold /= 1000
         KEY_MOMENT_THRESHOLD.labels(moment.touchpoint, metric, breaks).set(threshold)
+
+
+def set_key_moment(moment: KeyMoment, *, degraded: bool) -> None:
+    labels = (moment.touchpoint, moment.metric.value, moment.severity.value)
+    KEY_MOMENT_DEGRADED.labels(*labels).set(1 if degraded else 0)
 
 
 def export_score(touchpoint: str, metric: ScoreMetric, tally: Tally) -> None:

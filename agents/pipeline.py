@@ -7,7 +7,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -24,7 +24,7 @@ from models.decode import (
     decode_touchpoint_event,
     encode_alert,
 )
-from models.records import Alert, AlertKind, AlertStatus
+from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
 from streams.identity import encode_link, linked_customer, supersedes
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
@@ -115,6 +115,7 @@ class Pipeline:
         ):
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
+        self.app.on_partitions_revoked.connect(self.forget_revoked_touchpoints)
 
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
 
@@ -353,6 +354,27 @@ class Pipeline:
         self.windows.put(partition, key, state.encode())
         if touchpoint in self.watched:
             self._export_scores(touchpoint, windows, state)
+        for moment in self.core.catalog.key_moments_for(touchpoint):
+            # From the table, not from transitions: a worker taking the partition over
+            # after a rebalance exports the incident it restored.
+            progress = state.moments.get(moment.id)
+            open_incident = progress is not None and progress.incident_start_ms is not None
+            metrics.set_key_moment(moment, degraded=open_incident)
+
+    def forget_revoked_touchpoints(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Another worker owns these touchpoints now: its figures count, not our last ones."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        topic = self.topology.touchpoint_partials.get_topic_name()
+        gone = {tp.partition for tp in revoked if tp.topic == topic}
+        for touchpoint in self.watched:
+            if partition_of(touchpoint.encode(), self.partitions) not in gone:
+                continue
+            for moment in self.core.catalog.key_moments_for(touchpoint):
+                metrics.set_key_moment(moment, degraded=False)
+            for metric in ScoreMetric:
+                if (touchpoint, metric) in self.exported_scores:
+                    metrics.forget_score(touchpoint, metric)
+                    self.exported_scores.discard((touchpoint, metric))
 
     def _export_scores(
         self, touchpoint: str, windows: TouchpointWindows, state: TouchpointState
@@ -430,11 +452,6 @@ class Pipeline:
 
     async def _emit(self, alert: Alert) -> None:
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
-        if alert.kind is AlertKind.KEY_MOMENT_DEGRADED:
-            metric = str(alert.details["metric"])
-            metrics.KEY_MOMENT_DEGRADED.labels(alert.subject, metric, alert.severity.value).set(
-                1 if alert.status is AlertStatus.FIRING else 0
-            )
         log.info("alert %s %s: %s", alert.status.value, alert.kind.value, alert.fingerprint)
         await self.topology.alerts.send(key=alert.fingerprint.encode(), value=encode_alert(alert))
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
+from faust.types import TP
 
 from agents.metrics import REGISTRY
-from agents.pipeline import Pipeline
+from agents.pipeline import Pipeline, partition_of
 from agents.topology import Topology
 from agents.worker import assemble
 from models.records import Category
@@ -243,6 +244,21 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
     assert sample("cxmon_touchpoint_score", **moment) == -100.0
     assert sample("cxmon_touchpoint_samples", **moment) == 40
     assert sample("cxmon_touchpoint_info", touchpoint="checkout.payment", stage="purchase") == 1
+
+    # A rebalance moves the touchpoint away: this worker stops exporting its last figures...
+    owner = partition_of(key, PARTITIONS)
+    revoked = {TP(topology.touchpoint_partials.get_topic_name(), owner)}
+    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    assert sample(degraded, **moment, severity="critical") == 0
+    assert REGISTRY.get_sample_value("cxmon_touchpoint_score", moment) is None
+    # ...and whoever owns it exports the incident restored with the table, not only on a
+    # transition: here the table still holds it, and the next watermark re-exports it.
+    later = START_MS + 40 * 60_000
+    await harness.feed(
+        "score_touchpoints", [(PROGRESS_KEY, all_idle(topology, later, *sources), owner)]
+    )
+    assert sample(degraded, **moment, severity="critical") == 1
+    assert len(harness.to(topology.alerts)) == 1, "restoring the state is no new transition"
 
 
 async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: Harness) -> None:
