@@ -138,4 +138,4 @@ class Notifier:
             for alert in alerts
         ]
         await self.alertmanager.push(postable)
-        metrics.ALERTMANAGER_ACTIVE.set(len(self.firing.items()))
+        metrics.ALERTMANAGER_ACTIVE.set(len(self.firing.store))

@@ -423,8 +423,8 @@ class Pipeline:
         for message in messages:
             self.policy.record(state, message.message)
             metrics.count_outbound(message.message)
-        newest = state.messages[-1].sent_at_ms
-        metrics.CUSTOMER_WINDOW_MESSAGES.observe(self.policy.pressure(state, newest).counted)
+        window = self.policy.inside(state, state.messages[-1].sent_at_ms)
+        metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
         self.frequency.put(partition, key, state.encode())
         if self.customers_due.get(key) is None:
             self.customers_due.put(partition, key, str(partition).encode())

@@ -97,10 +97,17 @@ class FrequencyPolicy:
         if keep:
             del state.messages[:keep]
 
-    def pressure(self, state: CustomerMessages, now_ms: int) -> Pressure:
+    def inside(self, state: CustomerMessages, now_ms: int) -> list[Message]:
         horizon = now_ms - self.policy.window_ms
-        inside = [m for m in state.messages if horizon < m.sent_at_ms <= now_ms]
-        counted = [m for m in inside if m.category in self.policy.categories]
+        return [m for m in state.messages if horizon < m.sent_at_ms <= now_ms]
+
+    def counted(self, messages: list[Message]) -> list[Message]:
+        """The messages the policy limits: transactional ones are exempt by default."""
+        return [m for m in messages if m.category in self.policy.categories]
+
+    def pressure(self, state: CustomerMessages, now_ms: int) -> Pressure:
+        inside = self.inside(state, now_ms)
+        counted = self.counted(inside)
         counted_by_channel = Counter(m.channel for m in counted)
         quiet = self.policy.quiet_hours
         quiet_count = sum(1 for m in counted if quiet is not None and quiet.contains(m.sent_at_ms))

@@ -8,10 +8,6 @@ skipping it: the checks it backs would otherwise silently stop running.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,113 +16,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.harness import free_port
+from tests.services import binary, service
 
 BINARY_ENV = "CXMON_PROMETHEUS"
 EMPTY_CONFIG = "global:\n  scrape_interval: 15s\nscrape_configs: []\n"
 
 
-def prometheus_binary() -> str:
-    """The Prometheus server binary, or a test failure that says how to get one."""
-    named = os.environ.get(BINARY_ENV)
-    found = shutil.which(named or "prometheus")
-    if found is None:
-        pytest.fail(
-            f"the Prometheus server binary {named or 'prometheus'!r} is not on PATH: install it "
-            f"(Debian: apt-get install prometheus; or a release from prometheus.io) or set "
-            f"{BINARY_ENV} to its path",
-            pytrace=False,
-        )
-    return found
-
-
-def _get(url: str, timeout: float) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def _log_tail(log: Path, lines: int = 30) -> str:
-    try:
-        text = log.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()  # SIGTERM: Prometheus shuts its TSDB down cleanly
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout)
-
-
 @contextmanager
 def start_prometheus(
-    tmp_path: Path,
-    config_yaml: str = EMPTY_CONFIG,
-    *,
-    ready_timeout: float = 60.0,
-    extra_args: Sequence[str] = (),
+    tmp_path: Path, config_yaml: str = EMPTY_CONFIG, *, extra_args: Sequence[str] = ()
 ) -> Iterator[str]:
-    """Run Prometheus with `config_yaml`, its TSDB under `tmp_path`; yield its base URL.
-
-    Waits for `/-/ready`; fails the test with the server's log if it exits or never gets
-    ready. On exit the server is stopped with SIGTERM (SIGKILL after 15 s).
-    """
-    binary = prometheus_binary()
+    """Run Prometheus with `config_yaml`, its TSDB under `tmp_path`; yield its base URL once
+    `/-/ready` answers. Fails the test with the server's log if it exits or never gets ready."""
     root = tmp_path / "prometheus"
     root.mkdir(parents=True, exist_ok=True)
     config = root / "prometheus.yml"
     config.write_text(config_yaml, encoding="utf-8")
-    log = root / "prometheus.log"
     port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     command = [
-        binary,
+        binary("prometheus", BINARY_ENV),
         f"--config.file={config}",
         f"--storage.tsdb.path={root / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
         "--log.level=warn",
         *extra_args,
     ]
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while True:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"Prometheus exited with {process.returncode} before it was ready "
-                    f"({' '.join(command)}):\n{_log_tail(log)}",
-                    pytrace=False,
-                )
-            try:
-                status, _ = _get(f"{base_url}/-/ready", timeout=2.0)
-            except OSError:
-                status = 0
-            if status == 200:
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"Prometheus at {base_url} not ready after {ready_timeout:.0f}s:\n"
-                    f"{_log_tail(log)}",
-                    pytrace=False,
-                )
-            time.sleep(0.1)
-        yield base_url
-    finally:
-        stop_process(process)
+    with service("prometheus", command, port, root, "/-/ready") as running:
+        yield running.url
 
 
 def _api(base_url: str, endpoint: str, params: dict[str, str], timeout: float) -> dict[str, Any]:

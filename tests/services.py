@@ -1,9 +1,10 @@
-"""Real Alertmanager and webhook receiver processes for tests, and the shipped configs
-rewritten for them (Prometheus itself is started by tests/prometheus.py)."""
+"""Real processes for tests (Alertmanager, the webhook receiver, and the plumbing that
+tests/prometheus.py starts Prometheus with), and the shipped configs rewritten for them."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,24 +17,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.harness import REPO, free_port
-from tests.prometheus import stop_process
 
 PROMETHEUS_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
 PROMETHEUS_RULES = REPO / "deploy" / "prometheus" / "rules"
 ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 
 
-def binary(name: str) -> str:
-    path = shutil.which(name)
+def binary(name: str, override_env: str | None = None) -> str:
+    """The program on PATH (or named by `override_env`); a missing one fails the test rather
+    than skipping it: the checks it backs would otherwise silently stop running."""
+    named = (os.environ.get(override_env) if override_env else None) or name
+    path = shutil.which(named)
     if path is None:
-        raise RuntimeError(
-            f"{name} is not installed: `apt-get install prometheus prometheus-alertmanager` "
-            "(.ci/run does it on a fresh machine)"
+        pytest.fail(
+            f"{named} is not installed: `apt-get install prometheus prometheus-alertmanager` "
+            f"(`make test` does it on a fresh machine)"
+            + (f", or set {override_env} to its path" if override_env else ""),
+            pytrace=False,
         )
     return path
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM first (Prometheus and Alertmanager shut their storage down cleanly)."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout_s)
 
 
 def get_json(url: str, timeout_s: float = 5.0) -> Any:
@@ -59,17 +77,17 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, path: str, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, path: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited:\n{self.log()[-3000:]}")
+                pytest.fail(f"{self.name} exited:\n{self.log()[-3000:]}", pytrace=False)
             try:
                 get_text(self.url + path, timeout_s=1.0)
                 return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready in {timeout_s}s:\n{self.log()[-3000:]}")
+        pytest.fail(f"{self.name} not ready in {timeout_s}s:\n{self.log()[-3000:]}", pytrace=False)
 
     def stop(self) -> None:
         stop_process(self.process)

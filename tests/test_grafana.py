@@ -36,11 +36,11 @@ from tests.dashboards import (
     variables,
 )
 from tests.prometheus import query, start_prometheus
+from tests.test_compose import host_path, load_compose, service_using
 
 PROVISIONING = REPO / "deploy" / "grafana" / "provisioning"
 DATASOURCES_FILE = PROVISIONING / "datasources" / "prometheus.yml"
 PROVIDERS_FILE = PROVISIONING / "dashboards" / "cxmon.yml"
-COMPOSE_FILE = REPO / "docker-compose.yml"
 # Where the grafana/grafana image reads provisioning, and where compose mounts dashboards.
 GRAFANA_PROVISIONING_DIR = "/etc/grafana/provisioning"
 GRAFANA_DASHBOARDS_DIR = "/var/lib/grafana/dashboards"
@@ -199,31 +199,16 @@ def test_the_dashboards_are_provisioned_from_the_mounted_folder() -> None:
     assert DASHBOARD_FILES, f"no dashboards in {DASHBOARDS}"
 
 
-def compose_mounts(service: Json) -> dict[str, str]:
-    """Container path -> host path (relative to the repository) of a service's bind mounts."""
-    mounts: dict[str, str] = {}
-    for volume in service.get("volumes", []):
-        if isinstance(volume, str):
-            source, target = volume.split(":")[:2]
-        else:
-            source, target = volume.get("source", ""), volume.get("target", "")
-        mounts[target.rstrip("/")] = str(Path(source).as_posix()).removeprefix("./").rstrip("/")
-    return mounts
-
-
 def test_compose_mounts_the_provisioning_and_dashboards_where_grafana_reads_them() -> None:
-    compose = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
-    grafana = [
-        service
-        for service in compose.get("services", {}).values()
-        if str(service.get("image", "")).startswith("grafana/")
-    ]
-    if not grafana:
-        pytest.skip("docker-compose.yml has no Grafana service yet")
-    (service,) = grafana
-    mounts = compose_mounts(service)
-    assert mounts.get(GRAFANA_PROVISIONING_DIR) == PROVISIONING.relative_to(REPO).as_posix()
-    assert mounts.get(GRAFANA_DASHBOARDS_DIR) == DASHBOARDS.relative_to(REPO).as_posix()
+    found = service_using(load_compose(), "grafana/grafana")
+    assert found is not None, "docker-compose.yml has no Grafana service"
+    _, service = found
+    provisioning = host_path(service, GRAFANA_PROVISIONING_DIR, REPO)
+    dashboards = host_path(service, GRAFANA_DASHBOARDS_DIR, REPO)
+    assert provisioning is not None
+    assert provisioning.resolve() == PROVISIONING
+    assert dashboards is not None
+    assert dashboards.resolve() == DASHBOARDS
 
 
 # --- dashboard structure --------------------------------------------------------------
