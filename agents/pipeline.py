@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,7 +27,8 @@ from models.decode import (
 )
 from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
-from streams.identity import encode_link, linked_customer, supersedes
+from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
+from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
 from streams.messaging import CustomerMessages, FrequencyPolicy
 from streams.progress import (
@@ -42,6 +44,10 @@ from streams.settings import Settings
 from streams.touchpoints import TouchpointState, TouchpointWindows
 
 log = logging.getLogger(__name__)
+
+# Marks an identity link on the contacts topic, which otherwise carries contact-only messages.
+RECORD_HEADER = "cxmon-record"
+LINK_RECORD = b"identity-link"
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -74,6 +80,21 @@ class Pipeline:
         self.seen = PartitionedState(topology.seen_ids)
         self.windows = PartitionedState(topology.touchpoint_windows)
         self.identities = PartitionedState(topology.identities)
+        self.held = PartitionedState(topology.held_messages)
+        self.checkpoints = PartitionedState(topology.ingest_checkpoints)
+        self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.topics_by_name = {topic.get_topic_name(): topic for topic in topology.topics()}
+        # Where each topic's event-time progress must be known.
+        self.downstream: dict[str, list[faust.TopicT]] = {
+            topology.touchpoint_events.get_topic_name(): [
+                topology.touchpoint_partials,
+                topology.customer_messages,
+                topology.contacts,
+            ],
+            topology.survey_answers.get_topic_name(): [topology.touchpoint_partials],
+            topology.identity_links.get_topic_name(): [topology.contacts],
+            topology.contacts.get_topic_name(): [topology.customer_messages],
+        }
         self.frequency = PartitionedState(topology.customer_frequency)
         self.customers_due = PartitionedState(topology.customers_due)
         self.dedup_sweeps: dict[str, int] = {}
@@ -84,11 +105,13 @@ class Pipeline:
             )
         )
         self.contact_progress: defaultdict[int, SourceProgress] = defaultdict(
-            lambda: SourceProgress(self.sources.expected(topology.touchpoint_events))
+            lambda: SourceProgress(
+                self.sources.expected(topology.touchpoint_events, topology.identity_links)
+            )
         )
         self.customer_progress: defaultdict[int, SourceProgress] = defaultdict(
             lambda: SourceProgress(
-                self.sources.expected(topology.touchpoint_events, topology.contact_messages)
+                self.sources.expected(topology.touchpoint_events, topology.contacts)
             )
         )
         self.customers_judged_to: dict[int, int] = {}
@@ -108,9 +131,8 @@ class Pipeline:
             (topology.touchpoint_events, self.ingest_touchpoint_events),
             (topology.survey_answers, self.ingest_survey_answers),
             (topology.identity_links, self.ingest_identity_links),
-            (topology.identity_updates, self.apply_identity_updates),
             (topology.touchpoint_partials, self.score_touchpoints),
-            (topology.contact_messages, self.resolve_contacts),
+            (topology.contacts, self.resolve_contacts),
             (topology.customer_messages, self.count_customer_messages),
         ):
             self.app.agent(topic, name=agent.__name__)(agent)
@@ -122,42 +144,110 @@ class Pipeline:
     async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            for event, record in await self._valid(events, decode_touchpoint_event):
-                if not self._first_time(event, record.event_id, record.occurred_at_ms):
-                    continue
-                self.partials.add_event(record)
-                message = outbound_message(record)
-                if message is not None:
-                    await self._route(message)
-            await self._flush_partials()
-            await self._report_progress(events, to_customers=True)
+            for batch in by_partition(events):
+                await self._ingest(batch, decode_touchpoint_event, self._fold_event)
+            await self._report_progress(events)
             self._observe_ingest(events, started)
 
     async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            for event, record in await self._valid(events, decode_survey_answer):
-                if self._first_time(event, record.answer_id, record.answered_at_ms):
-                    self.partials.add_answer(record)
-            await self._flush_partials()
-            await self._report_progress(events, to_customers=False)
+            for batch in by_partition(events):
+                await self._ingest(batch, decode_survey_answer, self._fold_answer)
+            await self._report_progress(events)
             self._observe_ingest(events, started)
+
+    async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
+        # Links are idempotent downstream: no checkpoint needed, at-least-once suffices.
+        async for events in self.batches.of(stream):
+            sends: list[Send] = []
+            for _, link in self._valid(events, decode_identity_link, sends):
+                sends.append(
+                    Send(
+                        self.topology.contacts.get_topic_name(),
+                        link.contact.key.encode(),
+                        encode_link(link),
+                        ((RECORD_HEADER, LINK_RECORD),),
+                    )
+                )
+            await self._deliver(sends)
+            await self._report_progress(events)
 
     def _observe_ingest(self, events: list[Event], started: float) -> None:
         metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
         oldest = min(event.message.timestamp for event in events)
         metrics.INGEST_LATENCY.observe(max(0.0, time.time() - oldest))
 
-    async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
-        async for events in self.batches.of(stream):
-            for _, link in await self._valid(events, decode_identity_link):
-                await self.topology.identity_updates.send(
-                    key=link.contact.key.encode(), value=encode_link(link)
-                )
+    async def _ingest(
+        self,
+        events: list[Event],
+        decode: Callable[[bytes], Any],
+        fold: Callable[[Event, Any, list[Send]], None],
+    ) -> None:
+        """One input partition's batch: folded once, its sends stored before they go out."""
+        first = events[0].message
+        source = source_name(first.topic, first.partition)
+        async with self.checkpoint_locks[source]:
+            checkpoint = await self._resend_unsent(source, first.partition)
+            fresh = [e for e in events if e.message.offset > checkpoint.offset]
+            for event in events[: len(events) - len(fresh)]:
+                # Done before a crash or a rebalance: its sends are out already.
+                self.sources.saw(first.topic, first.partition, event.message.offset, None)
+            if not fresh:
+                return
+            sends: list[Send] = []
+            for event, record in self._valid(fresh, decode, sends):
+                fold(event, record, sends)
+            last_offset = fresh[-1].message.offset
+            partials = self.topology.touchpoint_partials.get_topic_name()
+            for partial in self.partials.drain(source, last_offset):
+                sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
+            checkpoint = Checkpoint(last_offset, self.sources.watermarks.get(source), sends)
+            await self.checkpoints.put_durably(
+                first.partition, source.encode(), checkpoint.encode()
+            )
+            await self._deliver(sends)
+            checkpoint.unsent = []
+            self.checkpoints.put(first.partition, source.encode(), checkpoint.encode())
 
-    async def _valid(
-        self, events: list[Event], decode: Callable[[bytes], Any]
+    async def _resend_unsent(self, source: str, partition: int) -> Checkpoint:
+        """What a worker that died mid-batch stored but may not have sent: sent now, again."""
+        raw = self.checkpoints.get(source.encode())
+        checkpoint = Checkpoint() if raw is None else Checkpoint.decode(raw)
+        self.sources.restore(source, checkpoint.watermark_ms)
+        if checkpoint.unsent:
+            log.info(
+                "sending again %d records of %s stored before a stop",
+                len(checkpoint.unsent),
+                source,
+            )
+            await self._deliver(checkpoint.unsent)
+            checkpoint.unsent = []
+            self.checkpoints.put(partition, source.encode(), checkpoint.encode())
+        return checkpoint
+
+    def _fold_event(self, event: Event, record: Any, sends: list[Send]) -> None:
+        if not self._first_time(event, record.event_id, record.occurred_at_ms):
+            return
+        self.partials.add_event(record)
+        message = outbound_message(record)
+        if message is None:
+            return
+        if message.customer_id is not None:
+            topic, key = self.topology.customer_messages, message.customer_id
+        else:
+            assert message.contact_key is not None
+            topic, key = self.topology.contacts, message.contact_key
+        sends.append(Send(topic.get_topic_name(), key.encode(), message.encode()))
+
+    def _fold_answer(self, event: Event, record: Any, sends: list[Send]) -> None:
+        if self._first_time(event, record.answer_id, record.answered_at_ms):
+            self.partials.add_answer(record)
+
+    def _valid(
+        self, events: list[Event], decode: Callable[[bytes], Any], sends: list[Send]
     ) -> list[tuple[Event, Any]]:
+        """The records that decode; the others become dead letters among `sends`."""
         valid = []
         for event in events:
             message = event.message
@@ -165,35 +255,49 @@ class Pipeline:
             try:
                 record = decode(payload(event))
             except InvalidRecord as exc:
-                await self._dead_letter(event, exc)
+                sends.append(self._dead_letter(event, exc))
                 continue
             valid.append((event, record))
             self.sources.saw(message.topic, message.partition, message.offset, record.at_ms)
         return valid
 
-    async def _dead_letter(self, event: Event, error: InvalidRecord) -> None:
+    def _dead_letter(self, event: Event, error: InvalidRecord) -> Send:
         message = event.message
         self.sources.saw(message.topic, message.partition, message.offset, None)
         metrics.DEAD_LETTERS.labels(message.topic, error.reason.value).inc()
-        await self.topology.dead_letters.send(
-            key=message.key,
-            value=message.value,
-            headers=[
+        return Send(
+            self.topology.dead_letters.get_topic_name(),
+            message.key,
+            payload(event),
+            (
                 ("cxmon-reason", error.reason.value.encode()),
                 ("cxmon-error", error.detail.encode()),
                 ("cxmon-topic", message.topic.encode()),
                 ("cxmon-partition", str(message.partition).encode()),
                 ("cxmon-offset", str(message.offset).encode()),
-            ],
+            ),
         )
 
+    async def _deliver(self, sends: list[Send]) -> None:
+        """Send, and return once the broker has every record."""
+        deliveries = [
+            await self.topics_by_name[s.topic].send(
+                key=s.key, value=s.value, headers=list(s.headers) or None
+            )
+            for s in sends
+        ]
+        await asyncio.gather(*deliveries)
+
     def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
+        """False for a duplicate id; the same record read again after a crash is no duplicate."""
         message = event.message
         key = f"{message.topic}\x1f{record_id}".encode()
-        if self.seen.get(key) is not None:
+        here = f"{message.partition}:{message.offset}"
+        seen = self.seen.get(key)
+        if seen is not None and seen.decode().partition(":")[2] != here:
             metrics.DUPLICATES.labels(message.topic).inc()
             return False
-        self.seen.put(message.partition, key, str(occurred_at_ms).encode())
+        self.seen.put(message.partition, key, f"{occurred_at_ms}:{here}".encode())
         self._expire_seen(message.topic, message.partition, occurred_at_ms)
         return True
 
@@ -207,30 +311,15 @@ class Pipeline:
         horizon = occurred_at_ms - self.settings.dedup_ttl_ms
         prefix = f"{topic}\x1f".encode()
         for key, value in self.seen.items():
-            if key.startswith(prefix) and int(value) < horizon:
+            if key.startswith(prefix) and int(value.partition(b":")[0]) < horizon:
                 self.seen.delete(partition, key)
-
-    async def _flush_partials(self) -> None:
-        for partial in self.partials.drain():
-            await self.topology.touchpoint_partials.send(
-                key=partial.touchpoint.encode(), value=partial.encode()
-            )
-
-    async def _route(self, message: OutboundMessage) -> None:
-        if message.customer_id is not None:
-            await self.topology.customer_messages.send(
-                key=message.customer_id.encode(), value=message.encode()
-            )
-        elif message.contact_key is not None:
-            await self.topology.contact_messages.send(
-                key=message.contact_key.encode(), value=message.encode()
-            )
 
     # Event-time progress: every downstream partition learns how far each input has got.
 
-    async def _report_progress(self, events: list[Event], *, to_customers: bool) -> None:
-        touched = {(e.message.topic, e.message.partition) for e in events}
-        await self._broadcast([self.sources.mark(self.app, *tp) for tp in touched], to_customers)
+    async def _report_progress(self, events: list[Event]) -> None:
+        touched = sorted({(e.message.topic, e.message.partition) for e in events})
+        for topic, partition in touched:
+            await self._send_marks([self.sources.mark(self.app, topic, partition)], topic)
 
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty."""
@@ -243,61 +332,76 @@ class Pipeline:
                 continue
             mark = self.sources.mark(self.app, tp.topic, tp.partition)
             if mark.idle and self.sources.claim_idle_report(mark):
-                to_customers = tp.topic == self.topology.touchpoint_events.get_topic_name()
-                await self._broadcast([mark], to_customers)
+                await self._send_marks([mark], tp.topic)
 
-    async def _broadcast(self, marks: list[SourceMark], to_customers: bool) -> None:
-        if not marks:
-            return
-        targets = [self.topology.touchpoint_partials]
-        if to_customers:
-            targets += [self.topology.customer_messages, self.topology.contact_messages]
-        await self._send_marks(marks, targets)
-
-    async def _send_marks(self, marks: list[SourceMark], targets: list[faust.TopicT]) -> None:
+    async def _send_marks(self, marks: list[SourceMark], origin: str) -> None:
+        """Every partition of every topic fed from `origin` learns how far it has got."""
         value = encode_marks(marks)
-        for topic in targets:
+        for topic in self.downstream[origin]:
             for partition in range(self.partitions):
                 await topic.send(key=PROGRESS_KEY, value=value, partition=partition)
 
-    # Identity: the latest link per contact, co-partitioned with contact-only messages.
-
-    async def apply_identity_updates(self, stream: StreamT[bytes]) -> None:
-        async for events in self.batches.of(stream):
-            for event in events:
-                message = event.message
-                key, link = message.key or b"", payload(event)
-                if supersedes(link, self.identities.get(key)):
-                    self.identities.put(message.partition, key, link)
+    # Contacts: links and contact-only messages in one stream per contact partition.
 
     async def resolve_contacts(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             progressed: set[int] = set()
             for event in events:
-                partition = event.message.partition
-                if event.message.key == PROGRESS_KEY:
+                message = event.message
+                partition, key = message.partition, message.key or b""
+                if key == PROGRESS_KEY:
                     for mark in decode_marks(payload(event)):
                         self.contact_progress[partition].report(mark)
                     progressed.add(partition)
-                    continue
-                message = OutboundMessage.decode(payload(event))
-                assert message.contact_key is not None
-                customer = linked_customer(self.identities.get(message.contact_key.encode()))
+                elif (RECORD_HEADER, LINK_RECORD) in headers_of(event):
+                    links = add_link(self.identities.get(key), payload(event))
+                    if links is not None:
+                        self.identities.put(partition, key, links)
+                else:
+                    self._hold(partition, key, OutboundMessage.decode(payload(event)))
+            # Marks travel behind the messages they cover, so the next stage waits for them.
+            topic = self.topology.contacts.get_topic_name()
+            for partition in sorted(progressed):
+                progress = self.contact_progress[partition]
+                watermark = progress.watermark()
+                if watermark is not None:
+                    await self._release(partition, watermark)
+                mark = SourceMark(source_name(topic, partition), watermark, progress.all_idle())
+                await self._send_marks([mark], topic)
+
+    def _hold(self, partition: int, key: bytes, message: OutboundMessage) -> None:
+        """Until every link up to its time is in, a contact-only message cannot be resolved."""
+        raw = self.held.get(key)
+        held = HeldMessages(partition) if raw is None else HeldMessages.decode(raw)
+        held.hold(message)
+        self.held.put(partition, key, held.encode())
+
+    async def _release(self, partition: int, watermark_ms: int) -> None:
+        for key, raw in self.held.items():
+            held = HeldMessages.decode(raw)
+            if held.partition != partition:
+                continue
+            due = held.release(watermark_ms)
+            if not due:
+                continue
+            links = self.identities.get(key)
+            sends = []
+            for message in due:
+                customer = customer_at(links, message.message.sent_at_ms)
                 if customer is None:
                     # Unlinked contacts are customers of their own until a link arrives.
                     metrics.UNRESOLVED_CONTACTS.inc()
-                    customer = message.contact_key
-                await self.topology.customer_messages.send(
-                    key=customer.encode(), value=message.resolved_to(customer).encode()
-                )
-            # Passed on after the messages they cover, so the frequency stage waits for them.
-            topic = self.topology.contact_messages.get_topic_name()
-            for partition in sorted(progressed):
-                progress = self.contact_progress[partition]
-                mark = SourceMark(
-                    source_name(topic, partition), progress.watermark(), progress.all_idle()
-                )
-                await self._send_marks([mark], [self.topology.customer_messages])
+                    customer = key.decode()
+                topic = self.topology.customer_messages.get_topic_name()
+                value = message.resolved_to(customer).encode()
+                sends.append(Send(topic, customer.encode(), value))
+            # Sent before they leave the table: a crash in between sends them again, and
+            # the frequency stage knows a message it already has.
+            await self._deliver(sends)
+            if held.messages:
+                self.held.put(partition, key, held.encode())
+            else:
+                self.held.delete(partition, key)
 
     # Stage 2a: per-touchpoint windows and key moments.
 
@@ -343,15 +447,19 @@ class Pipeline:
         raw = self.windows.get(key)
         if raw is None and not partials:
             return
-        state = TouchpointState() if raw is None else TouchpointState.decode(raw)
+        applied, body = (Applied(), b"") if raw is None else unwrap(raw)
+        state = TouchpointState() if raw is None else TouchpointState.decode(body)
         windows = self.partials.windows(touchpoint)
         for partial in partials:
-            if not windows.add(state, partial.bucket_start_ms, partial.tally, partial.latest_ms):
-                metrics.LATE_PARTIALS.inc(partial.tally.records)
+            if not applied.take(partial.source, partial.last_offset):
+                continue  # delivered again after a crash or a rebalance: already counted
+            for bucket in partial.buckets:
+                if not windows.add(state, bucket.start_ms, bucket.tally, bucket.latest_ms):
+                    metrics.LATE_PARTIALS.inc(bucket.tally.records)
         if watermark is not None:
             for alert in windows.advance(state, watermark):
                 await self._emit(alert)
-        self.windows.put(partition, key, state.encode())
+        self.windows.put(partition, key, wrap(applied, state.encode()))
         if touchpoint in self.watched:
             self._export_scores(touchpoint, windows, state)
         for moment in self.core.catalog.key_moments_for(touchpoint):
@@ -421,8 +529,8 @@ class Pipeline:
         raw = self.frequency.get(key)
         state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
         for message in messages:
-            self.policy.record(state, message.message)
-            metrics.count_outbound(message.message)
+            if self.policy.record(state, message.message):
+                metrics.count_outbound(message.message)
         window = self.policy.inside(state, state.messages[-1].sent_at_ms)
         metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
         self.frequency.put(partition, key, state.encode())
@@ -451,9 +559,24 @@ class Pipeline:
                 self.customers_due.delete(partition, key)
 
     async def _emit(self, alert: Alert) -> None:
+        """Returns once the broker has the alert: only then may the state that made it change."""
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
         log.info("alert %s %s: %s", alert.status.value, alert.kind.value, alert.fingerprint)
-        await self.topology.alerts.send(key=alert.fingerprint.encode(), value=encode_alert(alert))
+        topic = self.topology.alerts.get_topic_name()
+        await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
+
+
+def by_partition(events: list[Event]) -> list[list[Event]]:
+    """A batch split by the partition it came from, each in offset order."""
+    split: dict[int, list[Event]] = {}
+    for event in events:
+        split.setdefault(event.message.partition, []).append(event)
+    return list(split.values())
+
+
+def headers_of(event: Event) -> list[tuple[str, bytes]]:
+    headers = event.message.headers or []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
 
 
 class Sources:
@@ -463,7 +586,11 @@ class Sources:
         self.partitions = partitions
         self.inputs = frozenset(
             topic.get_topic_name()
-            for topic in (topology.touchpoint_events, topology.survey_answers)
+            for topic in (
+                topology.touchpoint_events,
+                topology.survey_answers,
+                topology.identity_links,
+            )
         )
         self.watermarks: dict[str, int] = {}
         self.offsets: dict[str, int] = {}
@@ -485,6 +612,11 @@ class Sources:
         self.reported_idle.discard(source)
         if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = occurred_at_ms
+
+    def restore(self, source: str, watermark_ms: int | None) -> None:
+        """Event time reached before a restart, from the checkpoint."""
+        if watermark_ms is not None and watermark_ms > self.watermarks.get(source, -1):
+            self.watermarks[source] = watermark_ms
 
     def mark(self, app: faust.App, topic: str, partition: int) -> SourceMark:
         source = source_name(topic, partition)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import cast
 
 import faust
@@ -35,9 +35,13 @@ class PartitionedState:
         value: bytes | None = self.store.get(key)
         return value
 
-    def put(self, partition: int, key: bytes, value: bytes) -> None:
+    def put(self, partition: int, key: bytes, value: bytes) -> Awaitable[object]:
+        """Write now; the changelog follows, and the result is done once the broker has it."""
         self.store[key] = value
-        self.table.send_changelog(partition, key, value)
+        return self.table.send_changelog(partition, key, value)
+
+    async def put_durably(self, partition: int, key: bytes, value: bytes) -> None:
+        await self.put(partition, key, value)
 
     def delete(self, partition: int, key: bytes) -> None:
         if self.store.get(key) is not None:

@@ -70,13 +70,20 @@ class Topology:
 
         # Repartitioned by what the next stage keys its state on, with our own partitioner.
         self.touchpoint_partials = topic(f"{internal}touchpoint-partials")
-        self.contact_messages = topic(f"{internal}contact-messages")
+        # Identity links and contact-only messages, keyed by contact, in one ordered stream.
+        self.contacts = topic(f"{internal}contacts")
         self.customer_messages = topic(f"{internal}customer-messages")
-        self.identity_updates = topic(f"{internal}identity-updates", **COMPACTED)
 
         self.seen_ids = table("seen-ids", "Event and answer ids already counted, with their time.")
         self.touchpoint_windows = table("touchpoint-windows", "Rolling tallies per touchpoint.")
-        self.identities = table("identities", "Customer id of each contact key.")
+        self.ingest_checkpoints = table(
+            "ingest-checkpoints",
+            "Per input partition: offset done, records not yet confirmed sent.",
+        )
+        self.identities = table("identities", "Identity links of each contact key, oldest first.")
+        self.held_messages = table(
+            "held-contact-messages", "Contact-only messages waiting for the links of their time."
+        )
         self.customer_frequency = table("customer-frequency", "Messages per customer in window.")
         self.customers_due = table(
             "customers-due", "Customers with messages not judged yet, or an open incident."
@@ -87,13 +94,13 @@ class Topology:
         return [
             self.touchpoint_events, self.survey_answers, self.identity_links,
             self.alerts, self.dead_letters, self.touchpoint_partials,
-            self.contact_messages, self.customer_messages, self.identity_updates,
+            self.contacts, self.customer_messages,
         ]  # fmt: skip
 
     def tables(self) -> list[faust.Table[bytes, bytes]]:
         return [
-            self.seen_ids, self.touchpoint_windows, self.identities,
-            self.customer_frequency, self.customers_due, self.firing_alerts,
+            self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,
+            self.held_messages, self.customer_frequency, self.customers_due, self.firing_alerts,
         ]  # fmt: skip
 
     def specs(self) -> list[TopicSpec]:

@@ -1,27 +1,67 @@
-"""Contact-to-customer resolution: the latest identity link of a contact wins, in event time."""
+"""Contact resolution in event time: a message counts for whom its contact was linked to then."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import orjson
 
 from models.records import IdentityLink
+from streams.ingest import OutboundMessage
 
 
 def encode_link(link: IdentityLink) -> bytes:
     return orjson.dumps([link.customer_id, link.linked_at_ms])
 
 
-def linked_customer(encoded: bytes | None) -> str | None:
-    if encoded is None:
+def add_link(history: bytes | None, encoded_link: bytes) -> bytes | None:
+    """The contact's links with this one added, oldest first; None if it was already there.
+
+    Links are kept, not replaced, so a message is resolved by its own time whatever order
+    links and messages arrive in. Two links at the same instant: the greater customer id
+    wins, for the same reason.
+    """
+    links: list[list[object]] = [] if history is None else orjson.loads(history)
+    customer_id, linked_at_ms = orjson.loads(encoded_link)
+    entry: list[object] = [linked_at_ms, customer_id]
+    if entry in links:
         return None
-    customer_id: str = orjson.loads(encoded)[0]
-    return customer_id
+    links.append(entry)
+    links.sort()
+    return orjson.dumps(links)
 
 
-def supersedes(encoded: bytes, current: bytes | None) -> bool:
-    """A link replaces the stored one unless it is older: replays and reorderings agree."""
-    if current is None:
-        return True
-    new_at: int = orjson.loads(encoded)[1]
-    current_at: int = orjson.loads(current)[1]
-    return new_at >= current_at
+def customer_at(history: bytes | None, at_ms: int) -> str | None:
+    """The customer the contact was linked to at `at_ms`: the latest link not after it."""
+    customer: str | None = None
+    for linked_at_ms, linked_customer in [] if history is None else orjson.loads(history):
+        if linked_at_ms > at_ms:
+            break
+        customer = linked_customer
+    return customer
+
+
+@dataclass(slots=True)
+class HeldMessages:
+    """Contact-only messages waiting for the identity links of their time to arrive."""
+
+    partition: int
+    messages: list[OutboundMessage] = field(default_factory=list)
+
+    def hold(self, message: OutboundMessage) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+
+    def release(self, watermark_ms: int) -> list[OutboundMessage]:
+        """The messages every link up to `watermark_ms` has been applied for."""
+        due = [m for m in self.messages if m.message.sent_at_ms <= watermark_ms]
+        self.messages = [m for m in self.messages if m.message.sent_at_ms > watermark_ms]
+        return due
+
+    def encode(self) -> bytes:
+        return orjson.dumps([self.partition, [m.to_wire() for m in self.messages]])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> HeldMessages:
+        partition, wires = orjson.loads(raw)
+        return cls(partition, [OutboundMessage.from_wire(wire) for wire in wires])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -15,11 +16,17 @@ from streams.catalog import MessagingPolicy, format_duration
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One outbound message as the frequency state keeps it."""
+    """One outbound message as the frequency state keeps it; `digest` tells two apart."""
 
     sent_at_ms: int
     channel: str
     category: Category
+    digest: int
+
+
+def message_digest(event_id: str) -> int:
+    """A 32-bit digest of the event id: enough to know a redelivered message, and small."""
+    return zlib.crc32(event_id.encode())
 
 
 @dataclass(slots=True)
@@ -43,7 +50,7 @@ class CustomerMessages:
         return orjson.dumps(
             [
                 self.incident_start_ms,
-                [[m.sent_at_ms, m.channel, m.category.value] for m in self.messages],
+                [[m.sent_at_ms, m.channel, m.category.value, m.digest] for m in self.messages],
                 self.judged_to_ms,
             ]
         )
@@ -53,7 +60,8 @@ class CustomerMessages:
         incident, messages, judged_to = orjson.loads(raw)
         return cls(
             messages=[
-                Message(at, channel, Category(category)) for at, channel, category in messages
+                Message(at, channel, Category(category), digest)
+                for at, channel, category, digest in messages
             ],
             incident_start_ms=incident,
             judged_to_ms=judged_to,
@@ -81,13 +89,20 @@ class FrequencyPolicy:
         self.policy = policy
         self.window = format_duration(policy.window_ms)
 
-    def record(self, state: CustomerMessages, message: Message) -> None:
-        """Insert in event-time order: late messages still count in their own place."""
+    def record(self, state: CustomerMessages, message: Message) -> bool:
+        """Insert in event-time order: late messages still count in their own place.
+
+        False for a message the state already holds: a redelivery after a crash or a
+        rebalance counts once.
+        """
         messages = state.messages
         index = len(messages)
-        while index and messages[index - 1].sent_at_ms > message.sent_at_ms:
+        while index and messages[index - 1].sent_at_ms >= message.sent_at_ms:
+            if messages[index - 1] == message:
+                return False
             index -= 1
         messages.insert(index, message)
+        return True
 
     def expire(self, state: CustomerMessages, now_ms: int) -> None:
         horizon = now_ms - self.policy.window_ms

@@ -15,7 +15,7 @@ from models.decode import (
 )
 from models.records import Alert
 from streams.catalog import Catalog
-from streams.identity import encode_link, linked_customer, supersedes
+from streams.identity import add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, outbound_message
 from streams.messaging import CustomerMessages, FrequencyPolicy
 from streams.sentiment import SentimentScorer
@@ -42,6 +42,7 @@ class OfflineMonitor:
         self.seen: set[tuple[Role, str]] = set()
         self.links: dict[str, bytes] = {}
         self.messages: dict[str, list[OutboundMessage]] = defaultdict(list)
+        self.contact_messages: list[OutboundMessage] = []
         self.result = ReplayResult()
         self.watermark_ms: int | None = None
         self.message_watermark_ms: int | None = None
@@ -50,9 +51,9 @@ class OfflineMonitor:
         try:
             if role == "identity_links":
                 link = decode_identity_link(raw)
-                encoded = encode_link(link)
-                if supersedes(encoded, self.links.get(link.contact.key)):
-                    self.links[link.contact.key] = encoded
+                history = add_link(self.links.get(link.contact.key), encode_link(link))
+                if history is not None:
+                    self.links[link.contact.key] = history
                 return
             if role == "touchpoint_events":
                 event = decode_touchpoint_event(raw)
@@ -73,10 +74,17 @@ class OfflineMonitor:
     def finish(self) -> ReplayResult:
         """Every window judged up to the newest event time, every incident settled."""
         result = self.result
-        for partial in self.partials.drain():
+        for partial in self.partials.drain("replay", 0):
             state = result.touchpoints.setdefault(partial.touchpoint, TouchpointState())
             windows = self.partials.windows(partial.touchpoint)
-            windows.add(state, partial.bucket_start_ms, partial.tally, partial.latest_ms)
+            for bucket in partial.buckets:
+                windows.add(state, bucket.start_ms, bucket.tally, bucket.latest_ms)
+        for message in self.contact_messages:
+            assert message.contact_key is not None
+            at_ms = message.message.sent_at_ms
+            customer = customer_at(self.links.get(message.contact_key), at_ms)
+            customer = customer or message.contact_key
+            self.messages[customer].append(message.resolved_to(customer))
         for touchpoint in sorted(result.touchpoints):
             windows = self.partials.windows(touchpoint)
             result.alerts += windows.advance(result.touchpoints[touchpoint], self.watermark_ms)
@@ -102,8 +110,8 @@ class OfflineMonitor:
             self.message_watermark_ms = at_ms
 
     def _route(self, message: OutboundMessage) -> None:
-        customer = message.customer_id
-        if customer is None:
-            assert message.contact_key is not None
-            customer = linked_customer(self.links.get(message.contact_key)) or message.contact_key
-        self.messages[customer].append(message.resolved_to(customer))
+        if message.customer_id is None:
+            # Resolved at the end, by the links in force at the message's own time.
+            self.contact_messages.append(message)
+        else:
+            self.messages[message.customer_id].append(message)

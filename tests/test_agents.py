@@ -12,12 +12,13 @@ import pytest
 from faust.types import TP
 
 from agents.metrics import REGISTRY
-from agents.pipeline import Pipeline, partition_of
+from agents.pipeline import LINK_RECORD, RECORD_HEADER, Pipeline, partition_of
 from agents.topology import Topology
 from agents.worker import assemble
 from models.records import Category
-from streams.ingest import OutboundMessage, TouchpointPartial
-from streams.messaging import Message
+from streams.delivery import Checkpoint, Send
+from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
+from streams.messaging import Message, message_digest
 from streams.progress import PROGRESS_KEY, SourceMark, decode_marks, encode_marks, source_name
 from streams.scores import Tally
 from streams.settings import Settings
@@ -50,11 +51,16 @@ class Harness:
     def data(self, topic: Any) -> list[Sent]:
         return [s for s in self.to(topic) if s.key != PROGRESS_KEY]
 
-    async def feed(self, agent_name: str, items: Sequence[tuple[bytes | None, bytes, int]]) -> None:
+    async def feed(
+        self,
+        agent_name: str,
+        items: Sequence[tuple[bytes | None, bytes, int]],
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
         agent = self.app.agents[agent_name]
         async with agent.test_context() as context:
             for key, value, partition in items:
-                await context.put(value, key=key, partition=partition)
+                await context.put(value, key=key, partition=partition, headers=list(headers))
             # take_events hands a batch over after its `within` timeout; give it that.
             await asyncio.sleep(0.3)
 
@@ -80,19 +86,30 @@ async def harness(tmp_path: Any) -> Harness:
     return result
 
 
+def delivered() -> asyncio.Future[None]:
+    """What a send returns once the broker has the record."""
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
 def capture(harness: Harness, name: str) -> Callable[..., Any]:
     async def send(
         *, key: bytes | None = None, value: bytes | None = None, partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None, **_: Any,
-    ) -> None:  # fmt: skip
+    ) -> asyncio.Future[None]:  # fmt: skip
         harness.sent.append(Sent(name, key, value, partition, dict(headers or [])))
+        return delivered()
 
     return send
 
 
 def record_changelog(harness: Harness, table: str) -> Callable[..., Any]:
-    def send_changelog(partition: int | None, key: bytes, value: bytes | None, **_: Any) -> None:
+    def send_changelog(
+        partition: int | None, key: bytes, value: bytes | None, **_: Any
+    ) -> asyncio.Future[None]:
         harness.changelog.append((table, partition, key, value))
+        return delivered()
 
     return send_changelog
 
@@ -152,7 +169,9 @@ async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
     partials = [
         TouchpointPartial.decode(s.value or b"") for s in harness.data(topology.touchpoint_partials)
     ]
-    tallies = {p.touchpoint: p.tally for p in partials}
+    source = source_name(topology.touchpoint_events.get_topic_name(), 1)
+    assert {(p.source, p.last_offset) for p in partials} == {(source, 3)}
+    tallies = {p.touchpoint: p.buckets[0].tally for p in partials}
     assert tallies["marketing.sms"].events == 1
     assert (tallies["app.login"].outcomes, tallies["app.login"].failures) == (1, 1)
 
@@ -168,40 +187,94 @@ async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
     ]
 
 
-async def test_contact_only_message_resolves_through_identity_link(harness: Harness) -> None:
+async def test_ingest_stores_each_batch_before_sending_and_resends_after_a_crash(
+    harness: Harness,
+) -> None:
     topology = harness.topology
-    link = orjson.dumps(
-        {
-            "contact": {"type": "phone", "value": "+8613800000000"},
-            "customer_id": "c-9",
-            "linked_at": START_MS,
-        }
-    )
-    await harness.feed("ingest_identity_links", [(b"phone:+8613800000000", link, 0)])
-    update = harness.to(topology.identity_updates)
-    assert [u.key for u in update] == [b"phone:+8613800000000"]
-    await harness.feed("apply_identity_updates", [(update[0].key, update[0].value or b"", 0)])
+    batch = [
+        (b"c-1", event("e-1"), 1),
+        (b"c-1", event("e-2", direction="inbound", touchpoint="app.login"), 1),
+    ]
+    await harness.feed("ingest_touchpoint_events", batch)
+    checkpoints = [
+        Checkpoint.decode(value or b"")
+        for table, _, _, value in harness.changelog
+        if table == "ingest-checkpoints"
+    ]
+    data = [s for s in harness.sent if s.key != PROGRESS_KEY]
+    # Stored with all it sends (one message, two partials), then cleared once sent.
+    assert [(c.offset, len(c.unsent)) for c in checkpoints] == [(1, 3), (1, 0)]
+    assert {(s.topic, s.key, s.value) for s in checkpoints[0].unsent} == {
+        (s.topic, s.key, s.value) for s in data
+    }
 
-    contact_only = OutboundMessage(
-        "e-7", None, "phone:+8613800000000", Message(START_MS, "sms", Category.MARKETING)
-    )
-    stranger = OutboundMessage(
-        "e-8", None, "email:x@example.com", Message(START_MS, "email", Category.MARKETING)
-    )
+    await harness.feed("ingest_touchpoint_events", batch)  # read again after a restart
+    assert [s for s in harness.sent if s.key != PROGRESS_KEY] == data, "nothing done twice"
+
+    # A worker died after storing a batch, before the broker had its sends.
+    source = source_name(topology.touchpoint_events.get_topic_name(), 1)
+    partials = topology.touchpoint_partials.get_topic_name()
+    stored = Checkpoint(5, START_MS, [Send(partials, b"app.login", b"stored partial")])
+    harness.pipeline.checkpoints.put(1, source.encode(), stored.encode())
+    await harness.feed("ingest_touchpoint_events", [(b"c-1", event("e-3"), 1)])
+    resent = [s for s in harness.sent if s.key != PROGRESS_KEY][len(data) :]
+    assert [(s.topic, s.key, s.value) for s in resent] == [
+        (partials, b"app.login", b"stored partial")
+    ], "sent again; the batch's own records (offset 0 <= 5) are not folded a second time"
+
+
+async def test_contact_only_messages_resolve_by_the_link_in_force_at_their_time(
+    harness: Harness,
+) -> None:
+    topology = harness.topology
+    phone = b"phone:+8613800000000"
+
+    def contact_only(event_id: str, at_ms: int, contact: bytes = phone) -> tuple[bytes, bytes, int]:
+        message = OutboundMessage(
+            event_id,
+            None,
+            contact.decode(),
+            Message(at_ms, "sms", Category.MARKETING, message_digest(event_id)),
+        )
+        return (contact, message.encode(), 0)
+
+    # Messages first, the link after: the order the two paths happen to arrive in.
     await harness.feed(
         "resolve_contacts",
         [
-            (b"phone:+8613800000000", contact_only.encode(), 0),
-            (b"email:x@example.com", stranger.encode(), 0),
+            contact_only("e-6", START_MS - 1),  # before the link: the contact's own
+            contact_only("e-7", START_MS),
+            contact_only("e-8", START_MS, b"email:x@example.com"),  # never linked
         ],
     )
+    assert harness.data(topology.customer_messages) == [], "held until the links catch up"
+
+    link = orjson.dumps(
+        {"contact": {"type": "phone", "value": "+8613800000000"}, "customer_id": "c-9",
+         "linked_at": START_MS}
+    )  # fmt: skip
+    await harness.feed("ingest_identity_links", [(phone, link, 0)])
+    (update,) = harness.data(topology.contacts)
+    assert update.key == phone
+    assert update.headers == {RECORD_HEADER: LINK_RECORD}
+    await harness.feed(
+        "resolve_contacts", [(phone, update.value or b"", 0)], [*update.headers.items()]
+    )
+    # Every source of partition 0 has passed the messages' time: they go out, resolved.
+    marks = all_idle(topology, START_MS, topology.touchpoint_events, topology.identity_links)
+    await harness.feed("resolve_contacts", [(PROGRESS_KEY, marks, 0)])
     resolved = [
         OutboundMessage.decode(s.value or b"") for s in harness.data(topology.customer_messages)
     ]
-    assert [(m.event_id, m.customer_id) for m in resolved] == [
+    assert sorted((m.event_id, m.customer_id) for m in resolved) == [
+        ("e-6", "phone:+8613800000000"),
         ("e-7", "c-9"),
         ("e-8", "email:x@example.com"),
     ]
+    forwarded = [s for s in harness.to(topology.customer_messages) if s.key == PROGRESS_KEY]
+    assert sorted(s.partition or 0 for s in forwarded) == list(range(PARTITIONS))
+    mark = SourceMark(source_name(topology.contacts.get_topic_name(), 0), START_MS, True)
+    assert all(decode_marks(s.value or b"") == [mark] for s in forwarded)
 
 
 async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
@@ -210,15 +283,13 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
     topology = harness.topology
     detractors = Tally(detractors=40)
     window_start = START_MS  # checkout.payment/nps: window 30m, step 5m, min 30 samples, below 10
-    partials = [
-        TouchpointPartial(
-            "checkout.payment", window_start + minute * 60_000, window_start, detractors
-        )
-        for minute in (0,)
-    ]
+    partial = TouchpointPartial(
+        "checkout.payment", "events:0", 7, [BucketTally(window_start, window_start, detractors)]
+    )
     key = b"checkout.payment"
     partition = 0
-    items = [(key, p.encode(), partition) for p in partials]
+    # The same batch twice, as after a crash: taken in once.
+    items = [(key, partial.encode(), partition)] * 2
     sources = (topology.touchpoint_events, topology.survey_answers)
     moment = {"touchpoint": "checkout.payment", "metric": "nps"}
     degraded = "cxmon_key_moment_degraded"
@@ -268,7 +339,12 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
         (
             b"c-1",
             OutboundMessage(
-                f"e-{n}", "c-1", None, Message(START_MS + n * 60_000, channel, Category.MARKETING)
+                f"e-{n}",
+                "c-1",
+                None,
+                Message(
+                    START_MS + n * 60_000, channel, Category.MARKETING, message_digest(f"e-{n}")
+                ),
             ).encode(),
             0,
         )
@@ -277,16 +353,15 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
     sms_before = sample("cxmon_outbound_messages_total", channel="sms", category="marketing")
     six_or_fewer = sample("cxmon_customer_window_messages_bucket", le="6.0")
     five_or_fewer = sample("cxmon_customer_window_messages_bucket", le="5.0")
-    await harness.feed("count_customer_messages", items)
+    # Delivered twice, as after a crash of the stage before: counted once.
+    await harness.feed("count_customer_messages", items + items)
     assert harness.to(topology.alerts) == [], "no verdict before the watermark passes"
     sms = sample("cxmon_outbound_messages_total", channel="sms", category="marketing")
     assert sms - sms_before == 2
     # One batch for the customer: one observation of the six counted messages.
     assert sample("cxmon_customer_window_messages_bucket", le="6.0") - six_or_fewer == 1
     assert sample("cxmon_customer_window_messages_bucket", le="5.0") - five_or_fewer == 0
-    marks = all_idle(
-        topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contact_messages
-    )
+    marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
     alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
     assert [(a["kind"], a["status"], a["subject"], a["observed"]) for a in alerts] == [
@@ -296,7 +371,7 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
         topology,
         START_MS + DAY_MS + 3_600_000,
         topology.touchpoint_events,
-        topology.contact_messages,
+        topology.contacts,
     )
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, later, 0)])
     statuses = [orjson.loads(s.value or b"")["status"] for s in harness.to(topology.alerts)]

@@ -18,8 +18,14 @@ from models.records import (
     TouchpointEvent,
 )
 from streams.catalog import Catalog, parse_catalog
-from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
-from streams.messaging import Message
+from streams.ingest import (
+    BucketTally,
+    OutboundMessage,
+    PartialTallies,
+    TouchpointPartial,
+    outbound_message,
+)
+from streams.messaging import Message, message_digest
 from streams.scores import Tally
 from streams.touchpoints import TouchpointState
 
@@ -109,12 +115,14 @@ def test_records_become_partials_and_partials_become_alerts(catalog: Catalog) ->
     partials.add_event(event(T0 + 50 * SECOND))
     assert scorer.seen == ["bad, slow", "bad service", "bad", "fine"]
 
-    drained = {p.touchpoint: p for p in partials.drain()}
-    assert partials.drain() == []
+    drained = {p.touchpoint: p for p in partials.drain("events:3", 41)}
+    assert partials.drain("events:3", 42) == []
     assert set(drained) == {PAY, LOGIN}
-    pay, login = drained[PAY], drained[LOGIN]
-    assert (pay.bucket_start_ms, pay.latest_ms) == (T0, T0 + 4 * MINUTE)
-    assert (login.bucket_start_ms, login.latest_ms) == (T0, T0 + 4 * MINUTE + 59 * SECOND)
+    assert {(p.source, p.last_offset) for p in drained.values()} == {("events:3", 41)}
+    (pay,) = drained[PAY].buckets
+    (login,) = drained[LOGIN].buckets
+    assert (pay.start_ms, pay.latest_ms) == (T0, T0 + 4 * MINUTE)
+    assert (login.start_ms, login.latest_ms) == (T0, T0 + 4 * MINUTE + 59 * SECOND)
     assert (pay.tally.promoters, pay.tally.passives, pay.tally.detractors) == (1, 0, 3)
     assert (pay.tally.csat_count, pay.tally.csat_sum) == (1, 4.0)
     assert (pay.tally.sentiment_count, pay.tally.sentiment_sum) == (4, -2.0)
@@ -129,7 +137,8 @@ def test_records_become_partials_and_partials_become_alerts(catalog: Catalog) ->
             partial = TouchpointPartial.decode(sent.encode())  # as it crosses the topic
             windows = partials.windows(partial.touchpoint)
             state = states[partial.touchpoint]
-            assert windows.add(state, partial.bucket_start_ms, partial.tally, partial.latest_ms)
+            for bucket in partial.buckets:
+                assert windows.add(state, bucket.start_ms, bucket.tally, bucket.latest_ms)
             alerts += windows.advance(state)
         return alerts
 
@@ -137,7 +146,7 @@ def test_records_become_partials_and_partials_become_alerts(catalog: Catalog) ->
     assert apply(list(drained.values())) == []
     partials.add_event(event(T0 + 6 * MINUTE, touchpoint=PAY))
     partials.add_event(event(T0 + 6 * MINUTE, touchpoint=LOGIN))
-    alerts = apply(partials.drain())
+    alerts = apply(partials.drain("events:3", 42))
     figures = {
         a.details["key_moment"]: (a.status, a.observed, a.threshold, a.starts_at_ms, a.severity)
         for a in alerts
@@ -150,15 +159,17 @@ def test_records_become_partials_and_partials_become_alerts(catalog: Catalog) ->
     assert len({a.fingerprint for a in alerts}) == 3
 
 
-def test_one_partial_per_touchpoint_and_bucket(catalog: Catalog) -> None:
+def test_one_partial_per_touchpoint_one_tally_per_bucket(catalog: Catalog) -> None:
     scorer = KeywordScorer()
     partials = PartialTallies(catalog, scorer)
     for offset in (0, MINUTE, 5 * MINUTE - 1, 5 * MINUTE, 11 * MINUTE):
         partials.add_event(event(T0 + offset, outcome=Outcome.SUCCESS))
     partials.add_answer(answer(T0 + 2 * MINUTE, SurveyMetric.CES, 3, ""))
     assert scorer.seen == []  # an empty comment is not scored
+    drained = partials.drain("events:0", 5)
+    assert sorted(p.touchpoint for p in drained) == [LOGIN, PAY]
     found = sorted(
-        (p.touchpoint, p.bucket_start_ms, p.latest_ms, p.tally.records) for p in partials.drain()
+        (p.touchpoint, b.start_ms, b.latest_ms, b.tally.records) for p in drained for b in p.buckets
     )
     assert found == [
         (LOGIN, T0, T0 + 5 * MINUTE - 1, 3),
@@ -171,7 +182,7 @@ def test_one_partial_per_touchpoint_and_bucket(catalog: Catalog) -> None:
 def test_partial_round_trips_through_its_encoding() -> None:
     tally = Tally(promoters=2, detractors=1, sentiment_count=1, sentiment_sum=-0.3)
     tally.duration_bins = {40: 2, 7: 1}
-    partial = TouchpointPartial(PAY, T0, T0 + 123, tally)
+    partial = TouchpointPartial(PAY, "events:3", 42, [BucketTally(T0, T0 + 123, tally)])
     assert TouchpointPartial.decode(partial.encode()) == partial
 
 
@@ -197,7 +208,9 @@ def test_inbound_events_are_not_messages() -> None:
 def test_outbound_event_with_customer_id() -> None:
     contact = Contact("phone", "+8613800000000")
     message = outbound_message(outbound(Category.MARKETING, "c-9", contact))
-    assert message == OutboundMessage("m-1", "c-9", None, Message(T0, "sms", Category.MARKETING))
+    assert message == OutboundMessage(
+        "m-1", "c-9", None, Message(T0, "sms", Category.MARKETING, message_digest("m-1"))
+    )
     assert message is not None
     assert OutboundMessage.decode(message.encode()) == message
 
@@ -208,7 +221,7 @@ def test_outbound_event_known_only_by_contact() -> None:
     assert message is not None
     assert message.customer_id is None
     assert message.contact_key == "phone:+8613800000000"
-    assert message.message == Message(T0, "sms", Category.TRANSACTIONAL)
+    assert message.message == Message(T0, "sms", Category.TRANSACTIONAL, message_digest("m-1"))
     assert OutboundMessage.decode(message.encode()) == message
     resolved = message.resolved_to("c-9")
     assert (resolved.customer_id, resolved.contact_key) == ("c-9", None)

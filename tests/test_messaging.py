@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -9,7 +10,7 @@ import pytest
 
 from models.records import Alert, AlertKind, AlertStatus, Category, Severity
 from streams.catalog import parse_catalog, parse_duration_ms
-from streams.messaging import CustomerMessages, FrequencyPolicy, Message
+from streams.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MINUTE = 60_000
@@ -40,6 +41,24 @@ def policy() -> FrequencyPolicy:
     return FrequencyPolicy(parse_catalog(CATALOG_YAML).messaging)
 
 
+_event_ids = itertools.count()
+
+
+def message(sent_at: int, channel: str, category: Category = MARKETING) -> Message:
+    """A message of its own event: no two are the same message."""
+    return Message(sent_at, channel, category, message_digest(f"e-{next(_event_ids)}"))
+
+
+def test_a_message_delivered_again_counts_once(policy: FrequencyPolicy) -> None:
+    state = CustomerMessages()
+    first = message(DAY, "sms")
+    assert policy.record(state, first)
+    assert policy.record(state, message(DAY, "sms")), "another event at the same instant counts"
+    assert not policy.record(state, first), "the same event again does not"
+    assert len(state.messages) == 2
+    assert CustomerMessages.decode(state.encode()) == state
+
+
 def send(
     policy: FrequencyPolicy,
     state: CustomerMessages,
@@ -48,7 +67,7 @@ def send(
     category: Category = MARKETING,
 ) -> Alert | None:
     """Record one message and judge at the newest message time, as the worker does."""
-    policy.record(state, Message(sent_at, channel, category))
+    policy.record(state, message(sent_at, channel, category))
     return policy.judge(state, CUSTOMER, state.messages[-1].sent_at_ms)
 
 
@@ -216,7 +235,7 @@ def test_a_second_incident_gets_a_new_alert_id_and_the_same_fingerprint(
 def test_message_exactly_one_window_old_is_out(policy: FrequencyPolicy) -> None:
     state = CustomerMessages()
     sent = at(10)
-    policy.record(state, Message(sent, "sms", MARKETING))
+    policy.record(state, message(sent, "sms", MARKETING))
     assert policy.pressure(state, sent).counted == 1
     assert policy.pressure(state, sent + DAY - 1).counted == 1
     assert policy.pressure(state, sent + DAY).counted == 0
@@ -240,7 +259,7 @@ def test_late_message_is_inserted_in_time_order_and_counts(policy: FrequencyPoli
 def test_expire_drops_messages_outside_the_window(policy: FrequencyPolicy) -> None:
     state = CustomerMessages()
     for sent in (at(9), at(10), at(11)):
-        policy.record(state, Message(sent, "sms", MARKETING))
+        policy.record(state, message(sent, "sms", MARKETING))
     policy.expire(state, at(10, day=23))  # 09:00 is 25h old, 10:00 exactly 24h: both go
     assert [m.sent_at_ms for m in state.messages] == [at(11)]
     policy.expire(state, at(11, day=23) - 1)
@@ -275,7 +294,7 @@ def test_pressure_figures_by_channel_and_category(policy: FrequencyPolicy) -> No
         (at(23), "wechat", MARKETING),  # quiet hours
         (at(9, day=21), "email", MARKETING),  # 27h before 12:00 on the 22nd
     ]:
-        policy.record(state, Message(sent, channel, category))
+        policy.record(state, message(sent, channel, category))
     pressure = policy.pressure(state, at(23, 30))
     assert pressure.at_ms == at(23, 30)
     assert pressure.total == 6
