@@ -55,9 +55,10 @@ DEAD_LETTERS = Counter(
     ["topic", "reason"],
     registry=REGISTRY,
 )
-LATE_PARTIALS = Counter(
+LATE_RECORDS = Counter(
     "cxmon_late_records_total",
-    "Records older than every window still open for their touchpoint.",
+    "Records too late for their window: refused at ingest (dead letters, reason late), "
+    "or older than every window still open when they reached their touchpoint.",
     registry=REGISTRY,
 )
 UNRESOLVED_CONTACTS = Counter(

@@ -20,6 +20,7 @@ from agents.streaming import Batches, Event, PartitionedState, payload
 from agents.topology import Topology
 from models.decode import (
     InvalidRecord,
+    Reason,
     decode_identity_link,
     decode_survey_answer,
     decode_touchpoint_event,
@@ -41,6 +42,7 @@ from streams.progress import (
 )
 from streams.sentiment import SentimentScorer
 from streams.settings import Settings
+from streams.timeliness import Timeliness
 from streams.touchpoints import TouchpointState, TouchpointWindows
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ class Pipeline:
         self.partitions = settings.partitions
         self.policy = FrequencyPolicy(core.catalog.messaging)
         self.partials = PartialTallies(core.catalog, core.scorer)
+        self.timeliness = Timeliness(core.catalog.scores.grace_ms, settings.max_future_ms)
         self.seen = PartitionedState(topology.seen_ids)
         self.windows = PartitionedState(topology.touchpoint_windows)
         self.identities = PartitionedState(topology.identities)
@@ -249,12 +252,17 @@ class Pipeline:
     ) -> list[tuple[Event, Any]]:
         """The records that decode; the others become dead letters among `sends`."""
         valid = []
+        now_ms = int(time.time() * 1000)
         for event in events:
             message = event.message
             metrics.RECORDS.labels(message.topic).inc()
+            newest_ms = self.sources.watermarks.get(source_name(message.topic, message.partition))
             try:
                 record = decode(payload(event))
+                self.timeliness.check(record, newest_ms, now_ms)
             except InvalidRecord as exc:
+                if exc.reason is Reason.LATE:
+                    metrics.LATE_RECORDS.inc()
                 sends.append(self._dead_letter(event, exc))
                 continue
             valid.append((event, record))
@@ -455,7 +463,7 @@ class Pipeline:
                 continue  # delivered again after a crash or a rebalance: already counted
             for bucket in partial.buckets:
                 if not windows.add(state, bucket.start_ms, bucket.tally, bucket.latest_ms):
-                    metrics.LATE_PARTIALS.inc(bucket.tally.records)
+                    metrics.LATE_RECORDS.inc(bucket.tally.records)
         if watermark is not None:
             for alert in windows.advance(state, watermark):
                 await self._emit(alert)

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     INVALID_VALUE = "invalid_value"
     OUT_OF_RANGE = "out_of_range"
     INVALID_TIMESTAMP = "invalid_timestamp"
+    LATE = "late"
+    FUTURE = "future"
 
 
 class InvalidRecord(ValueError):

@@ -36,6 +36,7 @@ class Settings:
     web_port: int = 6066
     instance_id: str | None = None
     dedup_ttl_ms: int = 86_400_000
+    max_future_ms: int = 300_000
     batch_size: int = 2_000
     batch_seconds: float = 0.05
     sentiment: str = "auto"
@@ -123,6 +124,7 @@ class Settings:
             web_port=integer("WEB_PORT", default.web_port, minimum=0),
             instance_id=env.get("CXMON_INSTANCE_ID") or None,
             dedup_ttl_ms=duration("DEDUP_TTL", default.dedup_ttl_ms),
+            max_future_ms=duration("MAX_FUTURE", default.max_future_ms),
             batch_size=integer("BATCH_SIZE", default.batch_size),
             batch_seconds=batch_seconds,
             sentiment=text("SENTIMENT", default.sentiment),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,6 +186,43 @@ async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
     assert [(m.source, m.watermark_ms) for m in reported] == [
         (source_name(topology.touchpoint_events.get_topic_name(), 1), START_MS)
     ]
+
+
+async def test_late_and_future_records_are_dead_letters_with_their_reason(
+    harness: Harness,
+) -> None:
+    topology = harness.topology
+    now = int(time.time() * 1000)
+    newest = now - 3_600_000
+    late_before = sample("cxmon_late_records_total")
+
+    def login(event_id: str, at_ms: int) -> tuple[bytes, bytes, int]:
+        return (
+            b"c-1",
+            event(event_id, at_ms=at_ms, direction="inbound", touchpoint="app.login"),
+            0,
+        )
+
+    await harness.feed(
+        "ingest_touchpoint_events",
+        [
+            login("e-1", newest),
+            login("e-2", newest - 60_000),  # out of order within the catalog's 1m grace
+            login("e-3", newest - 60_001),  # beyond it
+            login("e-4", now + 3_600_000),  # an hour ahead of the clock
+        ],
+    )
+    dead = harness.to(topology.dead_letters)
+    assert [(d.headers["cxmon-reason"], d.headers["cxmon-offset"]) for d in dead] == [
+        (b"late", b"2"),
+        (b"future", b"3"),
+    ]
+    assert b"occurred_at" in dead[0].headers["cxmon-error"]
+    assert sample("cxmon_late_records_total") - late_before == 1
+    (partial,) = [
+        TouchpointPartial.decode(s.value or b"") for s in harness.data(topology.touchpoint_partials)
+    ]
+    assert sum(b.tally.records for b in partial.buckets) == 2
 
 
 async def test_ingest_stores_each_batch_before_sending_and_resends_after_a_crash(
