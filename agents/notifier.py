@@ -92,7 +92,7 @@ class Notifier:
     def attach(self) -> None:
         if not self.settings.alertmanager_urls:
             return
-        if not self.settings.pseudonym_key:
+        if not self.settings.pseudonym_key and not self.settings.pseudonymise_ids:
             log.warning(
                 "CXMON_PSEUDONYM_KEY is not set: customer pseudonyms in notifications are "
                 "unkeyed hashes, which anyone can match against guessed customer ids"
@@ -133,7 +133,9 @@ class Notifier:
                 now_ms=now_ms,
                 resend_ms=self.settings.alertmanager_resend_ms,
                 links=self.links,
-                pseudonym_key=self.settings.pseudonym_key,
+                pseudonym_key=None
+                if self.settings.pseudonymise_ids
+                else self.settings.pseudonym_key,
             )
             for alert in alerts
         ]

@@ -32,6 +32,7 @@ from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
 from streams.messaging import CustomerMessages, FrequencyPolicy
+from streams.privacy import pseudonymised
 from streams.progress import (
     PROGRESS_KEY,
     SourceMark,
@@ -260,6 +261,8 @@ class Pipeline:
             try:
                 record = decode(payload(event))
                 self.timeliness.check(record, newest_ms, now_ms)
+                if self.settings.pseudonymise_ids:
+                    record = pseudonymised(record, self.settings.pseudonym_key)
             except InvalidRecord as exc:
                 if exc.reason is Reason.LATE:
                     metrics.LATE_RECORDS.inc()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +9,7 @@ from urllib.parse import quote
 
 from models.decode import format_timestamp, parse_timestamp_ms
 from models.records import AlertKind, AlertStatus
+from streams.privacy import pseudonym
 
 # Prometheus sends a firing alert with endsAt four resend intervals ahead: missing three
 # resends in a row (a worker down) lets Alertmanager resolve it on its own, not sooner.
@@ -39,11 +38,6 @@ def alertname(kind: str) -> str:
     return "".join(part.capitalize() for part in kind.split("_"))
 
 
-def pseudonym(customer_id: str, key: bytes) -> str:
-    """A keyed hash: stable per customer, so one customer's alerts group, yet not the id."""
-    return hmac.new(key, customer_id.encode(), hashlib.sha256).hexdigest()[:16]
-
-
 def is_customer_kind(kind: str) -> bool:
     return kind == AlertKind.OVER_MESSAGED.value
 
@@ -54,9 +48,12 @@ def to_alertmanager(
     now_ms: int,
     resend_ms: int,
     links: NotifyLinks,
-    pseudonym_key: bytes,
+    pseudonym_key: bytes | None,
 ) -> dict[str, Any]:
-    """One `cx.alerts` object as a postable Alertmanager alert, at wall-clock instant `now_ms`."""
+    """One `cx.alerts` object as a postable Alertmanager alert, at wall-clock instant `now_ms`.
+
+    `pseudonym_key` None: the subject is a pseudonym already (CXMON_PSEUDONYMISE_IDS).
+    """
     kind = str(alert["kind"])
     name = alertname(kind)
     subject = str(alert["subject"])
@@ -69,7 +66,7 @@ def to_alertmanager(
     summary = str(alert["summary"])
     touchpoint: str | None = None
     if is_customer_kind(kind):
-        customer = pseudonym(subject, pseudonym_key)
+        customer = subject if pseudonym_key is None else pseudonym(subject, pseudonym_key)
         labels["customer"] = customer
         # Notifications leave the company's Kafka: the customer id stays behind.
         summary = summary.replace(subject, customer)

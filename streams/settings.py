@@ -48,6 +48,7 @@ class Settings:
     grafana_url: str = "http://localhost:3000"
     # A secret: kept out of repr, so logging the settings never prints it.
     pseudonym_key: bytes = field(default=b"", repr=False)
+    pseudonymise_ids: bool = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -81,6 +82,12 @@ class Settings:
                 raise SettingsError(f"CXMON_{name}={raw!r} must be at least {minimum}")
             return value
 
+        def flag(name: str) -> bool:
+            raw = env.get(f"CXMON_{name}", "false").strip().lower()
+            if raw not in ("true", "false", "1", "0", "yes", "no"):
+                raise SettingsError(f"CXMON_{name}={raw!r} is not true or false")
+            return raw in ("true", "1", "yes")
+
         def duration(name: str, default: int) -> int:
             raw = env.get(f"CXMON_{name}")
             if raw is None:
@@ -97,6 +104,13 @@ class Settings:
                 for f in fields(Topics)
             }
         )
+        pseudonym_key = secret(env, "PSEUDONYM_KEY")
+        pseudonymise_ids = flag("PSEUDONYMISE_IDS")
+        if pseudonymise_ids and not pseudonym_key:
+            raise SettingsError(
+                "CXMON_PSEUDONYMISE_IDS needs CXMON_PSEUDONYM_KEY or CXMON_PSEUDONYM_KEY_FILE: "
+                "an unkeyed hash of a guessable id can be reversed"
+            )
         batch_seconds_raw = text("BATCH_SECONDS", str(default.batch_seconds))
         try:
             batch_seconds = float(batch_seconds_raw)
@@ -113,7 +127,8 @@ class Settings:
             alertmanager_resend_ms=duration("ALERTMANAGER_RESEND", default.alertmanager_resend_ms),
             runbook_url=text("RUNBOOK_URL", default.runbook_url),
             grafana_url=text("GRAFANA_URL", default.grafana_url),
-            pseudonym_key=secret(env, "PSEUDONYM_KEY"),
+            pseudonym_key=pseudonym_key,
+            pseudonymise_ids=pseudonymise_ids,
             broker_url=text("BROKER_URL", default.broker_url),
             catalog=Path(text("CATALOG", str(default.catalog))),
             app_id=text("APP_ID", default.app_id),

@@ -20,6 +20,7 @@ from models.records import Category
 from streams.delivery import Checkpoint, Send
 from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
 from streams.messaging import Message, message_digest
+from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym
 from streams.progress import PROGRESS_KEY, SourceMark, decode_marks, encode_marks, source_name
 from streams.scores import Tally
 from streams.settings import Settings
@@ -68,12 +69,17 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Any) -> Harness:
+    return build_harness(tmp_path)
+
+
+def build_harness(tmp_path: Any, **env: str) -> Harness:
     settings = Settings.from_env(
         {
             "CXMON_BROKER_URL": "kafka://127.0.0.1:1",
             "CXMON_PARTITIONS": str(PARTITIONS),
             "CXMON_BATCH_SECONDS": "0.01",
             "CXMON_DATA_DIR": str(tmp_path),
+            **env,
         }
     )
     app, topology, pipeline = assemble(settings)
@@ -186,6 +192,33 @@ async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
     assert [(m.source, m.watermark_ms) for m in reported] == [
         (source_name(topology.touchpoint_events.get_topic_name(), 1), START_MS)
     ]
+
+
+async def test_pseudonymised_ids_never_reach_a_table_a_topic_or_an_alert(tmp_path: Any) -> None:
+    harness = build_harness(tmp_path, CXMON_PSEUDONYMISE_IDS="true", CXMON_PSEUDONYM_KEY="k3y")
+    topology = harness.topology
+    phone = {"type": "phone", "value": "+8613800000000"}
+    await harness.feed(
+        "ingest_touchpoint_events",
+        [
+            (b"c-secret", event(f"e-{n}", at_ms=START_MS + n, customer_id="c-secret"), 0)
+            for n in range(3)
+        ]
+        + [(b"x", event("e-9", customer_id=None, contact=phone), 0)],
+    )
+    link = {"contact": phone, "customer_id": "c-secret", "linked_at": START_MS}
+    await harness.feed("ingest_identity_links", [(b"x", orjson.dumps(link), 0)])
+    customer = pseudonym("c-secret", b"k3y", STATE_PSEUDONYM_HEX)
+    contact = "phone:" + pseudonym("+8613800000000", b"k3y", STATE_PSEUDONYM_HEX)
+    assert {s.key for s in harness.data(topology.customer_messages)} == {customer.encode()}
+    assert {s.key for s in harness.data(topology.contacts)} == {contact.encode()}
+    written = b"".join(
+        [key + (value or b"") for _, _, key, value in harness.changelog]
+        + [(s.key or b"") + (s.value or b"") for s in harness.sent]
+    )
+    assert b"c-secret" not in written
+    assert b"13800000000" not in written
+    assert customer.encode() in written
 
 
 async def test_late_and_future_records_are_dead_letters_with_their_reason(

@@ -16,7 +16,8 @@ from aiohttp import web
 from agents import metrics
 from agents.notifier import Alertmanager
 from models.decode import format_timestamp
-from streams.notify import NotifyLinks, alertname, backoff_delays, pseudonym, to_alertmanager
+from streams.notify import NotifyLinks, alertname, backoff_delays, to_alertmanager
+from streams.privacy import pseudonym
 from streams.settings import Settings, SettingsError
 from streams.webhook import build_receiver, notification_line
 
@@ -127,6 +128,18 @@ def test_over_messaged_customer_is_a_pseudonym_everywhere() -> None:
     assert posted["annotations"]["summary"].startswith(f"Customer {customer} got 6 messages")
     assert "by_channel sms=3,email=2,app_push=1" in posted["annotations"]["description"]
     assert posted["annotations"]["dashboard_url"] == "http://grafana.example:3000/d/cxmon-overview"
+
+
+def test_a_subject_pseudonymised_at_ingest_is_not_hashed_again() -> None:
+    alert = over_messaged_alert()
+    already = pseudonym("c-flood-2", KEY, 32)
+    alert["subject"] = already
+    alert["summary"] = str(alert["summary"]).replace("c-flood-2", already)
+    posted = to_alertmanager(
+        alert, now_ms=NOW_MS, resend_ms=MINUTE_MS, links=LINKS, pseudonym_key=None
+    )
+    assert posted["labels"]["customer"] == already
+    assert posted["annotations"]["summary"].startswith(f"Customer {already} got 6 messages")
 
 
 def test_pseudonyms_are_stable_per_key_and_differ_across_keys() -> None:

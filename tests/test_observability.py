@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from streams.broker import LocalBroker
-from streams.notify import pseudonym
+from streams.privacy import pseudonym
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from tests.dashboards import DASHBOARDS, instantiate, panel_queries
 from tests.harness import Deployment, WorkerProcess, free_port
