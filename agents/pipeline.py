@@ -32,6 +32,7 @@ from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
 from streams.messaging import CustomerMessages, FrequencyPolicy
+from streams.notify import is_customer_kind
 from streams.privacy import pseudonymised
 from streams.progress import (
     PROGRESS_KEY,
@@ -572,7 +573,9 @@ class Pipeline:
     async def _emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
-        log.info("alert %s %s: %s", alert.status.value, alert.kind.value, alert.fingerprint)
+        # A customer's fingerprint is an unkeyed hash of the id: logs get neither.
+        about = "" if is_customer_kind(alert.kind.value) else f" {alert.subject}"
+        log.info("alert %s %s%s", alert.status.value, alert.kind.value, about)
         topic = self.topology.alerts.get_topic_name()
         await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
 

@@ -64,12 +64,16 @@ def to_alertmanager(
         "source": "stream",
     }
     summary = str(alert["summary"])
+    fingerprint = str(alert["fingerprint"])
     touchpoint: str | None = None
     if is_customer_kind(kind):
         customer = subject if pseudonym_key is None else pseudonym(subject, pseudonym_key)
         labels["customer"] = customer
-        # Notifications leave the company's Kafka: the customer id stays behind.
+        # Notifications leave the company's Kafka: the customer id stays behind, and so
+        # does the fingerprint, an unkeyed hash of it.
         summary = summary.replace(subject, customer)
+        if pseudonym_key is not None:
+            fingerprint = pseudonym(fingerprint, pseudonym_key)
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
@@ -90,7 +94,7 @@ def to_alertmanager(
             "description": describe(alert),
             "runbook_url": links.runbook(name),
             "dashboard_url": dashboard,
-            "fingerprint": str(alert["fingerprint"]),
+            "fingerprint": fingerprint,
         },
         "startsAt": format_timestamp(starts_at),
         "endsAt": format_timestamp(ends_at),

@@ -125,6 +125,8 @@ def test_over_messaged_customer_is_a_pseudonym_everywhere() -> None:
     assert posted["labels"]["customer"] == customer
     assert "touchpoint" not in posted["labels"]
     assert "c-flood-2" not in orjson.dumps(posted).decode()
+    fingerprint = over_messaged_alert()["fingerprint"]
+    assert posted["annotations"]["fingerprint"] == pseudonym(fingerprint, KEY), "keyed too"
     assert posted["annotations"]["summary"].startswith(f"Customer {customer} got 6 messages")
     assert "by_channel sms=3,email=2,app_push=1" in posted["annotations"]["description"]
     assert posted["annotations"]["dashboard_url"] == "http://grafana.example:3000/d/cxmon-overview"
