@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.metrics import REGISTRY
 from agents.notifier import Notifier
 from agents.pipeline import Core, Pipeline
+from agents.pressure import PressurePage
 from agents.streaming import Batches
 from agents.topology import Topology, build_app
 from streams.catalog import load_catalog
@@ -32,6 +33,7 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
     pipeline = Pipeline(app, topology, settings, core, batches)
     pipeline.attach()
     Notifier(app, topology, settings, batches).attach()
+    PressurePage(app, topology, settings, pipeline.policy).attach()
     # Faust pauses a stream whenever more than 100 changelog writes wait to be sent;
     # a batch writes up to one per record, so let a whole batch through at once.
     app.producer.buffer.max_messages = settings.batch_size * 4

@@ -82,6 +82,17 @@ class Pressure:
     breaches: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What a sending service may still send one customer now, and what one more would break."""
+
+    pressure: Pressure
+    remaining: int
+    remaining_by_channel: dict[str, int]
+    quiet_hours_now: bool
+    would_break: tuple[str, ...]
+
+
 class FrequencyPolicy:
     """Applies one messaging policy to one customer's state; no I/O, no clock but event time."""
 
@@ -142,6 +153,41 @@ class FrequencyPolicy:
             counted_by_channel=dict(counted_by_channel),
             quiet_hour_messages=quiet_count,
             breaches=tuple(breaches),
+        )
+
+    def budget(
+        self,
+        state: CustomerMessages,
+        now_ms: int,
+        channel: str | None = None,
+        category: Category | None = None,
+    ) -> Budget:
+        """The window at `now_ms`, and which limits one more message would break.
+
+        Without a category the message is taken to be one the policy counts; an exempt
+        category (transactional by default) breaks nothing.
+        """
+        policy = self.policy
+        pressure = self.pressure(state, now_ms)
+        quiet_now = policy.quiet_hours is not None and policy.quiet_hours.contains(now_ms)
+        would_break: list[str] = []
+        if category is None or category in policy.categories:
+            if pressure.counted + 1 > policy.max_messages:
+                would_break.append("max_messages")
+            busy = pressure.counted_by_channel.get(channel, 0) if channel else 0
+            if busy + 1 > policy.max_per_channel:
+                would_break.append("max_per_channel")
+            if quiet_now:
+                would_break.append("quiet_hours")
+        return Budget(
+            pressure=pressure,
+            remaining=max(0, policy.max_messages - pressure.counted),
+            remaining_by_channel={
+                name: max(0, policy.max_per_channel - count)
+                for name, count in sorted(pressure.counted_by_channel.items())
+            },
+            quiet_hours_now=quiet_now,
+            would_break=tuple(would_break),
         )
 
     def resolves_at(self, state: CustomerMessages) -> int | None:

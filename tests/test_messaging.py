@@ -318,3 +318,28 @@ def test_several_breaches_at_once_are_all_listed(policy: FrequencyPolicy) -> Non
             assert alert is None  # the open incident is not fired again
     pressure = policy.pressure(state, at(23, 5))
     assert pressure.breaches == ("max_messages", "max_per_channel", "quiet_hours")
+
+
+def test_budget_says_what_one_more_message_would_break(policy: FrequencyPolicy) -> None:
+    ten_am = int(datetime(2026, 11, 23, 10, 0, tzinfo=SHANGHAI).timestamp() * 1000)
+    state = CustomerMessages()
+    for minutes, channel in ((0, "sms"), (10, "sms"), (20, "email"), (30, "sms")):
+        policy.record(state, message(ten_am + minutes * MINUTE, channel))
+    policy.record(state, message(ten_am + 40 * MINUTE, "sms", TRANSACTIONAL))
+    now = ten_am + HOUR
+    # Limits 5 per day, 3 per channel; transactional messages are not counted.
+    budget = policy.budget(state, now)
+    assert (budget.pressure.total, budget.pressure.counted, budget.remaining) == (5, 4, 1)
+    assert budget.remaining_by_channel == {"email": 2, "sms": 0}
+    assert (budget.quiet_hours_now, budget.would_break) == (False, ())
+    assert policy.budget(state, now, "sms").would_break == ("max_per_channel",)
+    assert policy.budget(state, now, "email").would_break == ()
+    assert policy.budget(state, now, "sms", TRANSACTIONAL).would_break == ()
+    policy.record(state, message(ten_am + 50 * MINUTE, "app_push"))
+    assert policy.budget(state, now, "wechat").would_break == ("max_messages",)
+    eleven_pm = int(datetime(2026, 11, 23, 23, 0, tzinfo=SHANGHAI).timestamp() * 1000)
+    late = policy.budget(state, eleven_pm, "sms")
+    assert late.quiet_hours_now
+    assert late.would_break == ("max_messages", "max_per_channel", "quiet_hours")
+    # A day later the window is empty again, quiet hours aside.
+    assert policy.budget(state, ten_am + DAY + HOUR, "sms").would_break == ()

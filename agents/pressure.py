@@ -1,0 +1,100 @@
+"""GET /customers/{customer}/pressure: a sending service asks before it sends, not after."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+from faust.exceptions import SameNode
+from faust.web.exceptions import ServiceUnavailable
+
+from agents.streaming import PartitionedState
+from agents.topology import Topology
+from models.decode import InvalidRecord, format_timestamp, parse_timestamp_ms
+from models.records import Category
+from streams.catalog import format_duration
+from streams.messaging import Budget, CustomerMessages, FrequencyPolicy
+from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym
+from streams.settings import Settings
+
+PATH = "/customers/{customer}/pressure"
+
+
+class PressurePage:
+    """Answers from the frequency table, on whichever worker owns the customer's partition."""
+
+    def __init__(
+        self, app: faust.App, topology: Topology, settings: Settings, policy: FrequencyPolicy
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.policy = policy
+        self.table = topology.customer_frequency
+        self.frequency = PartitionedState(topology.customer_frequency)
+
+    def attach(self) -> None:
+        async def customer_pressure(view: Any, request: Any, customer: str) -> Any:
+            key = self.table_key(customer)
+            try:
+                # Faust's router: the worker owning the key's partition answers, others proxy.
+                return await self.app.router.route_req(self.table.name, key, view.web, request)
+            except SameNode:
+                pass
+            except ServiceUnavailable:
+                return view.json({"error": "no worker owns this customer yet"}, status=503)
+            try:
+                channel, category, at_ms = self.question(request.query)
+            except ValueError as exc:
+                return view.json({"error": str(exc)}, status=400)
+            raw = self.frequency.get(key)
+            state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
+            return view.json(
+                self.answer(customer, self.policy.budget(state, at_ms, channel, category))
+            )
+
+        self.app.page(PATH)(customer_pressure)
+
+    def table_key(self, customer: str) -> bytes:
+        if self.settings.pseudonymise_ids:
+            return pseudonym(customer, self.settings.pseudonym_key, STATE_PSEUDONYM_HEX).encode()
+        return customer.encode()
+
+    @staticmethod
+    def question(query: Any) -> tuple[str | None, Category | None, int]:
+        """`channel`, `category` and `at` (RFC 3339; default now) from the query string."""
+        channel = query.get("channel") or None
+        category_text = query.get("category")
+        try:
+            category = Category(category_text) if category_text else None
+        except ValueError:
+            allowed = ", ".join(c.value for c in Category)
+            raise ValueError(f"category: {category_text!r} is not one of {allowed}") from None
+        at_text = query.get("at")
+        if not at_text:
+            return channel, category, int(time.time() * 1000)
+        try:
+            return channel, category, parse_timestamp_ms(at_text, "at")
+        except InvalidRecord as exc:
+            raise ValueError(str(exc)) from None
+
+    def answer(self, customer: str, budget: Budget) -> dict[str, Any]:
+        policy, pressure = self.policy.policy, budget.pressure
+        return {
+            "customer": customer,
+            "at": format_timestamp(pressure.at_ms),
+            "window": format_duration(policy.window_ms),
+            "messages": pressure.total,
+            "counted": pressure.counted,
+            "by_channel": pressure.by_channel,
+            "by_category": pressure.by_category,
+            "limits": {
+                "max_messages": policy.max_messages,
+                "max_per_channel": policy.max_per_channel,
+            },
+            "remaining": budget.remaining,
+            "remaining_by_channel": budget.remaining_by_channel,
+            "quiet_hours_now": budget.quiet_hours_now,
+            "would_break": list(budget.would_break),
+            "allowed": not budget.would_break,
+        }
