@@ -161,8 +161,10 @@ def declare_catalog(catalog: Catalog) -> None:
         TOUCHPOINT_INFO.labels(touchpoint, stage.value).set(1)
     for moment in catalog.key_moments:
         set_key_moment(moment, degraded=False)
+        if moment.relative is not None:
+            continue  # its line follows its baseline: no fixed standard to export
         metric = moment.metric.value
-        breaks = "below" if moment.below is not None else "above"
+        breaks = "above" if moment.worse_when_higher else "below"
         threshold = moment.threshold
         if moment.metric is ScoreMetric.DURATION_MS:
             threshold /= 1000

@@ -43,6 +43,7 @@ class Stage(StrEnum):
 class AlertKind(StrEnum):
     KEY_MOMENT_DEGRADED = "key_moment_degraded"
     OVER_MESSAGED = "over_messaged"
+    NO_DATA = "no_data"
 
 
 class AlertStatus(StrEnum):

@@ -30,6 +30,19 @@ class ScoreMetric(StrEnum):
     DURATION_MS = "duration_ms"
 
 
+DEFAULT_ALPHA = 0.1
+# Metrics that get worse as they fall; the others (ces, rates, waiting time) get worse rising.
+WORSE_WHEN_LOWER = frozenset({ScoreMetric.NPS, ScoreMetric.CSAT, ScoreMetric.SENTIMENT})
+
+
+class Detector(StrEnum):
+    """How a key moment decides it is degraded."""
+
+    WINDOW = "window"  # each window on its own value (or interval, with `confidence`)
+    CUSUM = "cusum"  # evidence piled up over steps: slow drifts
+    EWMA_CHART = "ewma_chart"  # an exponentially weighted chart of the steps: slow drifts
+
+
 class CatalogError(ValueError):
     """A catalog the worker refuses, with the file, line and reason."""
 
@@ -57,6 +70,38 @@ def format_duration(millis: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Relative:
+    """A standard relative to the key moment's own past: worse than its baseline by `change`."""
+
+    change: float  # points of the metric, or a percentage of the baseline's magnitude
+    percent: bool
+    baseline_ms: int | None  # the window before the judged one; None for an EWMA of windows
+    alpha: float = DEFAULT_ALPHA  # weight of the newest window in the EWMA
+
+    def describe(self) -> str:
+        amount = f"{self.change:g}%" if self.percent else f"{self.change:g}"
+        return f"more than {amount} worse than its {self.baseline_name()} baseline"
+
+    def baseline_name(self) -> str:
+        return "EWMA" if self.baseline_ms is None else format_duration(self.baseline_ms)
+
+    def shifted(self, baseline: float, amount: float, worse_when_higher: bool) -> float:
+        """The level `amount` (points, or percent of the baseline) worse than the baseline."""
+        shift = abs(baseline) * amount / 100 if self.percent else amount
+        return baseline + shift if worse_when_higher else baseline - shift
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A CUSUM or EWMA chart over the steps, in standard errors, for slow drifts."""
+
+    detector: Detector
+    limit: float  # CUSUM decision interval h, or EWMA chart width L
+    slack: float = 0.5  # CUSUM allowance k per step
+    smoothing: float = 0.2  # EWMA chart weight of the newest step
+
+
+@dataclass(frozen=True, slots=True)
 class KeyMoment:
     touchpoint: str
     metric: ScoreMetric
@@ -66,6 +111,13 @@ class KeyMoment:
     step_ms: int
     min_samples: int
     severity: Severity
+    relative: Relative | None = None
+    recover_at: float | None = None  # in the standard's own terms; None: the standard itself
+    confidence: float | None = None  # None: the value alone decides
+    drift: Drift | None = None
+    for_ms: int = 0
+    keep_firing_for_ms: int = 0
+    no_data_after_ms: int | None = None
 
     @property
     def id(self) -> str:
@@ -73,18 +125,46 @@ class KeyMoment:
 
     @property
     def threshold(self) -> float:
+        """The fixed standard; a relative standard has none (its line follows the baseline)."""
         bound = self.below if self.below is not None else self.above
         assert bound is not None
         return bound
 
-    def breaks(self, value: float) -> bool:
-        """True when `value` misses the standard."""
-        if self.below is not None:
-            return value < self.below
-        assert self.above is not None
-        return value > self.above
+    @property
+    def worse_when_higher(self) -> bool:
+        if self.relative is not None:
+            return self.metric not in WORSE_WHEN_LOWER
+        return self.above is not None
+
+    @property
+    def detector(self) -> Detector:
+        return Detector.WINDOW if self.drift is None else self.drift.detector
+
+    def line(self, baseline: float | None) -> float | None:
+        """Where degraded begins; None while a relative standard has no baseline yet."""
+        if self.relative is None:
+            return self.threshold
+        if baseline is None:
+            return None
+        return self.relative.shifted(baseline, self.relative.change, self.worse_when_higher)
+
+    def recover_line(self, baseline: float | None) -> float | None:
+        """Where an open incident counts as recovered: `recover_at`, by default the line."""
+        if self.recover_at is None:
+            return self.line(baseline)
+        if self.relative is None:
+            return self.recover_at
+        if baseline is None:
+            return None
+        return self.relative.shifted(baseline, self.recover_at, self.worse_when_higher)
+
+    def worse(self, value: float, line: float) -> bool:
+        """True when `value` is on the degraded side of `line`."""
+        return value > line if self.worse_when_higher else value < line
 
     def standard(self) -> str:
+        if self.relative is not None:
+            return self.relative.describe()
         return f"below {self.below:g}" if self.below is not None else f"above {self.above:g}"
 
 
@@ -138,12 +218,16 @@ class Catalog:
         """The finest granularity every window of this touchpoint is a whole multiple of."""
         sizes = [self.scores.window_ms, self.scores.step_ms]
         for moment in self.key_moments_for(touchpoint):
-            sizes += [moment.window_ms, moment.step_ms]
+            sizes += [moment.window_ms, moment.step_ms, _baseline_ms(moment)]
         return reduce(math.gcd, sizes)
 
     def retention_ms(self, touchpoint: str) -> int:
+        """The longest span a verdict looks back over: a window and the baseline before it."""
         longest = max(
-            [self.scores.window_ms, *(m.window_ms for m in self.key_moments_for(touchpoint))]
+            [
+                self.scores.window_ms,
+                *(m.window_ms + _baseline_ms(m) for m in self.key_moments_for(touchpoint)),
+            ]
         )
         return longest + self.scores.grace_ms
 
@@ -156,6 +240,15 @@ class Catalog:
             cached = {name: tuple(moments) for name, moments in grouped.items()}
             object.__setattr__(self, "_by_touchpoint", cached)
         return cached
+
+
+def _baseline_ms(moment: KeyMoment) -> int:
+    relative = moment.relative
+    return 0 if relative is None or relative.baseline_ms is None else relative.baseline_ms
+
+
+def _one_of(names: tuple[str, ...]) -> str:
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -189,16 +282,28 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
     )
 
 
+STANDARD_KEYS = ("below", "above", "drop", "drop_pct", "rise", "rise_pct")
 KEY_MOMENT_KEYS = {
     "touchpoint",
     "metric",
-    "below",
-    "above",
+    *STANDARD_KEYS,
+    "baseline",
+    "alpha",
+    "recover_at",
+    "confidence",
+    "detector",
+    "limit",
+    "slack",
+    "smoothing",
+    "for",
+    "keep_firing_for",
+    "no_data_after",
     "window",
     "step",
     "min_samples",
     "severity",
 }
+DRIFT_LIMITS = {Detector.CUSUM: 5.0, Detector.EWMA_CHART: 3.0}
 MESSAGING_KEYS = {
     "window",
     "max_messages",
@@ -334,10 +439,11 @@ class _Reader:
         touchpoint = self.scalar(fields["touchpoint"], "touchpoint")
         what = f"key moment {touchpoint}"
         metric: ScoreMetric = self.choice(fields["metric"], f"{what}: metric", ScoreMetric)
-        if ("below" in fields) == ("above" in fields):
-            raise self.fail(node, f"{what}: give exactly one of 'below' or 'above'")
-        below = self.number(fields["below"], f"{what}: below") if "below" in fields else None
-        above = self.number(fields["above"], f"{what}: above") if "above" in fields else None
+        given = [key for key in STANDARD_KEYS if key in fields]
+        if len(given) != 1:
+            raise self.fail(node, f"{what}: give exactly one of {_one_of(STANDARD_KEYS)}")
+        (standard,) = given
+        level = self.number(fields[standard], f"{what}: {standard}")
         window = (
             self.duration(fields["window"], f"{what}: window")
             if "window" in fields
@@ -348,6 +454,18 @@ class _Reader:
         )
         if step > window or window % step:
             raise self.fail(node, f"{what}: window must be a whole number of steps")
+        relative = None
+        if standard in ("below", "above"):
+            for key in ("baseline", "alpha"):
+                if key in fields:
+                    raise self.fail(
+                        fields[key], f"{what}: {key!r} needs a standard relative to a baseline"
+                    )
+        else:
+            relative = self.relative(
+                fields, standard, change=level, metric=metric, window=window, step=step, what=what
+            )
+        recover_at = self.recover_at(fields, standard, level, what)
         min_samples = (
             self.count(fields["min_samples"], f"{what}: min_samples")
             if "min_samples" in fields
@@ -360,16 +478,140 @@ class _Reader:
             if "severity" in fields
             else Severity.WARNING
         )
+        no_data_after = None
+        if "no_data_after" in fields:
+            no_data_after = self.duration(fields["no_data_after"], f"{what}: no_data_after")
+            if no_data_after % step:
+                raise self.fail(
+                    fields["no_data_after"],
+                    f"{what}: no_data_after must be a whole number of steps "
+                    f"({format_duration(step)})",
+                )
         return KeyMoment(
             touchpoint=touchpoint,
             metric=metric,
-            below=below,
-            above=above,
+            below=level if standard == "below" else None,
+            above=level if standard == "above" else None,
             window_ms=window,
             step_ms=step,
             min_samples=min_samples,
             severity=severity,
+            relative=relative,
+            recover_at=recover_at,
+            confidence=self.confidence(fields, what),
+            drift=self.drift(fields, what),
+            for_ms=self.duration(fields["for"], f"{what}: for") if "for" in fields else 0,
+            keep_firing_for_ms=self.duration(fields["keep_firing_for"], f"{what}: keep_firing_for")
+            if "keep_firing_for" in fields
+            else 0,
+            no_data_after_ms=no_data_after,
         )
+
+    def relative(
+        self,
+        fields: dict[str, yaml.Node],
+        standard: str,
+        *,
+        change: float,
+        metric: ScoreMetric,
+        window: int,
+        step: int,
+        what: str,
+    ) -> Relative:
+        node = fields[standard]
+        falls = standard.startswith("drop")
+        if falls != (metric in WORSE_WHEN_LOWER):
+            direction, keys = (
+                ("rising", "rise or rise_pct") if falls else ("falling", "drop or drop_pct")
+            )
+            raise self.fail(node, f"{what}: {metric.value} gets worse by {direction}: use {keys}")
+        if change <= 0:
+            raise self.fail(node, f"{what}: {standard} must be more than 0")
+        if "baseline" not in fields:
+            raise self.fail(
+                node, f"{what}: {standard} needs a 'baseline': a longer window such as 7d, or ewma"
+            )
+        baseline_node = fields["baseline"]
+        baseline_ms: int | None = None
+        if self.scalar(baseline_node, f"{what}: baseline") != "ewma":
+            baseline_ms = self.duration(baseline_node, f"{what}: baseline")
+            if baseline_ms <= window or baseline_ms % step:
+                raise self.fail(
+                    baseline_node,
+                    f"{what}: baseline must be longer than the window ({format_duration(window)}) "
+                    f"and a whole number of steps ({format_duration(step)}), or ewma",
+                )
+        alpha = DEFAULT_ALPHA
+        if "alpha" in fields:
+            if baseline_ms is not None:
+                raise self.fail(fields["alpha"], f"{what}: 'alpha' is the weight of baseline: ewma")
+            alpha = self.number(fields["alpha"], f"{what}: alpha")
+            if not 0 < alpha <= 1:
+                raise self.fail(fields["alpha"], f"{what}: alpha must be more than 0 and at most 1")
+        return Relative(
+            change=change, percent=standard.endswith("_pct"), baseline_ms=baseline_ms, alpha=alpha
+        )
+
+    def recover_at(
+        self, fields: dict[str, yaml.Node], standard: str, level: float, what: str
+    ) -> float | None:
+        if "recover_at" not in fields:
+            return None
+        node = fields["recover_at"]
+        recover = self.number(node, f"{what}: recover_at")
+        if standard == "below" and recover < level:
+            raise self.fail(node, f"{what}: recover_at must not be below the standard {level:g}")
+        if standard == "above" and recover > level:
+            raise self.fail(node, f"{what}: recover_at must not be above the standard {level:g}")
+        if standard not in ("below", "above") and not 0 <= recover <= level:
+            raise self.fail(
+                node, f"{what}: recover_at is a {standard} too: between 0 and {level:g}"
+            )
+        return recover
+
+    def confidence(self, fields: dict[str, yaml.Node], what: str) -> float | None:
+        if "confidence" not in fields:
+            return None
+        confidence = self.number(fields["confidence"], f"{what}: confidence")
+        if not 0.5 <= confidence < 1:
+            raise self.fail(
+                fields["confidence"],
+                f"{what}: confidence must be at least 0.5 and below 1, such as 0.95",
+            )
+        return confidence
+
+    def drift(self, fields: dict[str, yaml.Node], what: str) -> Drift | None:
+        detector: Detector = (
+            self.choice(fields["detector"], f"{what}: detector", Detector)
+            if "detector" in fields
+            else Detector.WINDOW
+        )
+        owners = {
+            "limit": (Detector.CUSUM, Detector.EWMA_CHART),
+            "slack": (Detector.CUSUM,),
+            "smoothing": (Detector.EWMA_CHART,),
+        }
+        settings: dict[str, float] = {}
+        for key, detectors in owners.items():
+            if key not in fields:
+                continue
+            if detector not in detectors:
+                raise self.fail(
+                    fields[key],
+                    f"{what}: {key!r} belongs to detector: {' or '.join(detectors)}",
+                )
+            settings[key] = self.number(fields[key], f"{what}: {key}")
+        if detector is Detector.WINDOW:
+            return None
+        drift = Drift(detector=detector, **({"limit": DRIFT_LIMITS[detector]} | settings))
+        if drift.limit <= 0 or drift.slack < 0 or not 0 < drift.smoothing <= 1:
+            key = next(k for k in ("limit", "slack", "smoothing") if k in settings)
+            raise self.fail(
+                fields[key],
+                f"{what}: limit must be more than 0, slack at least 0, smoothing "
+                "more than 0 and at most 1",
+            )
+        return drift
 
     def messaging(self, node: yaml.Node | None) -> MessagingPolicy:
         if node is None:

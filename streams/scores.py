@@ -8,10 +8,12 @@ from typing import Any
 
 from models.records import Outcome, SurveyAnswer, SurveyMetric, TouchpointEvent
 from streams.catalog import ScoreMetric
+from streams.stats import Estimate, mean_interval, nps_interval, quantile_ranks, wilson_interval
 
 # Waiting times are kept in log-spaced bins (ratio 2^(1/8), about 9% wide) so that
 # tallies from many workers and buckets merge exactly and p95 stays within one bin.
 BINS_PER_DOUBLING = 8
+P95 = 0.95
 PROMOTER_MIN = 9.0
 DETRACTOR_MAX = 6.0
 
@@ -22,6 +24,10 @@ def duration_bin(duration_ms: float) -> int:
 
 def bin_upper_ms(index: int) -> float:
     return 1.0 if index == 0 else 2.0 ** (index / BINS_PER_DOUBLING)
+
+
+def bin_lower_ms(index: int) -> float:
+    return 0.0 if index == 0 else bin_upper_ms(index - 1)
 
 
 @dataclass(slots=True)
@@ -44,6 +50,10 @@ class Tally:
     duration_count: int = 0
     duration_sum: float = 0.0
     duration_bins: dict[int, int] = field(default_factory=dict)
+    # Sums of squared scores: the spread behind each mean's confidence interval.
+    csat_squares: float = 0.0
+    ces_squares: float = 0.0
+    sentiment_squares: float = 0.0
 
     def add_event(self, event: TouchpointEvent) -> None:
         self.events += 1
@@ -70,12 +80,15 @@ class Tally:
         elif answer.metric is SurveyMetric.CSAT:
             self.csat_count += 1
             self.csat_sum += answer.score
+            self.csat_squares += answer.score * answer.score
         else:
             self.ces_count += 1
             self.ces_sum += answer.score
+            self.ces_squares += answer.score * answer.score
         if sentiment is not None:
             self.sentiment_count += 1
             self.sentiment_sum += sentiment
+            self.sentiment_squares += sentiment * sentiment
 
     def merge(self, other: Tally) -> None:
         self.promoters += other.promoters
@@ -95,6 +108,9 @@ class Tally:
         self.duration_sum += other.duration_sum
         for index, count in other.duration_bins.items():
             self.duration_bins[index] = self.duration_bins.get(index, 0) + count
+        self.csat_squares += other.csat_squares
+        self.ces_squares += other.ces_squares
+        self.sentiment_squares += other.sentiment_squares
 
     @property
     def records(self) -> int:
@@ -135,20 +151,62 @@ class Tally:
             return self.failures / self.outcomes
         if metric is ScoreMetric.ABANDON_RATE:
             return self.abandons / self.outcomes
-        return self.duration_quantile(0.95)
+        return self.duration_quantile(P95)
+
+    def estimate(self, metric: ScoreMetric, z: float) -> Estimate | None:
+        """The score with its confidence interval at `z`, or None when nothing stands behind it.
+
+        NPS gets a normal interval, rates a Wilson interval, means a normal interval from
+        their sample variance, the p95 waiting time the order-statistic interval read off
+        the bins (from the lower edge of one bin to the upper edge of the other).
+        """
+        if self.samples(metric) == 0:
+            return None
+        if metric is ScoreMetric.NPS:
+            return nps_interval(self.promoters, self.passives, self.detractors, z)
+        if metric is ScoreMetric.CSAT:
+            return mean_interval(self.csat_count, self.csat_sum, self.csat_squares, z)
+        if metric is ScoreMetric.CES:
+            return mean_interval(self.ces_count, self.ces_sum, self.ces_squares, z)
+        if metric is ScoreMetric.SENTIMENT:
+            return mean_interval(
+                self.sentiment_count, self.sentiment_sum, self.sentiment_squares, z
+            )
+        if metric is ScoreMetric.FAILURE_RATE:
+            return wilson_interval(self.failures, self.outcomes, z)
+        if metric is ScoreMetric.ABANDON_RATE:
+            return wilson_interval(self.abandons, self.outcomes, z)
+        lowest, highest = quantile_ranks(self.duration_count, P95, z)
+        return Estimate(
+            self.duration_quantile(P95),
+            bin_lower_ms(self._bin_holding(lowest)) if lowest >= 1 else 0.0,
+            bin_upper_ms(self._bin_holding(highest))
+            if highest <= self.duration_count
+            else math.inf,
+            self.duration_count,
+        )
+
+    def detractor_share(self, z: float) -> Estimate | None:
+        """The share of NPS answers from detractors, with its Wilson interval."""
+        if self.nps_answers == 0:
+            return None
+        return wilson_interval(self.detractors, self.nps_answers, z)
 
     def duration_mean(self) -> float | None:
         return self.duration_sum / self.duration_count if self.duration_count else None
 
     def duration_quantile(self, quantile: float) -> float:
         """Upper edge of the bin holding the quantile: never under-reports a wait."""
-        rank = quantile * self.duration_count
+        return bin_upper_ms(self._bin_holding(quantile * self.duration_count))
+
+    def _bin_holding(self, rank: float) -> int:
+        """The bin of the rank-th smallest waiting time (1-based)."""
         seen = 0
         for index in sorted(self.duration_bins):
             seen += self.duration_bins[index]
             if seen >= rank:
-                return bin_upper_ms(index)
-        return bin_upper_ms(max(self.duration_bins))
+                return index
+        return max(self.duration_bins)
 
     def to_wire(self) -> list[Any]:
         bins: list[int] = []
@@ -160,6 +218,7 @@ class Tally:
             self.sentiment_count, self.sentiment_sum,
             self.events, self.outcomes, self.failures, self.abandons,
             self.duration_count, self.duration_sum, bins,
+            self.csat_squares, self.ces_squares, self.sentiment_squares,
         ]  # fmt: skip
 
     @classmethod
@@ -167,4 +226,5 @@ class Tally:
         bins = wire[15]
         tally = cls(*wire[:15])
         tally.duration_bins = {bins[i]: bins[i + 1] for i in range(0, len(bins), 2)}
+        tally.csat_squares, tally.ces_squares, tally.sentiment_squares = wire[16:19]
         return tally

@@ -12,11 +12,12 @@ import orjson
 import pytest
 from faust.types import TP
 
-from agents.metrics import REGISTRY
+from agents.metrics import REGISTRY, declare_catalog
 from agents.pipeline import LINK_RECORD, RECORD_HEADER, Pipeline, partition_of
 from agents.topology import Topology
 from agents.worker import assemble
 from models.records import Category
+from streams.catalog import parse_catalog
 from streams.delivery import Checkpoint, Send
 from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
 from streams.messaging import Message, message_digest
@@ -447,3 +448,29 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, later, 0)])
     statuses = [orjson.loads(s.value or b"")["status"] for s in harness.to(topology.alerts)]
     assert statuses == ["firing", "resolved"]
+
+
+def test_a_relative_standard_exports_its_state_but_no_fixed_line() -> None:
+    catalog = parse_catalog(
+        """
+key_moments:
+  - touchpoint: order.review
+    metric: nps
+    drop: 15
+    baseline: 2h
+    window: 30m
+    step: 5m
+    severity: warning
+"""
+    )
+    declare_catalog(catalog)
+    moment = {"touchpoint": "order.review", "metric": "nps"}
+    assert (
+        REGISTRY.get_sample_value("cxmon_key_moment_degraded", {**moment, "severity": "warning"})
+        == 0
+    )
+    for breaks in ("below", "above"):
+        assert (
+            REGISTRY.get_sample_value("cxmon_key_moment_threshold", {**moment, "breaks": breaks})
+            is None
+        )

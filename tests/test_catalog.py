@@ -13,9 +13,12 @@ from models.records import Category, Severity, Stage
 from streams.catalog import (
     Catalog,
     CatalogError,
+    Detector,
+    Drift,
     KeyMoment,
     MessagingPolicy,
     QuietHours,
+    Relative,
     ScoreMetric,
     ScoreWindow,
     load_catalog,
@@ -536,7 +539,9 @@ def moment(**changes: object) -> KeyMoment:
     ("value", "breaks"), [(9.99, True), (-5.0, True), (10.0, False), (42.0, False)]
 )
 def test_below_standard_breaks_under_the_bound_only(value: float, breaks: bool) -> None:
-    assert moment().breaks(value) is breaks
+    below = moment()
+    assert below.line(None) == 10.0
+    assert below.worse(value, 10.0) is breaks
 
 
 @pytest.mark.parametrize(
@@ -544,7 +549,8 @@ def test_below_standard_breaks_under_the_bound_only(value: float, breaks: bool) 
 )
 def test_above_standard_breaks_over_the_bound_only(value: float, breaks: bool) -> None:
     rate = moment(metric=ScoreMetric.FAILURE_RATE, below=None, above=0.15)
-    assert rate.breaks(value) is breaks
+    assert rate.line(None) == 0.15
+    assert rate.worse(value, 0.15) is breaks
     assert rate.threshold == 0.15
 
 
@@ -593,3 +599,203 @@ def test_retention_is_the_longest_window_plus_grace() -> None:
     assert catalog.retention_ms("t.b") == 62 * MINUTE  # the 1h scores window + 2m
     assert catalog.retention_ms("t.c") == 7 * DAY + 2 * MINUTE
     assert catalog.retention_ms("t.none") == 62 * MINUTE
+
+
+# --- relative standards, guards, holds, no data ------------------------------------------
+
+GUARDED = """
+    scores: {window: 1h, step: 5m}
+    key_moments:
+      - touchpoint: checkout.payment
+        metric: nps
+        drop: 15
+        baseline: 7d
+        recover_at: 5
+        confidence: 0.95
+        for: 10m
+        keep_firing_for: 15m
+        no_data_after: 1h
+        window: 30m
+        step: 5m
+        min_samples: 30
+        severity: critical
+      - touchpoint: checkout.payment
+        metric: failure_rate
+        rise_pct: 50
+        baseline: ewma
+        alpha: 0.2
+        detector: cusum
+        slack: 0.25
+        limit: 4
+      - touchpoint: app.login
+        metric: duration_ms
+        above: 3000
+        recover_at: 2500
+        detector: ewma_chart
+        smoothing: 0.3
+      - touchpoint: app.cart
+        metric: abandon_rate
+        above: 0.4
+        detector: cusum
+    """
+
+
+def test_guarded_key_moments_parse_every_new_key() -> None:
+    nps, failures, login, cart = parse_catalog(catalog_text(GUARDED)).key_moments
+    assert nps == KeyMoment(
+        touchpoint="checkout.payment",
+        metric=ScoreMetric.NPS,
+        below=None,
+        above=None,
+        window_ms=30 * MINUTE,
+        step_ms=5 * MINUTE,
+        min_samples=30,
+        severity=Severity.CRITICAL,
+        relative=Relative(change=15.0, percent=False, baseline_ms=7 * DAY),
+        recover_at=5.0,
+        confidence=0.95,
+        for_ms=10 * MINUTE,
+        keep_firing_for_ms=15 * MINUTE,
+        no_data_after_ms=HOUR,
+    )
+    assert failures.relative == Relative(change=50.0, percent=True, baseline_ms=None, alpha=0.2)
+    assert failures.drift == Drift(detector=Detector.CUSUM, limit=4.0, slack=0.25)
+    assert failures.detector is Detector.CUSUM
+    assert (failures.for_ms, failures.keep_firing_for_ms, failures.confidence) == (0, 0, None)
+    assert login.drift == Drift(detector=Detector.EWMA_CHART, limit=3.0, smoothing=0.3)
+    assert login.recover_at == 2500.0
+    assert cart.drift == Drift(detector=Detector.CUSUM, limit=5.0, slack=0.5)  # the defaults
+    assert nps.detector is Detector.WINDOW
+    assert nps.drift is None
+
+
+def test_lines_of_relative_and_fixed_standards() -> None:
+    nps, failures, login, _ = parse_catalog(catalog_text(GUARDED)).key_moments
+    # NPS 15 points worse than a baseline of 40 is 25; it recovers within 5 points: 35.
+    assert nps.line(40.0) == 25.0
+    assert nps.recover_line(40.0) == 35.0
+    assert nps.line(None) is None  # no baseline yet: no line
+    assert not nps.worse_when_higher
+    assert nps.worse(24.9, 25.0)
+    assert not nps.worse(25.0, 25.0)
+    # A failure rate 50% worse than a baseline of 0.1 is 0.15 (it rises).
+    assert failures.worse_when_higher
+    assert failures.line(0.1) == pytest.approx(0.15)
+    assert failures.recover_line(0.1) == pytest.approx(0.15)  # default: the line itself
+    # Fixed standards ignore the baseline.
+    assert login.line(None) == 3000.0
+    assert login.recover_line(None) == 2500.0
+
+
+def test_percent_drop_of_a_negative_baseline_is_of_its_magnitude() -> None:
+    (moment,) = parse_catalog(
+        "key_moments:\n  - {touchpoint: t, metric: nps, drop_pct: 20, baseline: ewma}\n"
+    ).key_moments
+    # 20% of |-10| is 2 points: worse is lower, so -12 (not -8).
+    assert moment.line(-10.0) == pytest.approx(-12.0)
+    assert moment.line(50.0) == pytest.approx(40.0)
+
+
+def test_standard_reads_as_people_write_it() -> None:
+    nps, failures, login, _ = parse_catalog(catalog_text(GUARDED)).key_moments
+    assert nps.standard() == "more than 15 worse than its 7d baseline"
+    assert failures.standard() == "more than 50% worse than its EWMA baseline"
+    assert login.standard() == "above 3000"
+
+
+def test_baseline_window_counts_in_buckets_and_retention() -> None:
+    catalog = parse_catalog(
+        catalog_text(
+            """
+            scores: {window: 1h, step: 5m, grace: 1m}
+            key_moments:
+              - {touchpoint: t.a, metric: nps, drop: 10, baseline: 7d, window: 30m, step: 5m}
+              - {touchpoint: t.b, metric: nps, drop: 10, baseline: 100m, window: 20m, step: 20m}
+              - {touchpoint: t.c, metric: nps, drop: 10, baseline: ewma, window: 30m, step: 5m}
+            """
+        )
+    )
+    # A window and the baseline before it: 30m + 7d, plus grace.
+    assert catalog.retention_ms("t.a") == 30 * MINUTE + 7 * DAY + MINUTE
+    assert catalog.bucket_ms("t.a") == 5 * MINUTE
+    # gcd(60m, 5m, 20m, 20m, 100m) = 5m; 20m + 100m = 2h beats the scores hour.
+    assert catalog.bucket_ms("t.b") == 5 * MINUTE
+    assert catalog.retention_ms("t.b") == 2 * HOUR + MINUTE
+    # An EWMA keeps no buckets of its own.
+    assert catalog.retention_ms("t.c") == HOUR + MINUTE
+
+
+@pytest.mark.parametrize(
+    ("replace", "needle", "words"),
+    [
+        ({"below: 10": "drop: 15"}, "drop: 15", ["baseline", "7d", "ewma"]),
+        ({"below: 10": "rise: 15\n    baseline: 7d"}, "rise: 15", ["nps", "falling", "drop"]),
+        ({"below: 10": "drop: 0\n    baseline: 7d"}, "drop: 0", ["more than 0"]),
+        ({"below: 10": "below: 10\n    drop: 5"}, "- touchpoint", ["below", "drop_pct", "rise"]),
+        ({"below: 10": "below: 10\n    baseline: 7d"}, "baseline: 7d", ["relative"]),
+        ({"below: 10": "below: 10\n    alpha: 0.5"}, "alpha: 0.5", ["relative"]),
+        ({"below: 10": "drop: 5\n    baseline: 30m"}, "baseline: 30m", ["longer", "30m"]),
+        ({"below: 10": "drop: 5\n    baseline: 62m"}, "baseline: 62m", ["whole number", "5m"]),
+        ({"below: 10": "drop: 5\n    baseline: weekly"}, "weekly", ["baseline", "duration"]),
+        ({"below: 10": "drop: 5\n    baseline: 7d\n    alpha: 0.3"}, "alpha: 0.3", ["ewma"]),
+        ({"below: 10": "drop: 5\n    baseline: ewma\n    alpha: 1.5"}, "alpha: 1.5", ["alpha"]),
+        ({"below: 10": "below: 10\n    recover_at: 8"}, "recover_at: 8", ["below the standard"]),
+        ({"below: 10": "drop: 5\n    baseline: ewma\n    recover_at: 6"}, "recover_at", ["0", "5"]),
+        ({"below: 10": "below: 10\n    confidence: 95"}, "confidence: 95", ["0.95"]),
+        ({"below: 10": "below: 10\n    confidence: 0.3"}, "confidence", ["at least 0.5"]),
+        ({"below: 10": "below: 10\n    detector: shewhart"}, "shewhart", ["cusum", "ewma_chart"]),
+        ({"below: 10": "below: 10\n    slack: 0.5"}, "slack", ["cusum"]),
+        ({"below: 10": "below: 10\n    limit: 4"}, "limit: 4", ["cusum or ewma_chart"]),
+        (
+            {"below: 10": "below: 10\n    detector: ewma_chart\n    slack: 1"},
+            "slack: 1",
+            ["cusum"],
+        ),
+        (
+            {"below: 10": "below: 10\n    detector: cusum\n    smoothing: 0.2"},
+            "smoothing",
+            ["ewma_chart"],
+        ),
+        ({"below: 10": "below: 10\n    detector: cusum\n    limit: 0"}, "limit: 0", ["limit"]),
+        (
+            {"below: 10": "below: 10\n    detector: ewma_chart\n    smoothing: 2"},
+            "smoothing: 2",
+            ["smoothing"],
+        ),
+        ({"below: 10": "below: 10\n    for: soon"}, "soon", ["for"]),
+        ({"below: 10": "below: 10\n    no_data_after: 12m"}, "12m", ["whole number", "5m"]),
+    ],
+)
+def test_bad_guards_are_refused_on_their_line(
+    replace: dict[str, str], needle: str, words: list[str]
+) -> None:
+    text = moment_text(**replace)
+    error = refusal(text)
+    assert error.line == line_of(text, needle)
+    for word in words:
+        assert word in error.reason
+
+
+def test_recover_at_above_a_rate_standard_is_refused() -> None:
+    text = catalog_text(
+        """
+        key_moments:
+          - touchpoint: app.cart
+            metric: abandon_rate
+            above: 0.4
+            recover_at: 0.5
+        """
+    )
+    error = refusal(text)
+    assert error.line == line_of(text, "recover_at")
+    assert "above the standard 0.4" in error.reason
+
+
+def test_the_commented_example_in_the_shipped_catalog_parses() -> None:
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    start = lines.index("#  - touchpoint: order.confirmation")
+    end = lines.index("#    severity: critical", start)
+    example = "key_moments:\n" + "\n".join(line[1:] for line in lines[start : end + 1])
+    (moment,) = parse_catalog(example).key_moments
+    assert moment.relative == Relative(change=15.0, percent=False, baseline_ms=7 * DAY)
+    assert (moment.confidence, moment.for_ms, moment.no_data_after_ms) == (0.95, 10 * MINUTE, HOUR)

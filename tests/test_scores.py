@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from itertools import count
@@ -318,3 +319,104 @@ def test_wire_round_trip_is_lossless_through_json(seed: int) -> None:
 
 def test_wire_round_trip_of_empty_tally() -> None:
     assert Tally.from_wire(orjson.loads(orjson.dumps(Tally().to_wire()))) == Tally()
+
+
+# --- estimates with confidence intervals --------------------------------------------------
+
+Z = 1.96
+
+
+def test_nps_estimate_is_the_nps_interval_of_the_answers() -> None:
+    # 6 promoters, 2 passives, 2 detractors: NPS 40; variance 0.8 - 0.16 = 0.64;
+    # se = sqrt(0.64 / 10) = 0.2529822 -> 25.29822; half 1.96 * 25.29822 = 49.58451.
+    estimate = nps_tally([9, 10, 9, 10, 9, 10, 7, 8, 0, 6]).estimate(ScoreMetric.NPS, Z)
+    assert estimate is not None
+    assert estimate.value == 40.0
+    assert estimate.samples == 10
+    assert estimate.low == pytest.approx(40 - 49.58451, abs=1e-4)
+    assert estimate.high == pytest.approx(89.58451, abs=1e-4)
+
+
+def test_detractor_share_has_a_wilson_interval() -> None:
+    # 2 detractors of 10: p = 0.2, z^2/n = 0.38416, centre (0.2 + 0.19208) / 1.38416 = 0.283262,
+    # half 1.96/1.38416 * sqrt(0.016 + 3.8416/400) = 1.416021 * 0.160012 = 0.226581.
+    share = nps_tally([9, 10, 9, 10, 9, 10, 7, 8, 0, 6]).detractor_share(Z)
+    assert share is not None
+    assert share.value == pytest.approx(0.2)
+    assert share.low == pytest.approx(0.283262 - 0.226581, abs=1e-5)
+    assert share.high == pytest.approx(0.283262 + 0.226581, abs=1e-5)
+    assert Tally().detractor_share(Z) is None
+
+
+def test_csat_estimate_uses_the_squares_of_the_scores() -> None:
+    tally = Tally()
+    for score in (5, 4, 3, 4):
+        tally.add_answer(answer(SurveyMetric.CSAT, score), None)
+    assert (tally.csat_count, tally.csat_sum, tally.csat_squares) == (4, 16.0, 66.0)
+    # Mean 4, sample variance (66 - 64) / 3 = 2/3, se sqrt(1/6) = 0.408248, half 0.800167.
+    estimate = tally.estimate(ScoreMetric.CSAT, Z)
+    assert estimate is not None
+    assert (estimate.value, estimate.samples) == (4.0, 4)
+    assert estimate.low == pytest.approx(3.199833, abs=1e-6)
+    assert estimate.high == pytest.approx(4.800167, abs=1e-6)
+
+
+def test_ces_and_sentiment_squares_are_kept_apart() -> None:
+    tally = Tally()
+    tally.add_answer(answer(SurveyMetric.CES, 2, "meh"), -0.5)
+    tally.add_answer(answer(SurveyMetric.CES, 6), None)
+    tally.add_answer(answer(SurveyMetric.NPS, 9, "good"), 0.25)
+    assert (tally.ces_squares, tally.csat_squares) == (40.0, 0.0)
+    assert tally.sentiment_squares == 0.25 + 0.0625
+    # CES 2 and 6: mean 4, variance (40 - 32) / 1 = 8, se 2, half 3.92.
+    ces = tally.estimate(ScoreMetric.CES, Z)
+    assert ces is not None
+    assert (ces.low, ces.high) == pytest.approx((0.08, 7.92))
+
+
+def test_rate_estimates_are_wilson_intervals() -> None:
+    tally = Tally(events=100, outcomes=100, failures=30, abandons=0)
+    failure = tally.estimate(ScoreMetric.FAILURE_RATE, Z)
+    abandon = tally.estimate(ScoreMetric.ABANDON_RATE, Z)
+    assert failure is not None
+    assert abandon is not None
+    # Worked out in test_stats: 30 of 100 is [0.218948, 0.395850]; 0 of 100 starts at 0.
+    assert (failure.low, failure.high) == pytest.approx((0.218948, 0.395850), abs=1e-5)
+    assert abandon.value == 0.0
+    assert abandon.low == 0.0
+    assert abandon.high > 0.0
+
+
+def test_p95_estimate_brackets_the_order_statistics_with_bin_edges() -> None:
+    # 90 waits of 100 ms and 10 of 5000 ms. Ranks 90 and 100 bracket p95 (test_stats).
+    # The 90th wait is 100 ms, in bin 1 + int(8 log2 100) = 1 + int(53.15) = 54, whose
+    # lower edge is 2^(53/8) = 98.70 ms; the 100th is 5000 ms, in bin 1 + int(98.30) = 99,
+    # whose upper edge 2^(99/8) = 5311.85 ms is also the reported p95.
+    tally = durations_tally(_two_levels())
+    estimate = tally.estimate(ScoreMetric.DURATION_MS, Z)
+    assert estimate is not None
+    assert estimate.value == tally.value(ScoreMetric.DURATION_MS)
+    assert estimate.value == pytest.approx(5311.85, abs=0.01)
+    assert estimate.low == pytest.approx(98.70, abs=0.01)
+    assert estimate.high == pytest.approx(5311.85, abs=0.01)
+
+
+def test_p95_of_few_waits_has_no_upper_bound() -> None:
+    # n = 30: the upper rank 31 is past the slowest wait (test_stats): the data cannot
+    # say how slow the true p95 might be; the lower rank 26 still bounds it from below.
+    estimate = durations_tally(_constant()[:30]).estimate(ScoreMetric.DURATION_MS, Z)
+    assert estimate is not None
+    assert estimate.high == math.inf
+    assert 3000.0 / BIN_RATIO <= estimate.low <= 3000.0
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_every_estimate_carries_the_value_and_samples_of_the_tally(seed: int) -> None:
+    tally = fold(mixed_records(seed, 300))
+    for metric in ScoreMetric:
+        estimate = tally.estimate(metric, Z)
+        assert estimate is not None
+        assert estimate.value == tally.value(metric)
+        assert estimate.samples == tally.samples(metric)
+        assert estimate.low <= estimate.value <= estimate.high
+    assert Tally().estimate(ScoreMetric.NPS, Z) is None
