@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# Prometheus and Alertmanager from Debian, for the tests that run them for real.
+# Prometheus, Alertmanager and openssl (test certificates) from Debian, for the real thing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv ops-tools run test lint typecheck unit e2e clean
@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ops-tools:
-	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null || { \
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null && \
+	  command -v openssl >/dev/null || { \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    prometheus prometheus-alertmanager >/dev/null; }
+	    prometheus prometheus-alertmanager openssl >/dev/null; }
 
 run: venv
 	$(BIN)/cxmon demo

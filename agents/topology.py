@@ -18,9 +18,23 @@ RAW: dict[str, Any] = {
 
 
 def build_app(settings: Settings) -> faust.App:
+    # Faust hands its credentials to aiokafka: built from the same options as our own
+    # clients, so the worker's producer and consumers connect exactly as `publish` does.
+    security = settings.broker_security.client_options()
+    credentials: faust.SASLCredentials | faust.SSLCredentials | None = None
+    if "sasl_mechanism" in security:
+        credentials = faust.SASLCredentials(
+            username=security["sasl_plain_username"],
+            password=security["sasl_plain_password"],
+            mechanism=security["sasl_mechanism"],
+            ssl_context=security["ssl_context"],
+        )
+    elif security["ssl_context"] is not None:
+        credentials = faust.SSLCredentials(security["ssl_context"])
     return faust.App(
         settings.app_id,
         broker=settings.broker_url,
+        broker_credentials=credentials,
         store="memory://",
         datadir=str(settings.data_dir / "worker"),
         autodiscover=False,

@@ -37,6 +37,7 @@ async def raw_rate(settings: Settings, topics: list[str], total: int) -> float:
         *topics,
         bootstrap_servers=settings.bootstrap_servers,
         group_id="bench-raw",
+        **settings.broker_security.client_options(),
         auto_offset_reset="earliest",
     )
     await consumer.start()

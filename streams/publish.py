@@ -71,6 +71,7 @@ def producer(settings: Settings) -> AIOKafkaProducer:
         max_batch_size=256 * 1024,
         acks="all",
         enable_idempotence=True,
+        **settings.broker_security.client_options(),
     )
 
 
@@ -132,7 +133,9 @@ async def follow(
     # not exist never ends, and a broker that auto-creates would give it one partition.
     await ensure_topics(settings, [TopicSpec(topic, settings.partitions)])
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        **settings.broker_security.client_options(),
     )
     await consumer.start()
     try:

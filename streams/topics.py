@@ -43,7 +43,9 @@ async def ensure_topics(
 ) -> list[str]:
     """Create the missing topics, refuse one whose partition count differs; return the new."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=15_000
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=15_000,
+        **settings.broker_security.client_options(),
     )
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
