@@ -17,7 +17,7 @@ from faust.types import TP, StreamT
 
 from agents import metrics
 from agents.streaming import Batches, Event, PartitionedState, payload
-from agents.topology import Topology
+from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from models.decode import (
     InvalidRecord,
     Reason,
@@ -48,6 +48,10 @@ from streams.timeliness import Timeliness
 from streams.touchpoints import TouchpointState, TouchpointWindows
 
 log = logging.getLogger(__name__)
+
+# A dead letter's value and headers must fit one produce request (PRODUCER_MAX_REQUEST_BYTES).
+MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16_384
+MAX_ERROR_DETAIL = 1_000
 
 # Marks an identity link on the contacts topic, which otherwise carries contact-only messages.
 RECORD_HEADER = "cxmon-record"
@@ -166,7 +170,7 @@ class Pipeline:
         # Links are idempotent downstream: no checkpoint needed, at-least-once suffices.
         async for events in self.batches.of(stream):
             sends: list[Send] = []
-            for _, link in self._valid(events, decode_identity_link, sends):
+            for _, link in self._valid(events, decode_identity_link, dead_letters=sends):
                 sends.append(
                     Send(
                         self.topology.contacts.get_topic_name(),
@@ -200,8 +204,13 @@ class Pipeline:
                 self.sources.saw(first.topic, first.partition, event.message.offset, None)
             if not fresh:
                 return
+            dead_letters: list[Send] = []
+            valid = self._valid(fresh, decode, dead_letters)
+            # Dead letters are for people, not for the next stage: out first, at least
+            # once, and never kept in the checkpoint (a bad record may be a megabyte).
+            await self._deliver(dead_letters)
             sends: list[Send] = []
-            for event, record in self._valid(fresh, decode, sends):
+            for event, record in valid:
                 fold(event, record, sends)
             last_offset = fresh[-1].message.offset
             partials = self.topology.touchpoint_partials.get_topic_name()
@@ -250,9 +259,9 @@ class Pipeline:
             self.partials.add_answer(record)
 
     def _valid(
-        self, events: list[Event], decode: Callable[[bytes], Any], sends: list[Send]
+        self, events: list[Event], decode: Callable[[bytes], Any], dead_letters: list[Send]
     ) -> list[tuple[Event, Any]]:
-        """The records that decode; the others become dead letters among `sends`."""
+        """The records that decode and keep to time; the others become `dead_letters`."""
         valid = []
         now_ms = int(time.time() * 1000)
         for event in events:
@@ -267,7 +276,7 @@ class Pipeline:
             except InvalidRecord as exc:
                 if exc.reason is Reason.LATE:
                     metrics.LATE_RECORDS.inc()
-                sends.append(self._dead_letter(event, exc))
+                dead_letters.append(self._dead_letter(event, exc))
                 continue
             valid.append((event, record))
             self.sources.saw(message.topic, message.partition, message.offset, record.at_ms)
@@ -277,18 +286,19 @@ class Pipeline:
         message = event.message
         self.sources.saw(message.topic, message.partition, message.offset, None)
         metrics.DEAD_LETTERS.labels(message.topic, error.reason.value).inc()
-        return Send(
-            self.topology.dead_letters.get_topic_name(),
-            message.key,
-            payload(event),
-            (
-                ("cxmon-reason", error.reason.value.encode()),
-                ("cxmon-error", error.detail.encode()),
-                ("cxmon-topic", message.topic.encode()),
-                ("cxmon-partition", str(message.partition).encode()),
-                ("cxmon-offset", str(message.offset).encode()),
-            ),
-        )
+        value = payload(event)
+        headers = [
+            ("cxmon-reason", error.reason.value.encode()),
+            ("cxmon-error", error.detail[:MAX_ERROR_DETAIL].encode()),
+            ("cxmon-topic", message.topic.encode()),
+            ("cxmon-partition", str(message.partition).encode()),
+            ("cxmon-offset", str(message.offset).encode()),
+        ]
+        if len(value) > MAX_DEAD_LETTER_BYTES:
+            # Read from a broker allowing more than we may write: what fits, and the size.
+            headers.append(("cxmon-original-size", str(len(value)).encode()))
+            value = value[:MAX_DEAD_LETTER_BYTES]
+        return Send(self.topology.dead_letters.get_topic_name(), message.key, value, tuple(headers))
 
     async def _deliver(self, sends: list[Send]) -> None:
         """Send, and return once the broker has every record."""

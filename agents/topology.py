@@ -17,6 +17,11 @@ RAW: dict[str, Any] = {
 }
 
 
+# Kafka's default record batch limit (message.max.bytes is 1,048,588): every record read
+# from an input topic can be written again, as a dead letter, under it.
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576
+
+
 def build_app(settings: Settings) -> faust.App:
     # Faust hands its credentials to aiokafka: built from the same options as our own
     # clients, so the worker's producer and consumers connect exactly as `publish` does.
@@ -45,6 +50,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_session_timeout=30.0,
         broker_heartbeat_interval=3.0,
         producer_linger_ms=5,
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         stream_buffer_maxsize=max(4_096, settings.batch_size * 2),
         web_enabled=True,
         web_bind=settings.web_host,

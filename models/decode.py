@@ -119,8 +119,10 @@ def decode_touchpoint_event(raw: bytes) -> TouchpointEvent:
         raise InvalidRecord(
             Reason.OUT_OF_RANGE, f"duration_ms: {duration} is outside 0..{MAX_DURATION_MS:.0f}"
         )
-    attributes = doc.get("attributes", {})
-    if not isinstance(attributes, dict):
+    attributes = doc.get("attributes")
+    if attributes is None:
+        attributes = {}  # null reads as absent, as for every optional field
+    elif not isinstance(attributes, dict):
         raise InvalidRecord(
             Reason.INVALID_TYPE, f"attributes: expected an object, got {_kind(attributes)}"
         )
@@ -273,10 +275,14 @@ def _enum(doc: Mapping[str, Any], name: str, kind: type[E]) -> E | None:
 def _contact(value: object) -> Contact:
     if not isinstance(value, dict):
         raise InvalidRecord(Reason.INVALID_TYPE, f"contact: expected an object, got {_kind(value)}")
-    return Contact(
-        type=_patterned(value, "type", CHANNEL_PATTERN),
-        value=_identifier(value, "value"),
-    )
+    try:
+        return Contact(
+            type=_patterned(value, "type", CHANNEL_PATTERN),
+            value=_identifier(value, "value"),
+        )
+    except InvalidRecord as error:
+        # "type: required" alone would send the reader to look for a top-level field.
+        raise InvalidRecord(error.reason, f"contact.{error.detail}") from None
 
 
 def _identity(doc: Mapping[str, Any]) -> tuple[str | None, Contact | None]:

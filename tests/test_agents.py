@@ -13,7 +13,13 @@ import pytest
 from faust.types import TP
 
 from agents.metrics import REGISTRY, declare_catalog
-from agents.pipeline import LINK_RECORD, RECORD_HEADER, Pipeline, partition_of
+from agents.pipeline import (
+    LINK_RECORD,
+    MAX_DEAD_LETTER_BYTES,
+    RECORD_HEADER,
+    Pipeline,
+    partition_of,
+)
 from agents.topology import Topology
 from agents.worker import assemble
 from models.records import Category
@@ -474,3 +480,14 @@ key_moments:
             REGISTRY.get_sample_value("cxmon_key_moment_threshold", {**moment, "breaks": breaks})
             is None
         )
+
+
+async def test_a_dead_letter_too_big_to_write_keeps_what_fits_and_its_size(
+    harness: Harness,
+) -> None:
+    huge = b"{" + b"x" * (MAX_DEAD_LETTER_BYTES + 10_000)
+    await harness.feed("ingest_touchpoint_events", [(b"c-1", huge, 0)])
+    (dead,) = harness.to(harness.topology.dead_letters)
+    assert dead.value == huge[:MAX_DEAD_LETTER_BYTES]
+    assert dead.headers["cxmon-original-size"] == str(len(huge)).encode()
+    assert dead.headers["cxmon-reason"] == b"invalid_json"

@@ -183,7 +183,14 @@ def test_event_ignores_unknown_fields() -> None:
 
 
 def test_event_null_optional_fields_read_as_absent() -> None:
-    doc = {**MIN_EVENT, "direction": None, "category": None, "stage": None, "duration_ms": None}
+    doc = {
+        **MIN_EVENT,
+        "direction": None,
+        "category": None,
+        "stage": None,
+        "duration_ms": None,
+        "attributes": None,
+    }
     assert decode_touchpoint_event(encode(doc)) == decode_touchpoint_event(encode(MIN_EVENT))
 
 
@@ -554,7 +561,7 @@ EVENT_REFUSALS = [
     pytest.param(
         encode({**without(MIN_EVENT, "customer_id"), "contact": {"type": "phone"}}),
         Reason.MISSING_FIELD,
-        "value",
+        "contact.value",
         id="contact-without-value",
     ),
     pytest.param(
@@ -562,7 +569,7 @@ EVENT_REFUSALS = [
             {**without(MIN_EVENT, "customer_id"), "contact": {"type": "my phone", "value": "1"}}
         ),
         Reason.INVALID_VALUE,
-        "type",
+        "contact.type",
         id="contact-type-with-space",
     ),
 ]
@@ -746,7 +753,7 @@ LINK_REFUSALS = [
     pytest.param(
         encode({**LINK, "contact": {"type": "email", "value": ""}}),
         Reason.INVALID_VALUE,
-        "value",
+        "contact.value",
         id="empty-contact-value",
     ),
     pytest.param(
