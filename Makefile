@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Prometheus, Alertmanager and openssl (test certificates) from Debian, for the real thing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv ops-tools run test lint typecheck unit e2e clean
+.PHONY: venv ops-tools run test lint typecheck unit e2e faults clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,11 @@ unit: venv ops-tools
 	$(BIN)/pytest -q -m "not broker"
 
 e2e: venv ops-tools
-	$(BIN)/pytest -q -m broker
+	$(BIN)/pytest -q -m "broker and not faults"
+
+# kill -9, rebalances, a broker restart: failing today, see README "Guarantees".
+faults: venv
+	$(BIN)/pytest -q -m faults
 
 test: lint typecheck ops-tools
 	$(BIN)/pytest -q

@@ -2,61 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from models.decode import encode_alert, parse_timestamp_ms
-from streams.catalog import load_catalog
-from streams.replay import OfflineMonitor, ReplayResult
-from streams.sentiment import build_scorer
-from streams.simulate import SimulatedRecord, SimulationConfig, generate
-from tests.harness import Deployment
+from streams.simulate import SimulationConfig, generate
+from tests.harness import Deployment, reference, transitions
 
 pytestmark = pytest.mark.broker
 
 START_MS = 1_795_305_600_000  # 2026-11-22T00:00:00+08:00... a fixed past day, so runs agree
 HOUR_MS = 3_600_000
-
-
-def reference(deployment: Deployment, records: list[SimulatedRecord]) -> ReplayResult:
-    """What the monitor must output: the same records through the pure core, no Kafka."""
-    monitor = OfflineMonitor(load_catalog(deployment.catalog), build_scorer("auto"))
-    for record in records:
-        monitor.feed(record.role, record.value)
-    return monitor.finish()
-
-
-async def committed_offsets(deployment: Deployment) -> Counter[str]:
-    """What the worker's consumer group committed, summed per topic over its partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.settings().bootstrap_servers)
-    await admin.start()
-    try:
-        offsets = await admin.list_consumer_group_offsets(deployment.name)
-    finally:
-        await admin.close()
-    totals: Counter[str] = Counter()
-    for tp, meta in offsets.items():
-        totals[tp.topic] += meta.offset
-    return totals
-
-
-def transitions(alerts: list[dict[str, object]]) -> set[tuple[object, ...]]:
-    return {
-        (
-            a["kind"],
-            a["subject"],
-            a["status"],
-            a["fingerprint"],
-            a["alert_id"],
-            a["starts_at"],
-            a["ends_at"],
-        )
-        for a in alerts
-    }
 
 
 def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deployment) -> None:
@@ -70,7 +28,7 @@ def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deploym
         invalid_ratio=0.005,
     )
     records = list(generate(config))
-    expected = reference(deployment, records)
+    expected = reference(deployment.catalog, records)
     expected_alerts = [orjson.loads(encode_alert(a)) for a in expected.alerts]
     invalid = sum(len(reasons) for reasons in expected.rejected.values())
     kinds = {a["kind"] for a in expected_alerts}
@@ -111,7 +69,9 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
         duplicate_ratio=0.02,
     )
     records = list(generate(config))
-    expected = [orjson.loads(encode_alert(a)) for a in reference(deployment, records).alerts]
+    expected = [
+        orjson.loads(encode_alert(a)) for a in reference(deployment.catalog, records).alerts
+    ]
     half = len(records) // 2
     # The cut falls inside the degraded hour's first window, so state must carry over.
     assert records[half].occurred_at_ms > START_MS + HOUR_MS - 10 * 60_000
@@ -121,7 +81,7 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     topics = deployment.topics
     deployment.read(topics.alerts, until=lambda seen: len(seen) >= 1, timeout_s=90)
     assert first.stop() == 0, first.log()[-3000:]
-    committed = asyncio.run(committed_offsets(deployment))
+    committed = deployment.committed_offsets()
     published = Counter(record.role for record in records[:half])
     assert committed[topics.touchpoint_events] == published["touchpoint_events"]
     assert committed[topics.survey_answers] == published["survey_answers"]
