@@ -383,12 +383,14 @@ class Pipeline:
                     self._hold(partition, key, OutboundMessage.decode(payload(event)))
             # Marks travel behind the messages they cover, so the next stage waits for them.
             topic = self.topology.contacts.get_topic_name()
-            for partition in sorted(progressed):
-                progress = self.contact_progress[partition]
-                watermark = progress.watermark()
-                if watermark is not None:
-                    await self._release(partition, watermark)
-                mark = SourceMark(source_name(topic, partition), watermark, progress.all_idle())
+            marks = {p: self.contact_progress[p] for p in sorted(progressed)}
+            await self._release(
+                {p: w for p, progress in marks.items() if (w := progress.watermark()) is not None}
+            )
+            for partition, progress in marks.items():
+                mark = SourceMark(
+                    source_name(topic, partition), progress.watermark(), progress.all_idle()
+                )
                 await self._send_marks([mark], topic)
 
     def _hold(self, partition: int, key: bytes, message: OutboundMessage) -> None:
@@ -398,32 +400,37 @@ class Pipeline:
         held.hold(message)
         self.held.put(partition, key, held.encode())
 
-    async def _release(self, partition: int, watermark_ms: int) -> None:
+    async def _release(self, watermarks: dict[int, int]) -> None:
+        """Held messages the watermark of their partition has passed, resolved and sent."""
+        if not watermarks:
+            return
+        topic = self.topology.customer_messages.get_topic_name()
+        sends: list[Send] = []
+        left: list[tuple[bytes, HeldMessages]] = []
         for key, raw in self.held.items():
             held = HeldMessages.decode(raw)
-            if held.partition != partition:
-                continue
-            due = held.release(watermark_ms)
+            watermark = watermarks.get(held.partition)
+            due = [] if watermark is None else held.release(watermark)
             if not due:
                 continue
             links = self.identities.get(key)
-            sends = []
             for message in due:
                 customer = customer_at(links, message.message.sent_at_ms)
                 if customer is None:
                     # Unlinked contacts are customers of their own until a link arrives.
                     metrics.UNRESOLVED_CONTACTS.inc()
                     customer = key.decode()
-                topic = self.topology.customer_messages.get_topic_name()
                 value = message.resolved_to(customer).encode()
                 sends.append(Send(topic, customer.encode(), value))
-            # Sent before they leave the table: a crash in between sends them again, and
-            # the frequency stage knows a message it already has.
-            await self._deliver(sends)
+            left.append((key, held))
+        # Sent before they leave the table: a crash in between sends them again, and
+        # the frequency stage knows a message it already has.
+        await self._deliver(sends)
+        for key, held in left:
             if held.messages:
-                self.held.put(partition, key, held.encode())
+                self.held.put(held.partition, key, held.encode())
             else:
-                self.held.delete(partition, key)
+                self.held.delete(held.partition, key)
 
     # Stage 2a: per-touchpoint windows and key moments.
 

@@ -15,7 +15,7 @@ from models.decode import InvalidRecord, format_timestamp, parse_timestamp_ms
 from models.records import Category
 from streams.catalog import format_duration
 from streams.messaging import Budget, CustomerMessages, FrequencyPolicy
-from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym
+from streams.privacy import state_pseudonym
 from streams.settings import Settings
 
 PATH = "/customers/{customer}/pressure"
@@ -57,7 +57,7 @@ class PressurePage:
 
     def table_key(self, customer: str) -> bytes:
         if self.settings.pseudonymise_ids:
-            return pseudonym(customer, self.settings.pseudonym_key, STATE_PSEUDONYM_HEX).encode()
+            return state_pseudonym(customer, self.settings.pseudonym_key).encode()
         return customer.encode()
 
     @staticmethod

@@ -20,6 +20,11 @@ def pseudonym(value: str, key: bytes, length: int = 16) -> str:
     return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:length]
 
 
+def state_pseudonym(value: str, key: bytes) -> str:
+    """What a customer id or contact value becomes in the monitor's state."""
+    return pseudonym(value, key, STATE_PSEUDONYM_HEX)
+
+
 def pseudonymised(record: Identified, key: bytes) -> Identified:
     """The record with its customer id and contact value replaced by their pseudonyms.
 
@@ -27,14 +32,12 @@ def pseudonymised(record: Identified, key: bytes) -> Identified:
     subject or log line of the monitor holds the real ones. The contact type stays: it
     names a channel, not a person.
     """
-
-    def hidden(value: str) -> str:
-        return pseudonym(value, key, STATE_PSEUDONYM_HEX)
-
     contact = record.contact
     customer_id = record.customer_id
     return replace(
         record,
-        customer_id=None if customer_id is None else hidden(customer_id),
-        contact=None if contact is None else Contact(contact.type, hidden(contact.value)),
+        customer_id=None if customer_id is None else state_pseudonym(customer_id, key),
+        contact=None
+        if contact is None
+        else Contact(contact.type, state_pseudonym(contact.value, key)),
     )

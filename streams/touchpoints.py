@@ -432,13 +432,7 @@ class TouchpointWindows:
                 f"Key moment {moment.touchpoint} has {label} data again, after "
                 f"{format_duration(silent_ms)} without."
             )
-        incident = Incident(
-            kind=AlertKind.NO_DATA,
-            subject=moment.touchpoint,
-            fingerprint=fingerprint(AlertKind.NO_DATA, moment.touchpoint, moment.metric),
-            severity=moment.severity,
-            starts_at_ms=progress.no_data_start_ms,
-        )
+        incident = moment_incident(AlertKind.NO_DATA, moment, progress.no_data_start_ms)
         return incident.transition(
             status,
             at_ms=at_ms,
@@ -523,14 +517,8 @@ class TouchpointWindows:
                 f"({estimate.samples} samples) {back}."
             )
             ends_at_ms = progress.recovered_since_ms
-        incident = Incident(
-            kind=AlertKind.KEY_MOMENT_DEGRADED,
-            subject=moment.touchpoint,
-            fingerprint=fingerprint(
-                AlertKind.KEY_MOMENT_DEGRADED, moment.touchpoint, moment.metric
-            ),
-            severity=moment.severity,
-            starts_at_ms=progress.incident_start_ms,
+        incident = moment_incident(
+            AlertKind.KEY_MOMENT_DEGRADED, moment, progress.incident_start_ms
         )
         return incident.transition(
             status,
@@ -541,6 +529,17 @@ class TouchpointWindows:
             window=window,
             details=details,
         )
+
+
+def moment_incident(kind: AlertKind, moment: KeyMoment, starts_at_ms: int) -> Incident:
+    """One incident of a key moment: per (kind, touchpoint, metric), so standards differ."""
+    return Incident(
+        kind=kind,
+        subject=moment.touchpoint,
+        fingerprint=fingerprint(kind, moment.touchpoint, moment.metric),
+        severity=moment.severity,
+        starts_at_ms=starts_at_ms,
+    )
 
 
 def drift_limit(moment: KeyMoment) -> float:
