@@ -102,11 +102,34 @@ def to_alertmanager(
     }
 
 
+# The figures an alert may carry beyond the contract's, in the order a person reads them:
+# the evidence (n, interval), what it was judged against, then the detector's own reading.
+DESCRIBED_FIGURES = (
+    "samples",
+    "min_samples",
+    "low",
+    "high",
+    "confidence",
+    "baseline",
+    "baseline_window",
+    "baseline_samples",
+    "baseline_windows",
+    "recover_at",
+    "detector",
+    "statistic",
+    "limit",
+    "last_data",
+    "window_end",
+    "breaches",
+    "by_channel",
+)
+
+
 def describe(alert: Mapping[str, Any]) -> str:
     """The figures behind the decision, in one line; never a customer id."""
     parts = [f"observed {alert['observed']:g}", f"threshold {alert['threshold']:g}"]
     parts.append(f"window {alert['window']}")
-    for name in ("samples", "min_samples", "window_end", "breaches", "by_channel"):
+    for name in DESCRIBED_FIGURES:
         if alert.get(name) is not None:
             parts.append(f"{name} {_plain(alert[name])}")
     parts.append(f"event time {alert['starts_at']} to {alert.get('ends_at') or 'now'}")

@@ -104,6 +104,28 @@ def test_firing_key_moment_has_labels_links_and_ends_four_resends_ahead() -> Non
     assert posted["endsAt"] == format_timestamp(NOW_MS + 4 * MINUTE_MS)
 
 
+def test_a_guarded_verdict_shows_its_interval_baseline_and_detector_reading() -> None:
+    guarded = key_moment_alert(
+        observed=-27.31,
+        threshold=21.73,
+        low=-37.49,
+        high=-17.13,
+        confidence=0.95,
+        baseline=36.73,
+        baseline_window="1h",
+        baseline_samples=480,
+        detector="cusum",
+        statistic=8.24,
+        limit=5.0,
+    )
+    description = convert(guarded)["annotations"]["description"]
+    assert description.startswith(
+        "observed -27.31; threshold 21.73; window 30m; samples 222; min_samples 30; "
+        "low -37.49; high -17.13; confidence 0.95; baseline 36.73; baseline_window 1h; "
+        "baseline_samples 480; detector cusum; statistic 8.24; limit 5.0; "
+    )
+
+
 def test_resolved_alert_ends_when_the_incident_ended() -> None:
     posted = convert(key_moment_alert("resolved"))
     assert posted["endsAt"] == format_timestamp(NOW_MS - 5 * MINUTE_MS)
