@@ -40,6 +40,7 @@ async def read_history(
     try:
         await consumer.start()
     except KafkaError as exc:
+        await consumer.stop()
         raise TopologyError(f"no broker answers at {settings.bootstrap_servers}: {exc}") from exc
     try:
         roles = input_roles(settings)

@@ -17,6 +17,7 @@ from streams.cli import build_parser, simulation_config
 from streams.progress_bar import ProgressBar
 from streams.publish import UnroutableLine, route
 from streams.simulate import generate
+from tests.harness import Deployment
 from tests.test_cli import REPO, cxmon
 
 T0 = 1_794_787_200_000  # 2026-11-16T00:00:00Z
@@ -406,3 +407,31 @@ def test_without_a_terminal_progress_is_a_plain_line_every_30_seconds() -> None:
         bar.advance(1_000)
     bar.close()
     assert out.getvalue() == "6,000 records read, 200/s, 0:30 elapsed\n"
+
+
+@pytest.mark.broker
+def test_the_topics_history_gives_the_same_report_as_the_file(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The simulated records on the local broker's topics, and in a file: the same bytes out."""
+    records_file = tmp_path / "three-hours.jsonl"
+    done = cxmon("simulate", *SMALL_SIMULATION, "--output", str(records_file))
+    assert done.returncode == 0, done.stderr
+    args = build_parser().parse_args(["simulate", *SMALL_SIMULATION])
+    records = list(generate(simulation_config(args)))
+    assert deployment.publish(records) == len(records)
+    catalog = REPO / "deploy" / "catalog.example.yaml"
+    span = ["--catalog", str(catalog), "--from", FROM, "--to", TO]
+    env = deployment.env("client", 0)
+    for extra in ([], ["--json"]):
+        from_topics = cxmon("backtest", *span, *extra, **env)
+        assert from_topics.returncode == 0, from_topics.stderr
+        from_file = cxmon("backtest", *span, "--input", str(records_file), *extra)
+        assert from_topics.stdout == from_file.stdout
+    report = orjson.loads(from_topics.stdout)
+    assert report["records"]["read"] == len(records)
+    assert {a["kind"] for a in report["alerts"]} == {"key_moment_degraded", "over_messaged"}
+
+    missing = cxmon("backtest", *span, **(env | {"CXMON_TOPIC_SURVEY_ANSWERS": "no.such-topic"}))
+    assert missing.returncode == 2
+    assert "no topic no.such-topic at 127.0.0.1:" in missing.stderr
