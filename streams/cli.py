@@ -295,6 +295,7 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    started = time.monotonic()
     if args.from_ms >= args.to_ms:
         print("cxmon: backtest: --from must be before --to", file=sys.stderr)
         return EXIT_USAGE
@@ -313,7 +314,8 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
             print(f"cxmon: backtest: {args.input}: {exc.strerror}", file=sys.stderr)
             return EXIT_USAGE
         with stream:
-            bar.total = count_lines(stream) if stream.seekable() else None
+            if stream.seekable():
+                bar.set_total(count_lines(stream))
             for _, line in numbered_lines(stream):
                 backtest.add_line(line)
                 bar.advance()
@@ -326,7 +328,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
         asyncio.run(read_topics())
     bar.close()
-    read_s = bar.elapsed_s()
+    read_s = time.monotonic() - started
     if not args.quiet:
         print(
             f"read {bar.done:,} records in {read_s:.1f} s ({bar.done / max(read_s, 1e-9):,.0f}/s);"
@@ -340,7 +342,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(render_text(report, str(catalog_path)), end="")
     if not args.quiet:
-        total_s = bar.elapsed_s()
+        total_s = time.monotonic() - started
         print(
             f"judged in {total_s - read_s:.1f} s; {total_s:.1f} s in all, "
             f"{bar.done / max(total_s, 1e-9):,.0f} records/s",

@@ -42,7 +42,9 @@ class ProgressBar:
         self.next_check = CHECK_EVERY
 
     def set_total(self, total: int) -> None:
+        """The total, once known; the rate counts from here, not from connecting."""
         self.total = total
+        self.started = self.shown_at = self.clock()
 
     def advance(self, count: int = 1) -> None:
         self.done += count
@@ -60,9 +62,6 @@ class ProgressBar:
             self._show(self.clock())
             self.stream.write("\n")
             self.stream.flush()
-
-    def elapsed_s(self) -> float:
-        return self.clock() - self.started
 
     def line(self, now: float) -> str:
         elapsed = max(now - self.started, 1e-9)
