@@ -2,8 +2,8 @@
 
 The records of [from - warm-up, to) go through `OfflineMonitor`, the same pure core the
 worker runs, and every window that ends by `to` is judged. The warm-up builds the state the
-first judged windows look back on (windows, baselines, a customer's last 24 hours of
-messages); what it fires is not reported, except the firing of an incident still open at
+first judged windows look back on (windows, baselines, a customer's messaging window);
+what it fires is not reported, except the firing of an incident still open at
 `from`. Identity links are history, whatever their time: all of them are applied.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import IO, Any
+from dataclasses import dataclass, field, replace
+from typing import IO, Any, get_args
 
 import orjson
 
@@ -38,11 +38,7 @@ ROLE_TOPICS = Topics(
     survey_answers="survey_answers",
     identity_links="identity_links",
 )
-ROLES: dict[str, Role] = {
-    "touchpoint_events": "touchpoint_events",
-    "survey_answers": "survey_answers",
-    "identity_links": "identity_links",
-}
+ROLES: dict[str, Role] = {role: role for role in get_args(Role)}
 TIME_FIELDS = ("occurred_at", "answered_at", "linked_at")
 
 
@@ -177,10 +173,10 @@ class Backtest:
     def report(self) -> Report:
         """Judge every window ending by `to`; the alerts of the span and their summary."""
         result = self.monitor.finish(until_ms=self.span.to_ms)
-        counts = self.counts
-        counts.duplicates = result.duplicates
-        for reasons in result.rejected.values():
-            counts.invalid.update(reason.value for reason in reasons)
+        refused = Counter(r.value for reasons in result.rejected.values() for r in reasons)
+        counts = replace(
+            self.counts, duplicates=result.duplicates, invalid=self.counts.invalid + refused
+        )
         incidents = [i for i in group_incidents(result.alerts) if i.open_after(self.span.from_ms)]
         alerts = sorted(
             (alert for incident in incidents for alert in incident.transitions()),
@@ -190,7 +186,7 @@ class Backtest:
 
 
 def count_lines(stream: IO[bytes]) -> int:
-    """Non-blank lines of a seekable file, read in blocks; the stream is rewound."""
+    """The records of a seekable JSON-lines file (its non-blank lines); the stream is rewound."""
     count = 0
     for _ in numbered_lines(stream):
         count += 1
