@@ -219,6 +219,13 @@ def test_the_text_report_shows_each_transition_with_its_figures_and_the_tables(
     ) in lines
 
 
+def test_epoch_milliseconds_name_the_same_instants_as_rfc_3339(files: tuple[Path, Path]) -> None:
+    rfc = backtest(*files, "--json")
+    epoch = backtest(*files, "--json", start=str(T0 + 60 * MINUTE))
+    assert epoch.returncode == 0, epoch.stderr
+    assert epoch.stdout == rfc.stdout
+
+
 def test_an_incident_open_at_from_is_shown_from_its_firing_in_the_warm_up(
     files: tuple[Path, Path],
 ) -> None:
