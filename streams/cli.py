@@ -1,4 +1,4 @@
-"""The `cxmon` command line: broker, worker, publish, simulate, alerts, webhook and a demo."""
+"""The `cxmon` command line: broker, worker, publish, simulate, backtest, alerts, webhook, demo."""
 
 from __future__ import annotations
 
@@ -15,10 +15,21 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from models.decode import parse_timestamp_ms
+from models.decode import InvalidRecord, parse_timestamp_ms
+from streams.backtest import (
+    Backtest,
+    Span,
+    count_lines,
+    default_warmup_ms,
+    render_json,
+    render_text,
+)
 from streams.broker import BrokerError, LocalBroker, broker_command
 from streams.catalog import CatalogError, load_catalog, parse_duration_ms
-from streams.publish import Outgoing, alert_line, follow, read_lines, send_all
+from streams.history import read_history
+from streams.progress_bar import ProgressBar
+from streams.publish import Outgoing, alert_line, follow, numbered_lines, read_lines, send_all
+from streams.sentiment import build_scorer
 from streams.settings import Settings, SettingsError
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from streams.topics import TopologyError
@@ -70,7 +81,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = commands.add_parser("simulate", help="publish realistic multi-channel journeys")
     add_simulation_options(simulate)
+    simulate.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write the records as JSON lines to FILE (- for stdout) instead of publishing them; "
+        "with --start, the same bytes every run",
+    )
     simulate.set_defaults(run=run_simulate)
+
+    backtest = commands.add_parser(
+        "backtest",
+        help="replay recorded input through the monitor: the alerts it would have fired",
+    )
+    backtest.add_argument(
+        "--catalog", type=Path, help="the catalog to test (default: $CXMON_CATALOG)"
+    )
+    backtest.add_argument(
+        "--from",
+        dest="from_ms",
+        required=True,
+        type=timestamp_argument,
+        metavar="T1",
+        help="start of the event time judged: RFC 3339 with an offset, or epoch milliseconds",
+    )
+    backtest.add_argument(
+        "--to",
+        dest="to_ms",
+        required=True,
+        type=timestamp_argument,
+        metavar="T2",
+        help="its end (records at T2 or later are skipped; windows ending by T2 are judged)",
+    )
+    backtest.add_argument(
+        "--input",
+        metavar="FILE",
+        help="JSON lines (- for stdin), routed by their fields as publish routes them "
+        "(default: the three input topics, from the beginning to their current end)",
+    )
+    backtest.add_argument(
+        "--warmup",
+        type=warmup_argument,
+        metavar="DURATION",
+        help="event time read before T1 to fill windows, baselines and message counts "
+        "(default: the catalog's longest look-back; 0 for none)",
+    )
+    backtest.add_argument("--json", action="store_true", help="every alert and the summary as JSON")
+    backtest.add_argument(
+        "--quiet", action="store_true", help="no progress bar: only a line every 30 s"
+    )
+    backtest.set_defaults(run=run_backtest)
 
     alerts = commands.add_parser("alerts", help="follow cx.alerts, one line per transition")
     alerts.add_argument("--json", action="store_true", help="print the raw alert objects")
@@ -144,6 +203,24 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
     )
 
 
+def timestamp_argument(text: str) -> int:
+    """RFC 3339 with an offset, or epoch milliseconds, as the contract writes times."""
+    value: object = int(text) if text.isascii() and text.isdigit() else text
+    try:
+        return parse_timestamp_ms(value, "time")
+    except InvalidRecord as exc:
+        raise argparse.ArgumentTypeError(exc.detail.removeprefix("time: ")) from None
+
+
+def warmup_argument(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    try:
+        return parse_duration_ms(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def run_broker(settings: Settings, args: argparse.Namespace) -> int:
     url = urlparse(settings.broker_url)
     data_dir: Path = args.data_dir or settings.data_dir / "broker"
@@ -202,9 +279,75 @@ def simulated_messages(
 
 def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
     config = simulation_config(args)
+    if args.output is not None:
+        written = 0
+        output = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+        with output:
+            for record in generate(config):
+                output.write(record.value + b"\n")
+                written += 1
+        print(f"wrote {written:,} records over {args.span} of event time", file=sys.stderr)
+        return 0
     records = simulated_messages(settings, generate(config), args.speed)
     sent, _ = asyncio.run(send_all(settings, records))
     print(f"simulated {sent:,} messages over {args.span} of event time", file=sys.stderr)
+    return 0
+
+
+def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    if args.from_ms >= args.to_ms:
+        print("cxmon: backtest: --from must be before --to", file=sys.stderr)
+        return EXIT_USAGE
+    catalog_path = args.catalog or settings.catalog
+    catalog = load_catalog(catalog_path)
+    warmup = default_warmup_ms(catalog) if args.warmup is None else args.warmup
+    backtest = Backtest(
+        catalog, build_scorer(settings.sentiment), Span(args.from_ms, args.to_ms, warmup)
+    )
+    interactive = sys.stderr.isatty() and not args.quiet
+    bar = ProgressBar(None, sys.stderr, interactive=interactive)
+    if args.input is not None:
+        try:
+            stream = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")  # noqa: SIM115
+        except OSError as exc:
+            print(f"cxmon: backtest: {args.input}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        with stream:
+            if stream.seekable():
+                bar.set_total(count_lines(stream))
+            for _, line in numbered_lines(stream):
+                backtest.add_line(line)
+                bar.advance()
+    else:
+
+        async def read_topics() -> None:
+            async for role, value in read_history(settings, bar.set_total):
+                backtest.add_record(role, value)
+                bar.advance()
+
+        asyncio.run(read_topics())
+    bar.close()
+    read_s = time.monotonic() - started
+    if not args.quiet:
+        print(
+            f"read {bar.done:,} records in {read_s:.1f} s ({bar.done / max(read_s, 1e-9):,.0f}/s);"
+            " judging every window ...",
+            file=sys.stderr,
+        )
+    report = backtest.report()
+    if args.json:
+        sys.stdout.buffer.write(render_json(report, str(catalog_path)))
+        sys.stdout.flush()
+    else:
+        print(render_text(report, str(catalog_path)), end="")
+    if not args.quiet:
+        total_s = time.monotonic() - started
+        print(
+            f"judged in {total_s - read_s:.1f} s; {total_s:.1f} s in all, "
+            f"{bar.done / max(total_s, 1e-9):,.0f} records/s",
+            file=sys.stderr,
+        )
     return 0
 
 

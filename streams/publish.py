@@ -47,12 +47,17 @@ def route(doc: dict[str, Any], topics: Topics) -> tuple[str, bytes | None]:
     raise UnroutableLine("has none of event_id, answer_id, or contact with linked_at")
 
 
-def read_lines(stream: IO[bytes], topics: Topics, topic: str | None) -> Iterator[Outgoing | str]:
-    """Each line as a message, or as an error text naming the line; blank lines are skipped."""
+def numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+    """Each non-blank line without its line ending, with its number in the file."""
     for number, raw in enumerate(stream, start=1):
         line = raw.rstrip(b"\r\n")
-        if not line.strip():
-            continue
+        if line.strip():
+            yield number, line
+
+
+def read_lines(stream: IO[bytes], topics: Topics, topic: str | None) -> Iterator[Outgoing | str]:
+    """Each line as a message, or as an error text naming the line; blank lines are skipped."""
+    for number, line in numbered_lines(stream):
         if topic is not None:
             yield Outgoing(topic, None, line)
             continue

@@ -71,8 +71,12 @@ class OfflineMonitor:
         except InvalidRecord as exc:
             self.result.rejected[role].append(exc.reason)
 
-    def finish(self) -> ReplayResult:
-        """Every window judged up to the newest event time, every incident settled."""
+    def finish(self, until_ms: int | None = None) -> ReplayResult:
+        """Every window judged up to the newest event time, every incident settled.
+
+        With `until_ms`, event time has reached that instant on every input (the end of a
+        backtest): every window ending by then is judged, its grace passed or not.
+        """
         result = self.result
         for partial in self.partials.drain("replay", 0):
             state = result.touchpoints.setdefault(partial.touchpoint, TouchpointState())
@@ -85,15 +89,17 @@ class OfflineMonitor:
             customer = customer_at(self.links.get(message.contact_key), at_ms)
             customer = customer or message.contact_key
             self.messages[customer].append(message.resolved_to(customer))
+        message_watermark = self.message_watermark_ms if until_ms is None else until_ms
         for touchpoint in sorted(result.touchpoints):
             windows = self.partials.windows(touchpoint)
-            result.alerts += windows.advance(result.touchpoints[touchpoint], self.watermark_ms)
+            watermark = self.watermark_ms if until_ms is None else until_ms + windows.grace_ms
+            result.alerts += windows.advance(result.touchpoints[touchpoint], watermark)
         for customer in sorted(self.messages):
             frequency = result.customers.setdefault(customer, CustomerMessages())
             for message in self.messages[customer]:
                 self.policy.record(frequency, message.message)
-            if self.message_watermark_ms is not None:
-                result.alerts += self.policy.advance(frequency, customer, self.message_watermark_ms)
+            if message_watermark is not None:
+                result.alerts += self.policy.advance(frequency, customer, message_watermark)
         return result
 
     def _first_time(self, role: Role, record_id: str) -> bool:
