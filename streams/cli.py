@@ -114,6 +114,13 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
         metavar="N",
         help="customers who get a burst of marketing messages",
     )
+    parser.add_argument(
+        "--break-journey",
+        action=argparse.BooleanOptionalAction,
+        default=demo,
+        help="half the customers who fill the app's cart stop going on to checkout "
+        "half-way through the span",
+    )
     parser.add_argument("--duplicates", type=float, default=0.01 if demo else 0.0, metavar="RATIO")
     parser.add_argument("--invalid", type=float, default=0.002 if demo else 0.0, metavar="RATIO")
     parser.add_argument(
@@ -139,6 +146,7 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
         degrade_touchpoint=args.degrade,
         degrade_from_ms=start_ms + span_ms // 2 if args.degrade else None,
         over_messaged_customers=args.over_messaged,
+        break_from_ms=start_ms + span_ms // 2 if args.break_journey else None,
         duplicate_ratio=args.duplicates,
         invalid_ratio=args.invalid,
     )
