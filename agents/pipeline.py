@@ -31,6 +31,15 @@ from streams.catalog import Catalog, ScoreMetric
 from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
+from streams.journeys import (
+    BreakState,
+    BreakWindows,
+    CustomerJourneys,
+    CustomerVisits,
+    JourneyTracker,
+    Outcome,
+    VisitBatch,
+)
 from streams.messaging import CustomerMessages, FrequencyPolicy
 from streams.notify import is_customer_kind
 from streams.privacy import pseudonymised
@@ -124,6 +133,29 @@ class Pipeline:
             )
         )
         self.customers_judged_to: dict[int, int] = {}
+        self.journeys = JourneyTracker(core.catalog)
+        self.visit_batch = VisitBatch(self.journeys)
+        self.journey_customers = PartitionedState(topology.journey_customers)
+        self.journey_breaks = PartitionedState(topology.journey_breaks)
+        if core.catalog.breaks:
+            # Without breaks nobody reads the visits topic: spare it the progress marks.
+            self.downstream[topology.touchpoint_events.get_topic_name()].append(
+                topology.journey_visits
+            )
+        self.downstream[topology.journey_visits.get_topic_name()] = [topology.journey_outcomes]
+        self.journey_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(self.sources.expected(topology.touchpoint_events))
+        )
+        self.break_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(self.sources.expected(topology.journey_visits))
+        )
+        self.journeys_decided_to: dict[int, int] = {}
+        self.breaks_judged_to: dict[int, int] = {}
+        self.break_windows = {j.id: BreakWindows(j) for j in core.catalog.breaks}
+        self.breaks_by_partition: dict[int, list[str]] = defaultdict(list)
+        for journey in core.catalog.breaks:
+            partition = partition_of(journey.id.encode(), self.partitions)
+            self.breaks_by_partition[partition].append(journey.id)
         self.judged_to: dict[int, int] = {}
         watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
         self.watched = frozenset(watched)
@@ -143,6 +175,8 @@ class Pipeline:
             (topology.touchpoint_partials, self.score_touchpoints),
             (topology.contacts, self.resolve_contacts),
             (topology.customer_messages, self.count_customer_messages),
+            (topology.journey_visits, self.follow_journeys),
+            (topology.journey_outcomes, self.judge_breaks),
         ):
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
@@ -216,6 +250,9 @@ class Pipeline:
             partials = self.topology.touchpoint_partials.get_topic_name()
             for partial in self.partials.drain(source, last_offset):
                 sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
+            visits = self.topology.journey_visits.get_topic_name()
+            for entry in self.visit_batch.drain():
+                sends.append(Send(visits, entry.customer.encode(), entry.encode()))
             checkpoint = Checkpoint(last_offset, self.sources.watermarks.get(source), sends)
             await self.checkpoints.put_durably(
                 first.partition, source.encode(), checkpoint.encode()
@@ -244,6 +281,7 @@ class Pipeline:
         if not self._first_time(event, record.event_id, record.occurred_at_ms):
             return
         self.partials.add_event(record)
+        self.visit_batch.add(record)
         message = outbound_message(record)
         if message is None:
             return
@@ -499,10 +537,14 @@ class Pipeline:
             metrics.set_key_moment(moment, degraded=open_incident)
 
     def forget_revoked_touchpoints(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        """Another worker owns these touchpoints now: its figures count, not our last ones."""
+        """Another worker owns these touchpoints and breaks now: its figures count, not ours."""
         (revoked,) = cast(tuple[set[TP]], args)
         topic = self.topology.touchpoint_partials.get_topic_name()
         gone = {tp.partition for tp in revoked if tp.topic == topic}
+        outcomes = self.topology.journey_outcomes.get_topic_name()
+        for partition in {tp.partition for tp in revoked if tp.topic == outcomes}:
+            for break_id in self.breaks_by_partition.get(partition, ()):
+                metrics.forget_journey_break(self.break_windows[break_id].journey)
         for touchpoint in self.watched:
             if partition_of(touchpoint.encode(), self.partitions) not in gone:
                 continue
@@ -586,6 +628,115 @@ class Pipeline:
             self.frequency.put(partition, key, state.encode())
             if not state.waiting:
                 self.customers_due.delete(partition, key)
+
+    # Journey breaks, stage 2: each customer's attempts, decided behind the watermark.
+
+    async def follow_journeys(self, stream: StreamT[bytes]) -> None:
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            progressed: set[int] = set()
+            for event in events:
+                message = event.message
+                if message.key == PROGRESS_KEY:
+                    for mark in decode_marks(payload(event)):
+                        self.journey_progress[message.partition].report(mark)
+                    progressed.add(message.partition)
+                    continue
+                self._remember_visits(message.partition, CustomerVisits.decode(payload(event)))
+            for partition in sorted(progressed):
+                await self._decide_journeys(partition)
+            metrics.BATCH_SECONDS.labels("journeys").observe(time.perf_counter() - started)
+
+    def _remember_visits(self, partition: int, entry: CustomerVisits) -> None:
+        key = entry.customer.encode()
+        raw = self.journey_customers.get(key)
+        state = CustomerJourneys(partition) if raw is None else CustomerJourneys.decode(raw)
+        for touchpoint, visits in entry.visits.items():
+            for visit in visits:
+                # False for a visit sent again after a crash: it is held or decided already.
+                self.journeys.record(state, touchpoint, visit)
+        self.journey_customers.put(partition, key, state.encode())
+
+    async def _decide_journeys(self, partition: int) -> None:
+        """Decide the attempts the watermark has closed, send them, then pass the mark on."""
+        progress = self.journey_progress[partition]
+        watermark = progress.watermark()
+        if watermark is None:
+            return
+        if watermark > self.journeys_decided_to.get(partition, -1):
+            self.journeys_decided_to[partition] = watermark
+            closed = watermark - self.core.catalog.scores.grace_ms
+            topic = self.topology.journey_outcomes.get_topic_name()
+            sends: list[Send] = []
+            decided: list[tuple[bytes, CustomerJourneys]] = []
+            for key, raw in self.journey_customers.items():
+                if not CustomerJourneys.due(raw, partition, closed):
+                    continue
+                state = CustomerJourneys.decode(raw)
+                for outcome in self.journeys.advance(state, key.decode(), closed):
+                    sends.append(Send(topic, outcome.break_id.encode(), outcome.encode()))
+                decided.append((key, state))
+            # Sent before the customers change: a crash in between decides them again, and
+            # the break stage knows an attempt it already has.
+            await self._deliver(sends)
+            for key, state in decided:
+                if state.empty:
+                    self.journey_customers.delete(partition, key)
+                else:
+                    self.journey_customers.put(partition, key, state.encode())
+        # Marks travel behind the attempts they cover, so the break stage waits for them.
+        source = self.topology.journey_visits.get_topic_name()
+        mark = SourceMark(source_name(source, partition), watermark, progress.all_idle())
+        await self._send_marks([mark], source)
+
+    # Journey breaks, stage 3: the break rate by window, and its incidents.
+
+    async def judge_breaks(self, stream: StreamT[bytes]) -> None:
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            grouped: dict[int, dict[str, list[Outcome]]] = defaultdict(dict)
+            for event in events:
+                message = event.message
+                if message.key == PROGRESS_KEY:
+                    for mark in decode_marks(payload(event)):
+                        self.break_progress[message.partition].report(mark)
+                    grouped.setdefault(message.partition, {})
+                    continue
+                outcome = Outcome.decode(payload(event))
+                grouped[message.partition].setdefault(outcome.break_id, []).append(outcome)
+            for partition, by_break in grouped.items():
+                await self._judge_breaks(partition, by_break)
+            metrics.BATCH_SECONDS.labels("breaks").observe(time.perf_counter() - started)
+
+    async def _judge_breaks(self, partition: int, by_break: dict[str, list[Outcome]]) -> None:
+        watermark = self.break_progress[partition].watermark()
+        advanced = watermark is not None and watermark > self.breaks_judged_to.get(partition, -1)
+        due = set(by_break)
+        if advanced:
+            assert watermark is not None
+            self.breaks_judged_to[partition] = watermark
+            due.update(self.breaks_by_partition.get(partition, ()))
+        for break_id in sorted(due):
+            windows = self.break_windows.get(break_id)
+            if windows is None:
+                continue  # decided under a catalog that had this break; this one has not
+            key = break_id.encode()
+            raw = self.journey_breaks.get(key)
+            state = BreakState() if raw is None else BreakState.decode(raw)
+            for outcome in by_break.get(break_id, []):
+                # Refused only when every window it falls in is judged: a second delivery
+                # (after a crash of the customer stage) of an attempt counted then.
+                windows.add(state, outcome)
+            if watermark is not None:
+                for alert in windows.advance(state, watermark - self.core.catalog.scores.grace_ms):
+                    await self._emit(alert)
+            self.journey_breaks.put(partition, key, state.encode())
+            metrics.export_journey_break(
+                windows.journey,
+                broken=state.incident_start_ms is not None,
+                rate=state.last_rate,
+                samples=state.last_samples,
+            )
 
     async def _emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""

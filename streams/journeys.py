@@ -95,22 +95,35 @@ class CustomerJourneys:
     visits: dict[str, list[Visit]] = field(default_factory=dict)
     open_since: dict[str, int] = field(default_factory=dict)  # break id -> attempt start
     decided_to_ms: int | None = None
+    due_ms: int | None = None  # the first visit or deadline: nothing is decided before it
 
     @property
     def empty(self) -> bool:
         return not self.open_since and not any(self.visits.values())
 
     def encode(self) -> bytes:
-        return orjson.dumps([self.partition, self.visits, self.open_since, self.decided_to_ms])
+        # A header line first: a worker finds the customers of a partition that are due
+        # without decoding every customer it holds.
+        header = b"%d %d\n" % (self.partition, -1 if self.due_ms is None else self.due_ms)
+        return header + orjson.dumps([self.visits, self.open_since, self.decided_to_ms])
+
+    @staticmethod
+    def due(raw: bytes, partition: int, closed_ms: int) -> bool:
+        """Whether the encoded customer lives in `partition` and has something to decide."""
+        owner, due = raw[: raw.index(b"\n")].split(b" ")
+        return int(owner) == partition and 0 <= int(due) < closed_ms
 
     @classmethod
     def decode(cls, raw: bytes) -> CustomerJourneys:
-        partition, visits, open_since, decided_to = orjson.loads(raw)
+        header, _, body = raw.partition(b"\n")
+        partition, due = (int(part) for part in header.split(b" "))
+        visits, open_since, decided_to = orjson.loads(body)
         return cls(
             partition,
             {tp: [(at, digest) for at, digest in vs] for tp, vs in visits.items()},
             open_since,
             decided_to,
+            None if due < 0 else due,
         )
 
 
@@ -119,6 +132,7 @@ class JourneyTracker:
 
     def __init__(self, catalog: Catalog) -> None:
         self.breaks = catalog.breaks
+        self.within = {journey.id: journey.within_ms for journey in catalog.breaks}
         self.touchpoints = frozenset(
             tp for journey in catalog.breaks for tp in (journey.source, journey.target)
         )
@@ -144,12 +158,16 @@ class JourneyTracker:
         if index < len(visits) and visits[index] == visit:
             return False
         insort(visits, visit)
+        if state.due_ms is None or visit[0] < state.due_ms:
+            state.due_ms = visit[0]
         return True
 
     def advance(self, state: CustomerJourneys, customer: str, closed_ms: int) -> list[Outcome]:
         """Decide every attempt whose visits are all before `closed_ms`, then forget them."""
         if state.decided_to_ms is not None and closed_ms <= state.decided_to_ms:
             return []
+        for gone in state.open_since.keys() - self.within.keys():
+            del state.open_since[gone]  # a break the catalog no longer has
         outcomes: list[Outcome] = []
         for journey in self.breaks:
             outcomes += self._decide(journey, state, customer, closed_ms)
@@ -160,6 +178,9 @@ class JourneyTracker:
             else:
                 del visits[:keep]
         state.decided_to_ms = closed_ms
+        instants = [visits[0][0] for visits in state.visits.values()]
+        instants += [start + self.within[key] for key, start in state.open_since.items()]
+        state.due_ms = min(instants, default=None)
         return outcomes
 
     def _decide(

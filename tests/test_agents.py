@@ -491,3 +491,82 @@ async def test_a_dead_letter_too_big_to_write_keeps_what_fits_and_its_size(
     assert dead.value == huge[:MAX_DEAD_LETTER_BYTES]
     assert dead.headers["cxmon-original-size"] == str(len(huge)).encode()
     assert dead.headers["cxmon-reason"] == b"invalid_json"
+
+
+async def test_journey_break_decided_per_customer_then_judged_per_break(tmp_path: Any) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "scores: {window: 30m, step: 5m, grace: 1m}\n"
+        "breaks:\n"
+        "  - {from: app.cart, to: checkout.payment, within: 10m, max_rate: 0.4,"
+        " min_samples: 4, severity: critical}\n"
+    )
+    harness = build_harness(tmp_path, CXMON_CATALOG=str(catalog))
+    topology = harness.topology
+    minute = 60_000
+
+    def step(event_id: str, customer: str, touchpoint: str, at_min: int) -> bytes:
+        return event(
+            event_id,
+            at_ms=START_MS + at_min * minute,
+            customer_id=customer,
+            touchpoint=touchpoint,
+            channel="app",
+            direction="inbound",
+        )
+
+    # Four customers fill the cart at 0m; only c-4 pays, at 2m. A login is no visit.
+    records = [step(f"e{n}", f"c-{n}", "app.cart", 0) for n in range(1, 5)]
+    records += [step("e5", "c-4", "checkout.payment", 2), step("e6", "c-9", "app.login", 3)]
+    await harness.feed("ingest_touchpoint_events", [(b"c", raw, 0) for raw in records])
+    visits = harness.data(topology.journey_visits)
+    assert sorted(s.key or b"" for s in visits) == [b"c-1", b"c-2", b"c-3", b"c-4"]
+    assert {s.partition for s in harness.to(topology.journey_visits) if s.key == PROGRESS_KEY} == {
+        0,
+        1,
+    }, "every partition of the visits topic learns how far the events have got"
+
+    # The customer stage: visits delivered twice (a crash before it), decided once closed
+    # (16m less the 1m grace) is past every deadline (10m).
+    items = [(s.key, s.value or b"", partition_of(s.key or b"", PARTITIONS)) for s in visits]
+    await harness.feed("follow_journeys", items + items)
+    assert harness.data(topology.journey_outcomes) == [], "nothing before the watermark"
+    marks = all_idle(topology, START_MS + 16 * minute, topology.touchpoint_events)
+    await harness.feed("follow_journeys", [(PROGRESS_KEY, marks, p) for p in range(PARTITIONS)])
+    outcomes = [orjson.loads(s.value or b"") for s in harness.data(topology.journey_outcomes)]
+    ten, two = START_MS + 10 * minute, START_MS + 2 * minute
+    assert sorted((at, broken) for _, at, broken, _ in outcomes) == [
+        (two, False),
+        (ten, True),
+        (ten, True),
+        (ten, True),
+    ]
+    forwarded = [s for s in harness.to(topology.journey_outcomes) if s.key == PROGRESS_KEY]
+    assert {s.partition for s in forwarded} == {0, 1}
+    customers = [c for c in harness.changelog if c[0] == topology.journey_customers.name]
+    assert customers[-1][3] is None, "a customer with everything decided leaves the table"
+
+    # The break stage: the attempts delivered twice, the customer stage's marks, one alert.
+    key = b"app.cart -> checkout.payment"
+    owner = partition_of(key, PARTITIONS)
+    sent = [(key, s.value or b"", owner) for s in harness.data(topology.journey_outcomes)]
+    await harness.feed("judge_breaks", sent + sent)
+    assert harness.to(topology.alerts) == []
+    done = all_idle(topology, START_MS + 16 * minute, topology.journey_visits)
+    await harness.feed("judge_breaks", [(PROGRESS_KEY, done, owner)])
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [
+        (a["kind"], a["status"], a["subject"], a["observed"], a["samples"]) for a in alerts
+    ] == [("journey_break", "firing", "app.cart -> checkout.payment", 0.75, 4)]
+    labels = {"from": "app.cart", "to": "checkout.payment"}
+    assert sample("cxmon_journey_broken", **labels, severity="critical") == 1
+    assert sample("cxmon_journey_break_rate", **labels) == 0.75
+    assert sample("cxmon_journey_break_samples", **labels) == 4
+    later = all_idle(topology, START_MS + 30 * minute, topology.journey_visits)
+    await harness.feed("judge_breaks", [(PROGRESS_KEY, later, owner)])
+    assert len(harness.to(topology.alerts)) == 1, "an incident fires once"
+
+    revoked = {TP(topology.journey_outcomes.get_topic_name(), owner)}
+    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    assert sample("cxmon_journey_broken", **labels, severity="critical") == 0
+    assert REGISTRY.get_sample_value("cxmon_journey_break_rate", labels) is None
