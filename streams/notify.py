@@ -74,6 +74,10 @@ def to_alertmanager(
         summary = summary.replace(subject, customer)
         if pseudonym_key is not None:
             fingerprint = pseudonym(fingerprint, pseudonym_key)
+    elif kind == AlertKind.JOURNEY_BREAK.value:
+        # The break's two touchpoints, from the catalog: bounded, and routable apart.
+        labels["from"], labels["to"] = str(alert["from"]), str(alert["to"])
+        touchpoint = labels["from"]
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
@@ -106,7 +110,16 @@ def describe(alert: Mapping[str, Any]) -> str:
     """The figures behind the decision, in one line; never a customer id."""
     parts = [f"observed {alert['observed']:g}", f"threshold {alert['threshold']:g}"]
     parts.append(f"window {alert['window']}")
-    for name in ("samples", "min_samples", "window_end", "breaches", "by_channel"):
+    for name in (
+        "samples",
+        "min_samples",
+        "broken",
+        "converted",
+        "within",
+        "window_end",
+        "breaches",
+        "by_channel",
+    ):
         if alert.get(name) is not None:
             parts.append(f"{name} {_plain(alert[name])}")
     parts.append(f"event time {alert['starts_at']} to {alert.get('ends_at') or 'now'}")
