@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 from models.decode import parse_timestamp_ms
 from streams.broker import BrokerError, LocalBroker, broker_command
-from streams.catalog import CatalogError, load_catalog, parse_duration_ms
+from streams.catalog import CatalogError, format_duration, load_catalog, parse_duration_ms
 from streams.publish import Outgoing, alert_line, follow, read_lines, send_all
 from streams.settings import Settings, SettingsError
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
@@ -165,9 +165,17 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_catalog(settings: Settings, args: argparse.Namespace) -> int:
     path = args.path or settings.catalog
     catalog = load_catalog(path)
-    print(f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments")
+    print(
+        f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments, "
+        f"{len(catalog.breaks)} journey breaks"
+    )
     for moment in catalog.key_moments:
         print(f"  {moment.id}: degraded when {moment.standard()}, min {moment.min_samples} samples")
+    for journey in catalog.breaks:
+        print(
+            f"  {journey.id}: broken when more than {journey.max_rate:g} of customers do not "
+            f"go on within {format_duration(journey.within_ms)}, min {journey.min_samples} samples"
+        )
     return 0
 
 

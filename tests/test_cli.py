@@ -71,3 +71,13 @@ def test_a_bad_setting_is_named() -> None:
     done = cxmon("check-catalog", CXMON_PARTITIONS="eight")
     assert done.returncode == 2
     assert "CXMON_PARTITIONS='eight' is not a whole number" in done.stderr
+
+
+def test_check_catalog_lists_the_journey_breaks() -> None:
+    done = cxmon("check-catalog")
+    assert done.returncode == 0, done.stderr
+    assert "5 key moments, 1 journey breaks" in done.stdout
+    assert (
+        "  app.cart -> checkout.payment: broken when more than 0.5 of customers do not go on "
+        "within 10m, min 100 samples"
+    ) in done.stdout.splitlines()
