@@ -643,8 +643,7 @@ class Pipeline:
                     progressed.add(message.partition)
                     continue
                 self._remember_visits(message.partition, CustomerVisits.decode(payload(event)))
-            for partition in sorted(progressed):
-                await self._decide_journeys(partition)
+            await self._decide_journeys(sorted(progressed))
             metrics.BATCH_SECONDS.labels("journeys").observe(time.perf_counter() - started)
 
     def _remember_visits(self, partition: int, entry: CustomerVisits) -> None:
@@ -657,20 +656,24 @@ class Pipeline:
                 self.journeys.record(state, touchpoint, visit)
         self.journey_customers.put(partition, key, state.encode())
 
-    async def _decide_journeys(self, partition: int) -> None:
-        """Decide the attempts the watermark has closed, send them, then pass the mark on."""
-        progress = self.journey_progress[partition]
-        watermark = progress.watermark()
-        if watermark is None:
-            return
-        if watermark > self.journeys_decided_to.get(partition, -1):
-            self.journeys_decided_to[partition] = watermark
-            closed = watermark - self.core.catalog.scores.grace_ms
+    async def _decide_journeys(self, partitions: list[int]) -> None:
+        """Decide the attempts the watermark has closed, send them, then pass the marks on."""
+        grace = self.core.catalog.scores.grace_ms
+        closing: dict[int, int] = {}  # partition -> closed, where the watermark moved on
+        for partition in partitions:
+            watermark = self.journey_progress[partition].watermark()
+            if watermark is not None and watermark > self.journeys_decided_to.get(partition, -1):
+                self.journeys_decided_to[partition] = watermark
+                closing[partition] = watermark - grace
+        if closing:
             topic = self.topology.journey_outcomes.get_topic_name()
             sends: list[Send] = []
             decided: list[tuple[bytes, CustomerJourneys]] = []
+            # One pass over the customers for every partition that moved on.
             for key, raw in self.journey_customers.items():
-                if not CustomerJourneys.due(raw, partition, closed):
+                owner, due = CustomerJourneys.header(raw)
+                closed = closing.get(owner)
+                if closed is None or due is None or due >= closed:
                     continue
                 state = CustomerJourneys.decode(raw)
                 for outcome in self.journeys.advance(state, key.decode(), closed):
@@ -681,13 +684,17 @@ class Pipeline:
             await self._deliver(sends)
             for key, state in decided:
                 if state.empty:
-                    self.journey_customers.delete(partition, key)
+                    self.journey_customers.delete(state.partition, key)
                 else:
-                    self.journey_customers.put(partition, key, state.encode())
+                    self.journey_customers.put(state.partition, key, state.encode())
         # Marks travel behind the attempts they cover, so the break stage waits for them.
         source = self.topology.journey_visits.get_topic_name()
-        mark = SourceMark(source_name(source, partition), watermark, progress.all_idle())
-        await self._send_marks([mark], source)
+        for partition in partitions:
+            progress = self.journey_progress[partition]
+            mark = SourceMark(
+                source_name(source, partition), progress.watermark(), progress.all_idle()
+            )
+            await self._send_marks([mark], source)
 
     # Journey breaks, stage 3: the break rate by window, and its incidents.
 

@@ -108,22 +108,21 @@ class CustomerJourneys:
         return header + orjson.dumps([self.visits, self.open_since, self.decided_to_ms])
 
     @staticmethod
-    def due(raw: bytes, partition: int, closed_ms: int) -> bool:
-        """Whether the encoded customer lives in `partition` and has something to decide."""
+    def header(raw: bytes) -> tuple[int, int | None]:
+        """The partition of an encoded customer, and when it is due, read without decoding."""
         owner, due = raw[: raw.index(b"\n")].split(b" ")
-        return int(owner) == partition and 0 <= int(due) < closed_ms
+        return int(owner), None if int(due) < 0 else int(due)
 
     @classmethod
     def decode(cls, raw: bytes) -> CustomerJourneys:
-        header, _, body = raw.partition(b"\n")
-        partition, due = (int(part) for part in header.split(b" "))
-        visits, open_since, decided_to = orjson.loads(body)
+        partition, due = cls.header(raw)
+        visits, open_since, decided_to = orjson.loads(raw[raw.index(b"\n") + 1 :])
         return cls(
             partition,
             {tp: [(at, digest) for at, digest in vs] for tp, vs in visits.items()},
             open_since,
             decided_to,
-            None if due < 0 else due,
+            due,
         )
 
 

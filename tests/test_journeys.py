@@ -149,11 +149,9 @@ def test_an_open_attempt_waits_across_advances_and_a_visit_is_held_once() -> Non
     assert state.open_since == {ID: T0}
     assert not state.visits
     assert not state.empty
-    # Due at its deadline (10m): decided once closed is past it, in its own partition only.
+    # Due at its deadline (10m): nothing to decide before closed is past it.
     assert state.due_ms == T0 + 10 * MINUTE
-    assert not CustomerJourneys.due(state.encode(), 3, T0 + 10 * MINUTE)
-    assert CustomerJourneys.due(state.encode(), 3, T0 + 10 * MINUTE + 1)
-    assert not CustomerJourneys.due(state.encode(), 2, T0 + 10 * MINUTE + 1)
+    assert CustomerJourneys.header(state.encode()) == (3, T0 + 10 * MINUTE)
     # Decided past already: a visit this old can only be a second delivery.
     assert not journeys.record(state, CART, (T0, 1))
     assert journeys.record(state, PAY, (T0 + 7 * MINUTE, 2))
@@ -164,7 +162,7 @@ def test_an_open_attempt_waits_across_advances_and_a_visit_is_held_once() -> Non
     ]
     assert state.empty
     assert state.due_ms is None
-    assert not CustomerJourneys.due(state.encode(), 3, T0 + 60 * MINUTE)
+    assert CustomerJourneys.header(state.encode()) == (3, None)
 
 
 def test_only_events_of_watched_touchpoints_with_a_customer_id_are_visits() -> None:
