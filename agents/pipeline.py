@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,6 +36,7 @@ from streams.journeys import (
     BreakWindows,
     CustomerJourneys,
     CustomerVisits,
+    JourneyCheckpoint,
     JourneyTracker,
     Outcome,
     VisitBatch,
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 # A dead letter's value and headers must fit one produce request (PRODUCER_MAX_REQUEST_BYTES).
 MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16_384
 MAX_ERROR_DETAIL = 1_000
+
+# A journey checkpoint is one table value: well within one produce request.
+MAX_JOURNEY_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
 
 # Marks an identity link on the contacts topic, which otherwise carries contact-only messages.
 RECORD_HEADER = "cxmon-record"
@@ -136,6 +140,7 @@ class Pipeline:
         self.journeys = JourneyTracker(core.catalog)
         self.visit_batch = VisitBatch(self.journeys)
         self.journey_customers = PartitionedState(topology.journey_customers)
+        self.journey_checkpoints = PartitionedState(topology.journey_checkpoints)
         self.journey_breaks = PartitionedState(topology.journey_breaks)
         if core.catalog.breaks:
             # Without breaks nobody reads the visits topic: spare it the progress marks.
@@ -634,67 +639,120 @@ class Pipeline:
     async def follow_journeys(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            progressed: set[int] = set()
-            for event in events:
-                message = event.message
-                if message.key == PROGRESS_KEY:
-                    for mark in decode_marks(payload(event)):
-                        self.journey_progress[message.partition].report(mark)
-                    progressed.add(message.partition)
-                    continue
-                self._remember_visits(message.partition, CustomerVisits.decode(payload(event)))
-            await self._decide_journeys(sorted(progressed))
+            offsets: dict[int, int] = {}
+            fed: dict[bytes, CustomerJourneys] = {}
+            for batch in by_partition(events):
+                partition = batch[0].message.partition
+                done = await self._resume_journeys(partition)
+                for event in batch:
+                    message = event.message
+                    if message.key == PROGRESS_KEY:
+                        # Marks only ever raise the watermark: read twice, they change nothing.
+                        for mark in decode_marks(payload(event)):
+                            self.journey_progress[partition].report(mark)
+                    elif message.offset > done:
+                        entry = CustomerVisits.decode(payload(event))
+                        self._remember_visits(partition, entry, fed)
+                offsets[partition] = max(done, batch[-1].message.offset)
+            decided, outcomes = self._decide_journeys(offsets, fed)
+            for partition, offset in sorted(offsets.items()):
+                for checkpoint in journey_checkpoints(partition, offset, fed, decided, outcomes):
+                    await self._store_journeys(partition, checkpoint)
+            # Marks travel behind the attempts they cover, so the break stage waits for them.
+            source = self.topology.journey_visits.get_topic_name()
+            for partition in sorted(offsets):
+                progress = self.journey_progress[partition]
+                mark = SourceMark(
+                    source_name(source, partition), progress.watermark(), progress.all_idle()
+                )
+                await self._send_marks([mark], source)
             metrics.BATCH_SECONDS.labels("journeys").observe(time.perf_counter() - started)
 
-    def _remember_visits(self, partition: int, entry: CustomerVisits) -> None:
+    def _remember_visits(
+        self, partition: int, entry: CustomerVisits, fed: dict[bytes, CustomerJourneys]
+    ) -> None:
         key = entry.customer.encode()
-        raw = self.journey_customers.get(key)
-        state = CustomerJourneys(partition) if raw is None else CustomerJourneys.decode(raw)
+        state = fed.get(key)
+        if state is None:
+            raw = self.journey_customers.get(key)
+            state = CustomerJourneys(partition) if raw is None else CustomerJourneys.decode(raw)
+            fed[key] = state
         for touchpoint, visits in entry.visits.items():
             for visit in visits:
-                # False for a visit sent again after a crash: it is held or decided already.
                 self.journeys.record(state, touchpoint, visit)
-        self.journey_customers.put(partition, key, state.encode())
 
-    async def _decide_journeys(self, partitions: list[int]) -> None:
-        """Decide the attempts the watermark has closed, send them, then pass the marks on."""
+    def _decide_journeys(
+        self, offsets: dict[int, int], fed: dict[bytes, CustomerJourneys]
+    ) -> tuple[dict[bytes, CustomerJourneys], dict[bytes, list[Outcome]]]:
+        """Decide the attempts the watermark has closed: customers fed visits, then the rest."""
         grace = self.core.catalog.scores.grace_ms
         closing: dict[int, int] = {}  # partition -> closed, where the watermark moved on
-        for partition in partitions:
+        for partition in offsets:
             watermark = self.journey_progress[partition].watermark()
             if watermark is not None and watermark > self.journeys_decided_to.get(partition, -1):
                 self.journeys_decided_to[partition] = watermark
                 closing[partition] = watermark - grace
-        if closing:
-            topic = self.topology.journey_outcomes.get_topic_name()
-            sends: list[Send] = []
-            decided: list[tuple[bytes, CustomerJourneys]] = []
-            # One pass over the customers for every partition that moved on.
-            for key, raw in self.journey_customers.items():
-                owner, due = CustomerJourneys.header(raw)
-                closed = closing.get(owner)
-                if closed is None or due is None or due >= closed:
-                    continue
-                state = CustomerJourneys.decode(raw)
-                for outcome in self.journeys.advance(state, key.decode(), closed):
-                    sends.append(Send(topic, outcome.break_id.encode(), outcome.encode()))
-                decided.append((key, state))
-            # Sent before the customers change: a crash in between decides them again, and
-            # the break stage knows an attempt it already has.
-            await self._deliver(sends)
-            for key, state in decided:
-                if state.empty:
-                    self.journey_customers.delete(state.partition, key)
-                else:
-                    self.journey_customers.put(state.partition, key, state.encode())
-        # Marks travel behind the attempts they cover, so the break stage waits for them.
-        source = self.topology.journey_visits.get_topic_name()
-        for partition in partitions:
-            progress = self.journey_progress[partition]
-            mark = SourceMark(
-                source_name(source, partition), progress.watermark(), progress.all_idle()
+        decided: dict[bytes, CustomerJourneys] = {}
+        outcomes: dict[bytes, list[Outcome]] = {}
+        if not closing:
+            return decided, outcomes
+        # One pass over the customers for every partition that moved on; the header line
+        # tells which are due without decoding them.
+        for key, raw in self.journey_customers.items():
+            owner, due = CustomerJourneys.header(raw)
+            closed = closing.get(owner)
+            if key not in fed and closed is not None and due is not None and due < closed:
+                decided[key] = CustomerJourneys.decode(raw)
+        for states in (fed, decided):
+            for key, state in states.items():
+                closed = closing.get(state.partition)
+                if closed is not None and state.due_ms is not None and state.due_ms < closed:
+                    outcomes[key] = self.journeys.advance(state, key.decode(), closed)
+        return decided, outcomes
+
+    async def _resume_journeys(self, partition: int) -> int:
+        """What a worker that died mid-batch stored but may not have written: written now."""
+        key = self._journey_checkpoint_key(partition)
+        raw = self.journey_checkpoints.get(key)
+        if raw is None:
+            return -1
+        checkpoint = JourneyCheckpoint.decode(raw)
+        if checkpoint.customers or checkpoint.outcomes:
+            log.info(
+                "writing again %d customers and %d attempts of journey partition %d",
+                len(checkpoint.customers),
+                len(checkpoint.outcomes),
+                partition,
             )
-            await self._send_marks([mark], source)
+            await self._apply_journeys(partition, checkpoint)
+        return checkpoint.offset
+
+    async def _store_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
+        """Stored with its offset before anything is written or sent, then applied."""
+        key = self._journey_checkpoint_key(partition)
+        await self.journey_checkpoints.put_durably(partition, key, checkpoint.encode())
+        await self._apply_journeys(partition, checkpoint)
+
+    async def _apply_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
+        topic = self.topology.journey_outcomes.get_topic_name()
+        await self._deliver(
+            [Send(topic, o.break_id.encode(), o.encode()) for o in checkpoint.outcomes]
+        )
+        writes: list[Awaitable[object]] = []
+        for customer, raw in checkpoint.customers.items():
+            if raw is None:
+                deleted = self.journey_customers.delete(partition, customer.encode())
+                if deleted is not None:
+                    writes.append(deleted)
+            else:
+                writes.append(self.journey_customers.put(partition, customer.encode(), raw))
+        # On the broker before the checkpoint forgets them: changelogs are separate topics.
+        await asyncio.gather(*writes)
+        done = JourneyCheckpoint(checkpoint.offset).encode()
+        self.journey_checkpoints.put(partition, self._journey_checkpoint_key(partition), done)
+
+    def _journey_checkpoint_key(self, partition: int) -> bytes:
+        return source_name(self.topology.journey_visits.get_topic_name(), partition).encode()
 
     # Journey breaks, stage 3: the break rate by window, and its incidents.
 
@@ -753,6 +811,34 @@ class Pipeline:
         log.info("alert %s %s%s", alert.status.value, alert.kind.value, about)
         topic = self.topology.alerts.get_topic_name()
         await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
+
+
+def journey_checkpoints(
+    partition: int,
+    offset: int,
+    fed: dict[bytes, CustomerJourneys],
+    decided: dict[bytes, CustomerJourneys],
+    outcomes: dict[bytes, list[Outcome]],
+) -> Iterator[JourneyCheckpoint]:
+    """One partition's changes as checkpoints that each fit a produce request.
+
+    Every customer fed visits rides the first, with the offset that covers the visits;
+    customers only decided follow in as many as they need. Nothing changed: nothing to store.
+    """
+    checkpoint, size = JourneyCheckpoint(offset), 0
+    for first, states in ((True, fed), (False, decided)):
+        for key, state in states.items():
+            if state.partition != partition:
+                continue
+            if not first and size > MAX_JOURNEY_CHECKPOINT_BYTES:
+                yield checkpoint
+                checkpoint, size = JourneyCheckpoint(offset), 0
+            raw = None if state.empty else state.encode()
+            checkpoint.customers[key.decode()] = raw
+            checkpoint.outcomes += outcomes.get(key, [])
+            size += len(key) + len(raw or b"") + 64 * len(outcomes.get(key, []))
+    if checkpoint.customers:
+        yield checkpoint
 
 
 def by_partition(events: list[Event]) -> list[list[Event]]:

@@ -116,6 +116,10 @@ class Topology:
         self.journey_customers = table(
             "journey-customers", "Per customer: visits not decided yet and open attempts."
         )
+        self.journey_checkpoints = table(
+            "journey-checkpoints",
+            "Per journey-visits partition: offset done, customers and attempts not yet written.",
+        )
         self.journey_breaks = table(
             "journey-breaks", "Per journey break: decided attempts by bucket, and its incident."
         )
@@ -131,7 +135,7 @@ class Topology:
         return [
             self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,
             self.held_messages, self.customer_frequency, self.customers_due, self.firing_alerts,
-            self.journey_customers, self.journey_breaks,
+            self.journey_customers, self.journey_checkpoints, self.journey_breaks,
         ]  # fmt: skip
 
     def specs(self) -> list[TopicSpec]:

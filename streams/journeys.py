@@ -22,7 +22,9 @@ again with `min_samples` behind it. A window without attempts, or with too few, 
 nothing: the incident stays as it is.
 
 Every outcome carries an identity (the customer and the attempt's start), so an outcome
-delivered twice counts once; its bucket is kept while any window still open needs it.
+delivered twice counts once; its bucket is kept while any window still open needs it. The
+customer stage applies each batch of visits once (JourneyCheckpoint), so an attempt is
+never decided twice from different visits.
 """
 
 from __future__ import annotations
@@ -64,8 +66,7 @@ class Outcome:
 
     @classmethod
     def decode(cls, raw: bytes) -> Outcome:
-        break_id, decided_at, broken, ident = orjson.loads(raw)
-        return cls(break_id, decided_at, broken, ident)
+        return cls(*orjson.loads(raw))
 
 
 @dataclass(slots=True)
@@ -126,6 +127,40 @@ class CustomerJourneys:
         )
 
 
+@dataclass(slots=True)
+class JourneyCheckpoint:
+    """How far the customer stage has got in one partition, and what it has yet to write.
+
+    Each batch's changed customers (None: leaves the table) and decided attempts are stored
+    here, in one table value, before any of them is written or sent. A worker that dies in
+    between writes and sends them again and skips the visits up to `offset`: no visit is
+    applied twice, not even to a customer that has left the table since, so no attempt is
+    decided twice with different visits.
+    """
+
+    offset: int = -1
+    customers: dict[str, bytes | None] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.offset,
+                {key: None if raw is None else raw.decode() for key, raw in self.customers.items()},
+                [[o.break_id, o.decided_at_ms, o.broken, o.ident] for o in self.outcomes],
+            ]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> JourneyCheckpoint:
+        offset, customers, outcomes = orjson.loads(raw)
+        return cls(
+            offset,
+            {key: None if text is None else text.encode() for key, text in customers.items()},
+            [Outcome(*wire) for wire in outcomes],
+        )
+
+
 class JourneyTracker:
     """Decides the attempts of each customer on every break of a catalog; no I/O, event time."""
 
@@ -148,9 +183,9 @@ class JourneyTracker:
         return event.customer_id, event.touchpoint, visit
 
     def record(self, state: CustomerJourneys, touchpoint: str, visit: Visit) -> bool:
-        """Keep a visit in order; False for one already held or already decided past."""
+        """Keep a visit in order; False for one already held, or older than what is decided."""
         if state.decided_to_ms is not None and visit[0] < state.decided_to_ms:
-            # Only a second delivery can be this old: its attempt is decided already.
+            # Behind what is decided already: it can no longer change an attempt.
             return False
         visits = state.visits.setdefault(touchpoint, [])
         index = bisect_left(visits, visit)
