@@ -640,6 +640,7 @@ class Pipeline:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
             offsets: dict[int, int] = {}
+            progressed: set[int] = set()
             fed: dict[bytes, CustomerJourneys] = {}
             for batch in by_partition(events):
                 partition = batch[0].message.partition
@@ -650,17 +651,18 @@ class Pipeline:
                         # Marks only ever raise the watermark: read twice, they change nothing.
                         for mark in decode_marks(payload(event)):
                             self.journey_progress[partition].report(mark)
+                        progressed.add(partition)
                     elif message.offset > done:
                         entry = CustomerVisits.decode(payload(event))
                         self._remember_visits(partition, entry, fed)
                 offsets[partition] = max(done, batch[-1].message.offset)
-            decided, outcomes = self._decide_journeys(offsets, fed)
+            decided, outcomes = self._decide_journeys(progressed, fed)
             for partition, offset in sorted(offsets.items()):
                 for checkpoint in journey_checkpoints(partition, offset, fed, decided, outcomes):
                     await self._store_journeys(partition, checkpoint)
             # Marks travel behind the attempts they cover, so the break stage waits for them.
             source = self.topology.journey_visits.get_topic_name()
-            for partition in sorted(offsets):
+            for partition in sorted(progressed):
                 progress = self.journey_progress[partition]
                 mark = SourceMark(
                     source_name(source, partition), progress.watermark(), progress.all_idle()
@@ -682,12 +684,12 @@ class Pipeline:
                 self.journeys.record(state, touchpoint, visit)
 
     def _decide_journeys(
-        self, offsets: dict[int, int], fed: dict[bytes, CustomerJourneys]
+        self, progressed: set[int], fed: dict[bytes, CustomerJourneys]
     ) -> tuple[dict[bytes, CustomerJourneys], dict[bytes, list[Outcome]]]:
         """Decide the attempts the watermark has closed: customers fed visits, then the rest."""
         grace = self.core.catalog.scores.grace_ms
         closing: dict[int, int] = {}  # partition -> closed, where the watermark moved on
-        for partition in offsets:
+        for partition in progressed:
             watermark = self.journey_progress[partition].watermark()
             if watermark is not None and watermark > self.journeys_decided_to.get(partition, -1):
                 self.journeys_decided_to[partition] = watermark
