@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from streams.catalog import Catalog, KeyMoment, ScoreMetric
+from streams.catalog import Catalog, JourneyBreak, KeyMoment, ScoreMetric
 from streams.messaging import Message
 from streams.scores import Tally
 
@@ -121,6 +122,24 @@ KEY_MOMENT_THRESHOLD = Gauge(
     ["touchpoint", "metric", "breaks"],
     registry=REGISTRY,
 )
+JOURNEY_BROKEN = Gauge(
+    "cxmon_journey_broken",
+    "1 while a journey break of the catalog has an open incident, else 0.",
+    ["from", "to", "severity"],
+    registry=REGISTRY,
+)
+JOURNEY_BREAK_RATE = Gauge(
+    "cxmon_journey_break_rate",
+    "Share (0..1) of the attempts decided in a journey break's latest window that broke.",
+    ["from", "to"],
+    registry=REGISTRY,
+)
+JOURNEY_BREAK_SAMPLES = Gauge(
+    "cxmon_journey_break_samples",
+    "Attempts decided (broken or converted) in a journey break's latest window.",
+    ["from", "to"],
+    registry=REGISTRY,
+)
 OUTBOUND_MESSAGES = Counter(
     "cxmon_outbound_messages_total",
     "Outbound messages counted towards customers' frequency, by channel and category.",
@@ -159,6 +178,8 @@ def declare_catalog(catalog: Catalog) -> None:
     """Series that exist from the start: touchpoint stages, key moment states and standards."""
     for touchpoint, stage in catalog.touchpoints.items():
         TOUCHPOINT_INFO.labels(touchpoint, stage.value).set(1)
+    for journey in catalog.breaks:
+        JOURNEY_BROKEN.labels(journey.source, journey.target, journey.severity.value).set(0)
     for moment in catalog.key_moments:
         set_key_moment(moment, degraded=False)
         if moment.relative is not None:
@@ -174,6 +195,27 @@ def declare_catalog(catalog: Catalog) -> None:
 def set_key_moment(moment: KeyMoment, *, degraded: bool) -> None:
     labels = (moment.touchpoint, moment.metric.value, moment.severity.value)
     KEY_MOMENT_DEGRADED.labels(*labels).set(1 if degraded else 0)
+
+
+def export_journey_break(
+    journey: JourneyBreak, *, broken: bool, rate: float | None, samples: int
+) -> None:
+    """From the break's state; no rate while no window with attempts has been judged."""
+    JOURNEY_BROKEN.labels(journey.source, journey.target, journey.severity.value).set(
+        1 if broken else 0
+    )
+    if rate is None:
+        return
+    JOURNEY_BREAK_RATE.labels(journey.source, journey.target).set(rate)
+    JOURNEY_BREAK_SAMPLES.labels(journey.source, journey.target).set(samples)
+
+
+def forget_journey_break(journey: JourneyBreak) -> None:
+    """Another worker owns the break now: its figures count, not this worker's last ones."""
+    JOURNEY_BROKEN.labels(journey.source, journey.target, journey.severity.value).set(0)
+    for gauge in (JOURNEY_BREAK_RATE, JOURNEY_BREAK_SAMPLES):
+        with suppress(KeyError):  # never exported here: nothing to forget
+            gauge.remove(journey.source, journey.target)
 
 
 def export_score(touchpoint: str, metric: ScoreMetric, tally: Tally) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,6 +31,16 @@ from streams.catalog import Catalog, ScoreMetric
 from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
+from streams.journeys import (
+    BreakState,
+    BreakWindows,
+    CustomerJourneys,
+    CustomerVisits,
+    JourneyCheckpoint,
+    JourneyTracker,
+    Outcome,
+    VisitBatch,
+)
 from streams.messaging import CustomerMessages, FrequencyPolicy
 from streams.notify import is_customer_kind
 from streams.privacy import pseudonymised
@@ -52,6 +62,9 @@ log = logging.getLogger(__name__)
 # A dead letter's value and headers must fit one produce request (PRODUCER_MAX_REQUEST_BYTES).
 MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16_384
 MAX_ERROR_DETAIL = 1_000
+
+# A journey checkpoint is one table value: well within one produce request.
+MAX_JOURNEY_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
 
 # Marks an identity link on the contacts topic, which otherwise carries contact-only messages.
 RECORD_HEADER = "cxmon-record"
@@ -124,6 +137,30 @@ class Pipeline:
             )
         )
         self.customers_judged_to: dict[int, int] = {}
+        self.journeys = JourneyTracker(core.catalog)
+        self.visit_batch = VisitBatch(self.journeys)
+        self.journey_customers = PartitionedState(topology.journey_customers)
+        self.journey_checkpoints = PartitionedState(topology.journey_checkpoints)
+        self.journey_breaks = PartitionedState(topology.journey_breaks)
+        if core.catalog.breaks:
+            # Without breaks nobody reads the visits topic: spare it the progress marks.
+            self.downstream[topology.touchpoint_events.get_topic_name()].append(
+                topology.journey_visits
+            )
+        self.downstream[topology.journey_visits.get_topic_name()] = [topology.journey_outcomes]
+        self.journey_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(self.sources.expected(topology.touchpoint_events))
+        )
+        self.break_progress: defaultdict[int, SourceProgress] = defaultdict(
+            lambda: SourceProgress(self.sources.expected(topology.journey_visits))
+        )
+        self.journeys_decided_to: dict[int, int] = {}
+        self.breaks_judged_to: dict[int, int] = {}
+        self.break_windows = {j.id: BreakWindows(j) for j in core.catalog.breaks}
+        self.breaks_by_partition: dict[int, list[str]] = defaultdict(list)
+        for journey in core.catalog.breaks:
+            partition = partition_of(journey.id.encode(), self.partitions)
+            self.breaks_by_partition[partition].append(journey.id)
         self.judged_to: dict[int, int] = {}
         watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
         self.watched = frozenset(watched)
@@ -143,6 +180,8 @@ class Pipeline:
             (topology.touchpoint_partials, self.score_touchpoints),
             (topology.contacts, self.resolve_contacts),
             (topology.customer_messages, self.count_customer_messages),
+            (topology.journey_visits, self.follow_journeys),
+            (topology.journey_outcomes, self.judge_breaks),
         ):
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
@@ -216,6 +255,9 @@ class Pipeline:
             partials = self.topology.touchpoint_partials.get_topic_name()
             for partial in self.partials.drain(source, last_offset):
                 sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
+            visits = self.topology.journey_visits.get_topic_name()
+            for entry in self.visit_batch.drain():
+                sends.append(Send(visits, entry.customer.encode(), entry.encode()))
             checkpoint = Checkpoint(last_offset, self.sources.watermarks.get(source), sends)
             await self.checkpoints.put_durably(
                 first.partition, source.encode(), checkpoint.encode()
@@ -244,6 +286,7 @@ class Pipeline:
         if not self._first_time(event, record.event_id, record.occurred_at_ms):
             return
         self.partials.add_event(record)
+        self.visit_batch.add(record)
         message = outbound_message(record)
         if message is None:
             return
@@ -499,10 +542,14 @@ class Pipeline:
             metrics.set_key_moment(moment, degraded=open_incident)
 
     def forget_revoked_touchpoints(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        """Another worker owns these touchpoints now: its figures count, not our last ones."""
+        """Another worker owns these touchpoints and breaks now: its figures count, not ours."""
         (revoked,) = cast(tuple[set[TP]], args)
         topic = self.topology.touchpoint_partials.get_topic_name()
         gone = {tp.partition for tp in revoked if tp.topic == topic}
+        outcomes = self.topology.journey_outcomes.get_topic_name()
+        for partition in {tp.partition for tp in revoked if tp.topic == outcomes}:
+            for break_id in self.breaks_by_partition.get(partition, ()):
+                metrics.forget_journey_break(self.break_windows[break_id].journey)
         for touchpoint in self.watched:
             if partition_of(touchpoint.encode(), self.partitions) not in gone:
                 continue
@@ -587,6 +634,177 @@ class Pipeline:
             if not state.waiting:
                 self.customers_due.delete(partition, key)
 
+    # Journey breaks, stage 2: each customer's attempts, decided behind the watermark.
+
+    async def follow_journeys(self, stream: StreamT[bytes]) -> None:
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            offsets: dict[int, int] = {}
+            progressed: set[int] = set()
+            fed: dict[bytes, CustomerJourneys] = {}
+            for batch in by_partition(events):
+                partition = batch[0].message.partition
+                done = await self._resume_journeys(partition)
+                for event in batch:
+                    message = event.message
+                    if message.key == PROGRESS_KEY:
+                        # Marks only ever raise the watermark: read twice, they change nothing.
+                        for mark in decode_marks(payload(event)):
+                            self.journey_progress[partition].report(mark)
+                        progressed.add(partition)
+                    elif message.offset > done:
+                        entry = CustomerVisits.decode(payload(event))
+                        self._remember_visits(partition, entry, fed)
+                offsets[partition] = max(done, batch[-1].message.offset)
+            decided, outcomes = self._decide_journeys(progressed, fed)
+            for partition, offset in sorted(offsets.items()):
+                for checkpoint in journey_checkpoints(partition, offset, fed, decided, outcomes):
+                    await self._store_journeys(partition, checkpoint)
+            # Marks travel behind the attempts they cover, so the break stage waits for them.
+            source = self.topology.journey_visits.get_topic_name()
+            for partition in sorted(progressed):
+                progress = self.journey_progress[partition]
+                mark = SourceMark(
+                    source_name(source, partition), progress.watermark(), progress.all_idle()
+                )
+                await self._send_marks([mark], source)
+            metrics.BATCH_SECONDS.labels("journeys").observe(time.perf_counter() - started)
+
+    def _remember_visits(
+        self, partition: int, entry: CustomerVisits, fed: dict[bytes, CustomerJourneys]
+    ) -> None:
+        key = entry.customer.encode()
+        state = fed.get(key)
+        if state is None:
+            raw = self.journey_customers.get(key)
+            state = CustomerJourneys(partition) if raw is None else CustomerJourneys.decode(raw)
+            fed[key] = state
+        for touchpoint, visits in entry.visits.items():
+            for visit in visits:
+                self.journeys.record(state, touchpoint, visit)
+
+    def _decide_journeys(
+        self, progressed: set[int], fed: dict[bytes, CustomerJourneys]
+    ) -> tuple[dict[bytes, CustomerJourneys], dict[bytes, list[Outcome]]]:
+        """Decide the attempts the watermark has closed: customers fed visits, then the rest."""
+        grace = self.core.catalog.scores.grace_ms
+        closing: dict[int, int] = {}  # partition -> closed, where the watermark moved on
+        for partition in progressed:
+            watermark = self.journey_progress[partition].watermark()
+            if watermark is not None and watermark > self.journeys_decided_to.get(partition, -1):
+                self.journeys_decided_to[partition] = watermark
+                closing[partition] = watermark - grace
+        decided: dict[bytes, CustomerJourneys] = {}
+        outcomes: dict[bytes, list[Outcome]] = {}
+        if not closing:
+            return decided, outcomes
+        # One pass over the customers for every partition that moved on; the header line
+        # tells which are due without decoding them.
+        for key, raw in self.journey_customers.items():
+            owner, due = CustomerJourneys.header(raw)
+            closed = closing.get(owner)
+            if key not in fed and closed is not None and due is not None and due < closed:
+                decided[key] = CustomerJourneys.decode(raw)
+        for states in (fed, decided):
+            for key, state in states.items():
+                closed = closing.get(state.partition)
+                if closed is not None and state.due_ms is not None and state.due_ms < closed:
+                    outcomes[key] = self.journeys.advance(state, key.decode(), closed)
+        return decided, outcomes
+
+    async def _resume_journeys(self, partition: int) -> int:
+        """What a worker that died mid-batch stored but may not have written: written now."""
+        key = self._journey_checkpoint_key(partition)
+        raw = self.journey_checkpoints.get(key)
+        if raw is None:
+            return -1
+        checkpoint = JourneyCheckpoint.decode(raw)
+        if checkpoint.customers or checkpoint.outcomes:
+            log.info(
+                "writing again %d customers and %d attempts of journey partition %d",
+                len(checkpoint.customers),
+                len(checkpoint.outcomes),
+                partition,
+            )
+            await self._apply_journeys(partition, checkpoint)
+        return checkpoint.offset
+
+    async def _store_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
+        """Stored with its offset before anything is written or sent, then applied."""
+        key = self._journey_checkpoint_key(partition)
+        await self.journey_checkpoints.put_durably(partition, key, checkpoint.encode())
+        await self._apply_journeys(partition, checkpoint)
+
+    async def _apply_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
+        topic = self.topology.journey_outcomes.get_topic_name()
+        await self._deliver(
+            [Send(topic, o.break_id.encode(), o.encode()) for o in checkpoint.outcomes]
+        )
+        writes: list[Awaitable[object]] = []
+        for customer, raw in checkpoint.customers.items():
+            if raw is None:
+                deleted = self.journey_customers.delete(partition, customer.encode())
+                if deleted is not None:
+                    writes.append(deleted)
+            else:
+                writes.append(self.journey_customers.put(partition, customer.encode(), raw))
+        # On the broker before the checkpoint forgets them: changelogs are separate topics.
+        await asyncio.gather(*writes)
+        done = JourneyCheckpoint(checkpoint.offset).encode()
+        self.journey_checkpoints.put(partition, self._journey_checkpoint_key(partition), done)
+
+    def _journey_checkpoint_key(self, partition: int) -> bytes:
+        return source_name(self.topology.journey_visits.get_topic_name(), partition).encode()
+
+    # Journey breaks, stage 3: the break rate by window, and its incidents.
+
+    async def judge_breaks(self, stream: StreamT[bytes]) -> None:
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            grouped: dict[int, dict[str, list[Outcome]]] = defaultdict(dict)
+            for event in events:
+                message = event.message
+                if message.key == PROGRESS_KEY:
+                    for mark in decode_marks(payload(event)):
+                        self.break_progress[message.partition].report(mark)
+                    grouped.setdefault(message.partition, {})
+                    continue
+                outcome = Outcome.decode(payload(event))
+                grouped[message.partition].setdefault(outcome.break_id, []).append(outcome)
+            for partition, by_break in grouped.items():
+                await self._judge_breaks(partition, by_break)
+            metrics.BATCH_SECONDS.labels("breaks").observe(time.perf_counter() - started)
+
+    async def _judge_breaks(self, partition: int, by_break: dict[str, list[Outcome]]) -> None:
+        watermark = self.break_progress[partition].watermark()
+        advanced = watermark is not None and watermark > self.breaks_judged_to.get(partition, -1)
+        due = set(by_break)
+        if advanced:
+            assert watermark is not None
+            self.breaks_judged_to[partition] = watermark
+            due.update(self.breaks_by_partition.get(partition, ()))
+        for break_id in sorted(due):
+            windows = self.break_windows.get(break_id)
+            if windows is None:
+                continue  # decided under a catalog that had this break; this one has not
+            key = break_id.encode()
+            raw = self.journey_breaks.get(key)
+            state = BreakState() if raw is None else BreakState.decode(raw)
+            for outcome in by_break.get(break_id, []):
+                # Refused only when every window it falls in is judged: a second delivery
+                # (after a crash of the customer stage) of an attempt counted then.
+                windows.add(state, outcome)
+            if watermark is not None:
+                for alert in windows.advance(state, watermark - self.core.catalog.scores.grace_ms):
+                    await self._emit(alert)
+            self.journey_breaks.put(partition, key, state.encode())
+            metrics.export_journey_break(
+                windows.journey,
+                broken=state.incident_start_ms is not None,
+                rate=state.last_rate,
+                samples=state.last_samples,
+            )
+
     async def _emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
@@ -595,6 +813,34 @@ class Pipeline:
         log.info("alert %s %s%s", alert.status.value, alert.kind.value, about)
         topic = self.topology.alerts.get_topic_name()
         await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
+
+
+def journey_checkpoints(
+    partition: int,
+    offset: int,
+    fed: dict[bytes, CustomerJourneys],
+    decided: dict[bytes, CustomerJourneys],
+    outcomes: dict[bytes, list[Outcome]],
+) -> Iterator[JourneyCheckpoint]:
+    """One partition's changes as checkpoints that each fit a produce request.
+
+    Every customer fed visits rides the first, with the offset that covers the visits;
+    customers only decided follow in as many as they need. Nothing changed: nothing to store.
+    """
+    checkpoint, size = JourneyCheckpoint(offset), 0
+    for first, states in ((True, fed), (False, decided)):
+        for key, state in states.items():
+            if state.partition != partition:
+                continue
+            if not first and size > MAX_JOURNEY_CHECKPOINT_BYTES:
+                yield checkpoint
+                checkpoint, size = JourneyCheckpoint(offset), 0
+            raw = None if state.empty else state.encode()
+            checkpoint.customers[key.decode()] = raw
+            checkpoint.outcomes += outcomes.get(key, [])
+            size += len(key) + len(raw or b"") + 64 * len(outcomes.get(key, []))
+    if checkpoint.customers:
+        yield checkpoint
 
 
 def by_partition(events: list[Event]) -> list[list[Event]]:

@@ -43,10 +43,12 @@ class PartitionedState:
     async def put_durably(self, partition: int, key: bytes, value: bytes) -> None:
         await self.put(partition, key, value)
 
-    def delete(self, partition: int, key: bytes) -> None:
-        if self.store.get(key) is not None:
-            del self.store[key]
-            self.table.send_changelog(partition, key, None, value_serializer="raw")
+    def delete(self, partition: int, key: bytes) -> Awaitable[object] | None:
+        """Delete now; the result, if there was anything, is done once the broker has it."""
+        if self.store.get(key) is None:
+            return None
+        del self.store[key]
+        return self.table.send_changelog(partition, key, None, value_serializer="raw")
 
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self.store.items())

@@ -93,6 +93,10 @@ class Topology:
         # Identity links and contact-only messages, keyed by contact, in one ordered stream.
         self.contacts = topic(f"{internal}contacts")
         self.customer_messages = topic(f"{internal}customer-messages")
+        # Visits of the touchpoints journey breaks watch, keyed by customer; the attempts
+        # they decide, keyed by break.
+        self.journey_visits = topic(f"{internal}journey-visits")
+        self.journey_outcomes = topic(f"{internal}journey-outcomes")
 
         self.seen_ids = table("seen-ids", "Event and answer ids already counted, with their time.")
         self.touchpoint_windows = table("touchpoint-windows", "Rolling tallies per touchpoint.")
@@ -109,18 +113,29 @@ class Topology:
             "customers-due", "Customers with messages not judged yet, or an open incident."
         )
         self.firing_alerts = table("firing-alerts", "Alerts firing, re-sent to Alertmanager.")
+        self.journey_customers = table(
+            "journey-customers", "Per customer: visits not decided yet and open attempts."
+        )
+        self.journey_checkpoints = table(
+            "journey-checkpoints",
+            "Per journey-visits partition: offset done, customers and attempts not yet written.",
+        )
+        self.journey_breaks = table(
+            "journey-breaks", "Per journey break: decided attempts by bucket, and its incident."
+        )
 
     def topics(self) -> list[faust.TopicT]:
         return [
             self.touchpoint_events, self.survey_answers, self.identity_links,
             self.alerts, self.dead_letters, self.touchpoint_partials,
-            self.contacts, self.customer_messages,
+            self.contacts, self.customer_messages, self.journey_visits, self.journey_outcomes,
         ]  # fmt: skip
 
     def tables(self) -> list[faust.Table[bytes, bytes]]:
         return [
             self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,
             self.held_messages, self.customer_frequency, self.customers_due, self.firing_alerts,
+            self.journey_customers, self.journey_checkpoints, self.journey_breaks,
         ]  # fmt: skip
 
     def specs(self) -> list[TopicSpec]:

@@ -44,6 +44,7 @@ class AlertKind(StrEnum):
     KEY_MOMENT_DEGRADED = "key_moment_degraded"
     OVER_MESSAGED = "over_messaged"
     NO_DATA = "no_data"
+    JOURNEY_BREAK = "journey_break"
 
 
 class AlertStatus(StrEnum):

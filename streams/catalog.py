@@ -1,4 +1,4 @@
-"""The catalog CX ops edit: touchpoints, key moments and their standards, the messaging policy."""
+"""The catalog CX ops edit: touchpoints, key moments and standards, journey breaks, messaging."""
 
 from __future__ import annotations
 
@@ -204,12 +204,37 @@ class ScoreWindow:
     grace_ms: int = 60_000
 
 
+@dataclass(frozen=True, slots=True)
+class JourneyBreak:
+    """Customers who reach `source` should reach `target` within `within_ms`; too few do: broken."""
+
+    source: str
+    target: str
+    within_ms: int
+    max_rate: float  # broken share of decided journeys over the window above which it fires
+    window_ms: int
+    step_ms: int
+    min_samples: int
+    severity: Severity = Severity.WARNING
+    recover_at: float | None = None  # the rate at or below which it resolves; None: max_rate
+
+    @property
+    def id(self) -> str:
+        """The subject of its alerts and the key of its state: `A -> B`."""
+        return f"{self.source} -> {self.target}"
+
+    @property
+    def recover_rate(self) -> float:
+        return self.max_rate if self.recover_at is None else self.recover_at
+
+
 @dataclass(frozen=True)
 class Catalog:
     touchpoints: dict[str, Stage] = field(default_factory=dict)
     key_moments: tuple[KeyMoment, ...] = ()
     messaging: MessagingPolicy = field(default_factory=MessagingPolicy)
     scores: ScoreWindow = field(default_factory=ScoreWindow)
+    breaks: tuple[JourneyBreak, ...] = ()
 
     def key_moments_for(self, touchpoint: str) -> tuple[KeyMoment, ...]:
         return self._moments_by_touchpoint().get(touchpoint, ())
@@ -272,13 +297,14 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
         return Catalog()
     reader = _Reader(source)
     sections = reader.mapping(root, "the catalog")
-    reader.only(sections, {"touchpoints", "key_moments", "messaging", "scores"}, root)
+    reader.only(sections, {"touchpoints", "key_moments", "breaks", "messaging", "scores"}, root)
     scores = reader.score_window(sections.get("scores"))
     return Catalog(
         touchpoints=reader.touchpoints(sections.get("touchpoints")),
         key_moments=reader.key_moments(sections.get("key_moments"), scores),
         messaging=reader.messaging(sections.get("messaging")),
         scores=scores,
+        breaks=reader.breaks(sections.get("breaks"), scores),
     )
 
 
@@ -298,6 +324,17 @@ KEY_MOMENT_KEYS = {
     "for",
     "keep_firing_for",
     "no_data_after",
+    "window",
+    "step",
+    "min_samples",
+    "severity",
+}
+BREAK_KEYS = {
+    "from",
+    "to",
+    "within",
+    "max_rate",
+    "recover_at",
     "window",
     "step",
     "min_samples",
@@ -444,16 +481,7 @@ class _Reader:
             raise self.fail(node, f"{what}: give exactly one of {_one_of(STANDARD_KEYS)}")
         (standard,) = given
         level = self.number(fields[standard], f"{what}: {standard}")
-        window = (
-            self.duration(fields["window"], f"{what}: window")
-            if "window" in fields
-            else scores.window_ms
-        )
-        step = (
-            self.duration(fields["step"], f"{what}: step") if "step" in fields else scores.step_ms
-        )
-        if step > window or window % step:
-            raise self.fail(node, f"{what}: window must be a whole number of steps")
+        window, step = self.window_and_step(node, fields, scores, what)
         relative = None
         if standard in ("below", "above"):
             for key in ("baseline", "alpha"):
@@ -466,18 +494,8 @@ class _Reader:
                 fields, standard, change=level, metric=metric, window=window, step=step, what=what
             )
         recover_at = self.recover_at(fields, standard, level, what)
-        min_samples = (
-            self.count(fields["min_samples"], f"{what}: min_samples")
-            if "min_samples" in fields
-            else 30
-        )
-        if min_samples < 1:
-            raise self.fail(fields["min_samples"], f"{what}: min_samples must be at least 1")
-        severity = (
-            self.choice(fields["severity"], f"{what}: severity", Severity)
-            if "severity" in fields
-            else Severity.WARNING
-        )
+        min_samples = self.min_samples(fields, what)
+        severity = self.severity(fields, what)
         no_data_after = None
         if "no_data_after" in fields:
             no_data_after = self.duration(fields["no_data_after"], f"{what}: no_data_after")
@@ -505,6 +523,87 @@ class _Reader:
             if "keep_firing_for" in fields
             else 0,
             no_data_after_ms=no_data_after,
+        )
+
+    def window_and_step(
+        self, node: yaml.Node, fields: dict[str, yaml.Node], scores: ScoreWindow, what: str
+    ) -> tuple[int, int]:
+        """A rolling window and its step; by default the scoring window's."""
+        window = (
+            self.duration(fields["window"], f"{what}: window")
+            if "window" in fields
+            else scores.window_ms
+        )
+        step = (
+            self.duration(fields["step"], f"{what}: step") if "step" in fields else scores.step_ms
+        )
+        if step > window or window % step:
+            raise self.fail(node, f"{what}: window must be a whole number of steps")
+        return window, step
+
+    def min_samples(self, fields: dict[str, yaml.Node], what: str) -> int:
+        if "min_samples" not in fields:
+            return 30
+        min_samples = self.count(fields["min_samples"], f"{what}: min_samples")
+        if min_samples < 1:
+            raise self.fail(fields["min_samples"], f"{what}: min_samples must be at least 1")
+        return min_samples
+
+    def severity(self, fields: dict[str, yaml.Node], what: str) -> Severity:
+        if "severity" not in fields:
+            return Severity.WARNING
+        severity: Severity = self.choice(fields["severity"], f"{what}: severity", Severity)
+        return severity
+
+    def breaks(self, node: yaml.Node | None, scores: ScoreWindow) -> tuple[JourneyBreak, ...]:
+        if node is None:
+            return ()
+        breaks: list[JourneyBreak] = []
+        for entry in self.sequence(node, "breaks"):
+            journey = self.journey_break(entry, scores)
+            if any(other.id == journey.id for other in breaks):
+                raise self.fail(entry, f"break {journey.id} is declared twice")
+            breaks.append(journey)
+        return tuple(breaks)
+
+    def journey_break(self, node: yaml.Node, scores: ScoreWindow) -> JourneyBreak:
+        fields = self.mapping(node, "a break")
+        self.only(fields, BREAK_KEYS, node)
+        for required in ("from", "to"):
+            if required not in fields:
+                raise self.fail(node, f"a break needs {required!r}")
+        source = self.scalar(fields["from"], "break: from")
+        target = self.scalar(fields["to"], "break: to")
+        what = f"break {source} -> {target}"
+        for required in ("within", "max_rate"):
+            if required not in fields:
+                raise self.fail(node, f"{what} needs {required!r}")
+        if source == target:
+            raise self.fail(fields["to"], f"{what}: 'to' must be another touchpoint than 'from'")
+        within = self.duration(fields["within"], f"{what}: within")
+        max_rate = self.number(fields["max_rate"], f"{what}: max_rate")
+        if not 0 <= max_rate < 1:
+            raise self.fail(fields["max_rate"], f"{what}: max_rate must be at least 0 and below 1")
+        recover_at = None
+        if "recover_at" in fields:
+            recover_at = self.number(fields["recover_at"], f"{what}: recover_at")
+            if not 0 <= recover_at <= max_rate:
+                raise self.fail(
+                    fields["recover_at"],
+                    f"{what}: recover_at must be between 0 and max_rate ({max_rate:g})",
+                )
+        window, step = self.window_and_step(node, fields, scores, what)
+        min_samples = self.min_samples(fields, what)
+        return JourneyBreak(
+            source=source,
+            target=target,
+            within_ms=within,
+            max_rate=max_rate,
+            window_ms=window,
+            step_ms=step,
+            min_samples=min_samples,
+            severity=self.severity(fields, what),
+            recover_at=recover_at,
         )
 
     def relative(

@@ -25,7 +25,7 @@ from streams.backtest import (
     render_text,
 )
 from streams.broker import BrokerError, LocalBroker, broker_command
-from streams.catalog import CatalogError, load_catalog, parse_duration_ms
+from streams.catalog import CatalogError, format_duration, load_catalog, parse_duration_ms
 from streams.history import read_history
 from streams.progress_bar import ProgressBar
 from streams.publish import Outgoing, alert_line, follow, numbered_lines, read_lines, send_all
@@ -173,6 +173,13 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
         metavar="N",
         help="customers who get a burst of marketing messages",
     )
+    parser.add_argument(
+        "--break-journey",
+        action=argparse.BooleanOptionalAction,
+        default=demo,
+        help="half the customers who fill the app's cart stop going on to checkout "
+        "half-way through the span",
+    )
     parser.add_argument("--duplicates", type=float, default=0.01 if demo else 0.0, metavar="RATIO")
     parser.add_argument("--invalid", type=float, default=0.002 if demo else 0.0, metavar="RATIO")
     parser.add_argument(
@@ -198,6 +205,7 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
         degrade_touchpoint=args.degrade,
         degrade_from_ms=start_ms + span_ms // 2 if args.degrade else None,
         over_messaged_customers=args.over_messaged,
+        break_from_ms=start_ms + span_ms // 2 if args.break_journey else None,
         duplicate_ratio=args.duplicates,
         invalid_ratio=args.invalid,
     )
@@ -234,9 +242,17 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_catalog(settings: Settings, args: argparse.Namespace) -> int:
     path = args.path or settings.catalog
     catalog = load_catalog(path)
-    print(f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments")
+    print(
+        f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments, "
+        f"{len(catalog.breaks)} journey breaks"
+    )
     for moment in catalog.key_moments:
         print(f"  {moment.id}: degraded when {moment.standard()}, min {moment.min_samples} samples")
+    for journey in catalog.breaks:
+        print(
+            f"  {journey.id}: broken when more than {journey.max_rate:g} of customers do not "
+            f"go on within {format_duration(journey.within_ms)}, min {journey.min_samples} samples"
+        )
     return 0
 
 

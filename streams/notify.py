@@ -74,6 +74,10 @@ def to_alertmanager(
         summary = summary.replace(subject, customer)
         if pseudonym_key is not None:
             fingerprint = pseudonym(fingerprint, pseudonym_key)
+    elif kind == AlertKind.JOURNEY_BREAK.value:
+        # The break's two touchpoints, from the catalog: bounded, and routable apart.
+        labels["from"], labels["to"] = str(alert["from"]), str(alert["to"])
+        touchpoint = labels["from"]
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
@@ -107,6 +111,9 @@ def to_alertmanager(
 DESCRIBED_FIGURES = (
     "samples",
     "min_samples",
+    "broken",
+    "converted",
+    "within",
     "low",
     "high",
     "confidence",

@@ -13,10 +13,11 @@ from models.decode import (
     decode_survey_answer,
     decode_touchpoint_event,
 )
-from models.records import Alert
+from models.records import Alert, TouchpointEvent
 from streams.catalog import Catalog
 from streams.identity import add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, outbound_message
+from streams.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
 from streams.messaging import CustomerMessages, FrequencyPolicy
 from streams.sentiment import SentimentScorer
 from streams.touchpoints import TouchpointState
@@ -31,6 +32,7 @@ class ReplayResult:
     duplicates: int = 0
     touchpoints: dict[str, TouchpointState] = field(default_factory=dict)
     customers: dict[str, CustomerMessages] = field(default_factory=dict)
+    breaks: dict[str, BreakState] = field(default_factory=dict)
 
 
 class OfflineMonitor:
@@ -39,6 +41,9 @@ class OfflineMonitor:
     def __init__(self, catalog: Catalog, scorer: SentimentScorer) -> None:
         self.partials = PartialTallies(catalog, scorer)
         self.policy = FrequencyPolicy(catalog.messaging)
+        self.catalog = catalog
+        self.journeys = JourneyTracker(catalog)
+        self.journey_customers: dict[str, CustomerJourneys] = {}
         self.seen: set[tuple[Role, str]] = set()
         self.links: dict[str, bytes] = {}
         self.messages: dict[str, list[OutboundMessage]] = defaultdict(list)
@@ -60,6 +65,7 @@ class OfflineMonitor:
                 if self._first_time(role, event.event_id):
                     self.partials.add_event(event)
                     self._advance(event.occurred_at_ms, messages=True)
+                    self._visit(event)
                     message = outbound_message(event)
                     if message is not None:
                         self._route(message)
@@ -100,7 +106,36 @@ class OfflineMonitor:
                 self.policy.record(frequency, message.message)
             if message_watermark is not None:
                 result.alerts += self.policy.advance(frequency, customer, message_watermark)
+        if until_ms is not None:
+            result.alerts += self._journey_breaks(until_ms)
+        elif self.message_watermark_ms is not None:
+            result.alerts += self._journey_breaks(
+                self.message_watermark_ms - self.catalog.scores.grace_ms
+            )
         return result
+
+    def _visit(self, event: TouchpointEvent) -> None:
+        found = self.journeys.visit_of(event)
+        if found is not None:
+            customer, touchpoint, visit = found
+            state = self.journey_customers.setdefault(customer, CustomerJourneys(0))
+            self.journeys.record(state, touchpoint, visit)
+
+    def _journey_breaks(self, closed: int) -> list[Alert]:
+        """Attempts decided up to `closed` (the worker: the events' watermark less the grace)."""
+        windows = {journey.id: BreakWindows(journey) for journey in self.catalog.breaks}
+        states = self.result.breaks
+        for customer in sorted(self.journey_customers):
+            visits = self.journey_customers[customer]
+            for outcome in self.journeys.advance(visits, customer, closed):
+                windows[outcome.break_id].add(
+                    states.setdefault(outcome.break_id, BreakState()), outcome
+                )
+        alerts: list[Alert] = []
+        for journey in self.catalog.breaks:
+            state = states.setdefault(journey.id, BreakState())
+            alerts += windows[journey.id].advance(state, closed)
+        return alerts
 
     def _first_time(self, role: Role, record_id: str) -> bool:
         if (role, record_id) in self.seen:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import orjson
 
 __all__ = [
+    "BROKEN_JOURNEY",
     "CONTACT_TYPE_BY_CHANNEL",
     "MARKETING_TOUCHPOINT_BY_CHANNEL",
     "TOUCHPOINTS",
@@ -93,6 +94,10 @@ CONTACT_TYPE_BY_CHANNEL: dict[str, str] = {
     "wechat": "wechat_openid",
 }
 _MARKETING_CHANNELS = tuple(MARKETING_TOUCHPOINT_BY_CHANNEL)
+# The hand-off a broken journey loses (seed 002: the customer has to start again), and the
+# share of customers who would have gone on and do not while it is broken.
+BROKEN_JOURNEY = ("app.cart", "checkout.payment")
+_BROKEN_SHARE = 0.5
 _CONTACT_ONLY_SHARE = 0.15  # outbound messages that carry only a contact
 
 
@@ -107,6 +112,8 @@ class SimulationConfig:
     with this probability, so invalid records ~= invalid_ratio x valid events and answers.
     `degrade_touchpoint` without `degrade_from_ms` degrades it from `start_ms`, and without
     `degrade_until_ms` to the end: a degradation that ends lets its incident resolve.
+    `break_from_ms`: from then (to `break_until_ms`, or the end) half the customers who put
+    something in the app's cart and would have gone on to pay do not (BROKEN_JOURNEY).
     """
 
     start_ms: int
@@ -118,6 +125,8 @@ class SimulationConfig:
     degrade_from_ms: int | None = None
     degrade_until_ms: int | None = None
     over_messaged_customers: int = 0
+    break_from_ms: int | None = None
+    break_until_ms: int | None = None
     duplicate_ratio: float = 0.0
     invalid_ratio: float = 0.0
 
@@ -346,6 +355,7 @@ class _Simulation:
         self.dup_rng = Random(f"{seed}:duplicates")
         self.bad_rng = Random(f"{seed}:invalid")
         self.flood_rng = Random(f"{seed}:flood")
+        self.break_rng = Random(f"{seed}:break")
         self.end = config.start_ms + config.duration_ms
         self.heap: list[tuple[int, int, SimulatedRecord]] = []
         self.seq = 0
@@ -404,6 +414,13 @@ class _Simulation:
             and t >= self.degrade_from
             and (self.degrade_until is None or t < self.degrade_until)
         )
+
+    def _broken(self, t: int) -> bool:
+        """Whether a customer ready to go on from the cart at `t` is lost to the break."""
+        start, until = self.cfg.break_from_ms, self.cfg.break_until_ms
+        if start is None or t < start or (until is not None and t >= until):
+            return False
+        return self.break_rng.random() < _BROKEN_SHARE
 
     def _publish(self, t: int, role: Role, key: bytes, value: dict[str, Any]) -> None:
         """Push a valid event/answer, and maybe its duplicate and a malformed neighbour."""
@@ -676,6 +693,8 @@ class _Simulation:
         self._event(
             t, customer_id, "app.cart", outcome=outcome, duration=duration, attributes=items
         )
+        if goes_on and self._broken(t):
+            return None
         if not goes_on:
             if outcome == "abandoned" and rng.random() < 0.5:
                 channel = "app_push" if rng.random() < 0.6 else "sms"

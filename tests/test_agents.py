@@ -18,14 +18,16 @@ from agents.pipeline import (
     MAX_DEAD_LETTER_BYTES,
     RECORD_HEADER,
     Pipeline,
+    journey_checkpoints,
     partition_of,
 )
-from agents.topology import Topology
+from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
 from models.records import Category
 from streams.catalog import parse_catalog
 from streams.delivery import Checkpoint, Send
 from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
+from streams.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
 from streams.messaging import Message, message_digest
 from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym
 from streams.progress import PROGRESS_KEY, SourceMark, decode_marks, encode_marks, source_name
@@ -491,3 +493,137 @@ async def test_a_dead_letter_too_big_to_write_keeps_what_fits_and_its_size(
     assert dead.value == huge[:MAX_DEAD_LETTER_BYTES]
     assert dead.headers["cxmon-original-size"] == str(len(huge)).encode()
     assert dead.headers["cxmon-reason"] == b"invalid_json"
+
+
+async def test_journey_break_decided_per_customer_then_judged_per_break(tmp_path: Any) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "scores: {window: 30m, step: 5m, grace: 1m}\n"
+        "breaks:\n"
+        "  - {from: app.cart, to: checkout.payment, within: 10m, max_rate: 0.4,"
+        " min_samples: 4, severity: critical}\n"
+    )
+    harness = build_harness(tmp_path, CXMON_CATALOG=str(catalog))
+    topology = harness.topology
+    minute = 60_000
+
+    def step(event_id: str, customer: str, touchpoint: str, at_min: int) -> bytes:
+        return event(
+            event_id,
+            at_ms=START_MS + at_min * minute,
+            customer_id=customer,
+            touchpoint=touchpoint,
+            channel="app",
+            direction="inbound",
+        )
+
+    # Four customers fill the cart at 0m; only c-4 pays, at 2m. A login is no visit.
+    records = [step(f"e{n}", f"c-{n}", "app.cart", 0) for n in range(1, 5)]
+    records += [step("e5", "c-4", "checkout.payment", 2), step("e6", "c-9", "app.login", 3)]
+    await harness.feed("ingest_touchpoint_events", [(b"c", raw, 0) for raw in records])
+    visits = harness.data(topology.journey_visits)
+    assert sorted(s.key or b"" for s in visits) == [b"c-1", b"c-2", b"c-3", b"c-4"]
+    assert {s.partition for s in harness.to(topology.journey_visits) if s.key == PROGRESS_KEY} == {
+        0,
+        1,
+    }, "every partition of the visits topic learns how far the events have got"
+
+    # The customer stage: visits delivered twice (a crash before it), decided once closed
+    # (16m less the 1m grace) is past every deadline (10m).
+    items = [(s.key, s.value or b"", partition_of(s.key or b"", PARTITIONS)) for s in visits]
+    await harness.feed("follow_journeys", items + items)
+    assert harness.data(topology.journey_outcomes) == [], "nothing before the watermark"
+    marks = all_idle(topology, START_MS + 16 * minute, topology.touchpoint_events)
+    await harness.feed("follow_journeys", [(PROGRESS_KEY, marks, p) for p in range(PARTITIONS)])
+    outcomes = [orjson.loads(s.value or b"") for s in harness.data(topology.journey_outcomes)]
+    ten, two = START_MS + 10 * minute, START_MS + 2 * minute
+    assert sorted((at, broken) for _, at, broken, _ in outcomes) == [
+        (two, False),
+        (ten, True),
+        (ten, True),
+        (ten, True),
+    ]
+    forwarded = [s for s in harness.to(topology.journey_outcomes) if s.key == PROGRESS_KEY]
+    assert {s.partition for s in forwarded} == {0, 1}
+    customers = [c for c in harness.changelog if c[0] == topology.journey_customers.name]
+    assert customers[-1][3] is None, "a customer with everything decided leaves the table"
+
+    # The break stage: the attempts delivered twice, the customer stage's marks, one alert.
+    key = b"app.cart -> checkout.payment"
+    owner = partition_of(key, PARTITIONS)
+    sent = [(key, s.value or b"", owner) for s in harness.data(topology.journey_outcomes)]
+    await harness.feed("judge_breaks", sent + sent)
+    assert harness.to(topology.alerts) == []
+    done = all_idle(topology, START_MS + 16 * minute, topology.journey_visits)
+    await harness.feed("judge_breaks", [(PROGRESS_KEY, done, owner)])
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [
+        (a["kind"], a["status"], a["subject"], a["observed"], a["samples"]) for a in alerts
+    ] == [("journey_break", "firing", "app.cart -> checkout.payment", 0.75, 4)]
+    labels = {"from": "app.cart", "to": "checkout.payment"}
+    assert sample("cxmon_journey_broken", **labels, severity="critical") == 1
+    assert sample("cxmon_journey_break_rate", **labels) == 0.75
+    assert sample("cxmon_journey_break_samples", **labels) == 4
+    later = all_idle(topology, START_MS + 30 * minute, topology.journey_visits)
+    await harness.feed("judge_breaks", [(PROGRESS_KEY, later, owner)])
+    assert len(harness.to(topology.alerts)) == 1, "an incident fires once"
+
+    revoked = {TP(topology.journey_outcomes.get_topic_name(), owner)}
+    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    assert sample("cxmon_journey_broken", **labels, severity="critical") == 0
+    assert REGISTRY.get_sample_value("cxmon_journey_break_rate", labels) is None
+
+
+async def test_journey_stage_writes_a_stored_batch_again_and_never_reapplies_its_visits(
+    tmp_path: Any,
+) -> None:
+    """A crash after the customer stage stored a batch: its writes and attempts go out on
+    the next batch, and visits the checkpoint covers are skipped, even for a customer that
+    has left the table (applied to an empty state, they would open a second attempt)."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "breaks:\n  - {from: app.cart, to: checkout.payment, within: 10m, max_rate: 0.4}\n"
+    )
+    harness = build_harness(tmp_path, CXMON_CATALOG=str(catalog))
+    topology, pipeline = harness.topology, harness.pipeline
+    customer = b"c-1"
+    partition = partition_of(customer, PARTITIONS)
+    pipeline.journey_customers.put(partition, customer, CustomerJourneys(partition).encode())
+    attempt = Outcome("app.cart -> checkout.payment", START_MS + 600_000, True, 42)
+    stored = JourneyCheckpoint(offset=5, customers={"c-1": None}, outcomes=[attempt])
+    key = source_name(topology.journey_visits.get_topic_name(), partition).encode()
+    pipeline.journey_checkpoints.put(partition, key, stored.encode())
+
+    # Redelivered from before the crash (offsets 0 and 1, both covered by offset 5).
+    visits = CustomerVisits("c-1", {"app.cart": [(START_MS, 7)]}).encode()
+    await harness.feed("follow_journeys", [(customer, visits, partition)] * 2)
+    sent = [Outcome.decode(s.value or b"") for s in harness.data(topology.journey_outcomes)]
+    assert sent == [attempt], "the stored attempt is sent again"
+    assert pipeline.journey_customers.get(customer) is None, "and its customer deleted"
+    assert (topology.journey_customers.name, partition, customer, None) in harness.changelog
+    cleared = JourneyCheckpoint.decode(pipeline.journey_checkpoints.get(key) or b"")
+    assert cleared == JourneyCheckpoint(offset=5)
+
+
+def test_journey_checkpoints_keep_fed_customers_first_and_each_within_the_limit() -> None:
+    def customer(partition: int, visits: int) -> CustomerJourneys:
+        state = CustomerJourneys(partition)
+        state.visits["app.cart"] = [(START_MS + n, n) for n in range(visits)]
+        return state
+
+    fed = {f"f{n}".encode(): customer(0, 2) for n in range(3)} | {b"other": customer(1, 2)}
+    # Each decided customer holds about 40 KB of visits: a few fill one checkpoint.
+    decided = {f"d{n}".encode(): customer(0, 2_000) for n in range(30)}
+    attempt = Outcome("a -> b", START_MS, True, 1)
+    chunks = list(journey_checkpoints(0, 9, fed, decided, {b"d0": [attempt]}))
+    assert len(chunks) > 1
+    assert all(c.offset == 9 for c in chunks)
+    assert list(chunks[0].customers)[:3] == ["f0", "f1", "f2"], "fed customers ride the first"
+    assert [k for c in chunks for k in c.customers] == ["f0", "f1", "f2"] + [
+        f"d{n}" for n in range(30)
+    ]
+    assert chunks[0].outcomes == [attempt]
+    for chunk in chunks:
+        assert len(chunk.encode()) < PRODUCER_MAX_REQUEST_BYTES // 2
+        assert JourneyCheckpoint.decode(chunk.encode()) == chunk
+    assert list(journey_checkpoints(2, 9, fed, decided, {})) == [], "nothing changed there"

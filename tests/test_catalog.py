@@ -15,6 +15,7 @@ from streams.catalog import (
     CatalogError,
     Detector,
     Drift,
+    JourneyBreak,
     KeyMoment,
     MessagingPolicy,
     QuietHours,
@@ -799,3 +800,95 @@ def test_the_commented_example_in_the_shipped_catalog_parses() -> None:
     (moment,) = parse_catalog(example).key_moments
     assert moment.relative == Relative(change=15.0, percent=False, baseline_ms=7 * DAY)
     assert (moment.confidence, moment.for_ms, moment.no_data_after_ms) == (0.95, 10 * MINUTE, HOUR)
+
+
+# --- journey breaks ----------------------------------------------------------------------
+
+
+def test_example_catalog_watches_the_cart_to_checkout_hand_off() -> None:
+    assert load_catalog(EXAMPLE).breaks == (
+        JourneyBreak(
+            source="app.cart",
+            target="checkout.payment",
+            within_ms=10 * MINUTE,
+            max_rate=0.5,
+            window_ms=30 * MINUTE,
+            step_ms=5 * MINUTE,
+            min_samples=100,
+            severity=Severity.CRITICAL,
+            recover_at=0.45,
+        ),
+    )
+
+
+def test_minimal_break_takes_its_defaults() -> None:
+    catalog = parse_catalog(
+        catalog_text(
+            """
+            scores: {window: 2h, step: 10m}
+            breaks:
+              - {from: app.login, to: app.cart, within: 30m, max_rate: 0.4}
+            """
+        )
+    )
+    (journey,) = catalog.breaks
+    assert journey.id == "app.login -> app.cart"
+    assert (journey.window_ms, journey.step_ms) == (2 * HOUR, 10 * MINUTE)
+    assert (journey.min_samples, journey.severity) == (30, Severity.WARNING)
+    assert (journey.recover_at, journey.recover_rate) == (None, 0.4)
+
+
+def break_text(**replace: str) -> str:
+    text = catalog_text(
+        """
+        breaks:
+          - from: app.cart
+            to: checkout.payment
+            within: 10m
+            max_rate: 0.5
+            window: 30m
+            step: 5m
+        """
+    )
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "needle", "words"),
+    [
+        ("to: checkout.payment", "to: app.cart", "to: app.cart", ["another touchpoint"]),
+        ("within: 10m", "within: soon", "soon", ["within", "duration"]),
+        ("max_rate: 0.5", "max_rate: 1.5", "1.5", ["below 1"]),
+        ("max_rate: 0.5", "max_rate: many", "many", ["not a number"]),
+        ("max_rate: 0.5", "max_rate: 0.5\n    recover_at: 0.6", "0.6", ["max_rate (0.5)"]),
+        ("step: 5m", "step: 7m", "breaks:", []),
+        ("step: 5m", "step: 5m\n    min_samples: 0", "min_samples", ["at least 1"]),
+        ("step: 5m", "step: 5m\n    severity: page", "page", ["warning, critical"]),
+        ("step: 5m", "step: 5m\n    outcome: success", "outcome", ["unknown key"]),
+        ("    within: 10m\n", "", "breaks:", ["needs 'within'"]),
+    ],
+)
+def test_bad_breaks_are_refused_on_their_line(
+    old: str, new: str, needle: str, words: list[str]
+) -> None:
+    text = break_text(**{old: new})
+    error = refusal(text)
+    expected = line_of(text, needle) + (1 if needle == "breaks:" else 0)
+    assert error.line == expected, error
+    for word in ["break app.cart -> ", *words] if needle != "outcome" else words:
+        assert word in error.reason, error.reason
+
+
+def test_a_break_declared_twice_is_refused_on_the_second() -> None:
+    text = catalog_text(
+        """
+        breaks:
+          - {from: app.cart, to: checkout.payment, within: 10m, max_rate: 0.5}
+          - {from: app.cart, to: checkout.payment, within: 20m, max_rate: 0.6}
+        """
+    )
+    error = refusal(text)
+    assert error.line == line_of(text, "20m")
+    assert "break app.cart -> checkout.payment is declared twice" in error.reason

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from streams.cli import add_simulation_options, simulation_config
 from streams.publish import Outgoing, read_lines
 from streams.settings import Topics
 
@@ -71,3 +75,30 @@ def test_a_bad_setting_is_named() -> None:
     done = cxmon("check-catalog", CXMON_PARTITIONS="eight")
     assert done.returncode == 2
     assert "CXMON_PARTITIONS='eight' is not a whole number" in done.stderr
+
+
+def test_check_catalog_lists_the_journey_breaks() -> None:
+    done = cxmon("check-catalog")
+    assert done.returncode == 0, done.stderr
+    assert "5 key moments, 1 journey breaks" in done.stdout
+    assert (
+        "  app.cart -> checkout.payment: broken when more than 0.5 of customers do not go on "
+        "within 10m, min 100 samples"
+    ) in done.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("flags", "demo", "broken_from_ms"),
+    [([], False, None), (["--break-journey"], False, 3_600_000), ([], True, 3_600_000),
+     (["--no-break-journey"], True, None)],
+)  # fmt: skip
+def test_break_journey_breaks_the_cart_to_checkout_hand_off_half_way(
+    flags: list[str], demo: bool, broken_from_ms: int | None
+) -> None:
+    parser = argparse.ArgumentParser()
+    add_simulation_options(parser, demo=demo)
+    args = parser.parse_args(["--span", "2h", "--start", "2026-11-22T00:00:00Z", *flags])
+    config = simulation_config(args)
+    offset = None if config.break_from_ms is None else config.break_from_ms - config.start_ms
+    assert offset == broken_from_ms
+    assert config.break_until_ms is None

@@ -95,3 +95,41 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     received = [orjson.loads(value) for _, value, _ in alerts]
     assert transitions(received) == transitions(expected)
     assert len(received) == len(expected)
+
+
+def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(
+    deployment: Deployment,
+) -> None:
+    """An hour in which half the customers who fill the cart do not go on to pay."""
+    config = SimulationConfig(
+        start_ms=START_MS,
+        duration_ms=3 * HOUR_MS,
+        break_from_ms=START_MS + HOUR_MS,
+        break_until_ms=START_MS + 2 * HOUR_MS,
+        duplicate_ratio=0.02,
+    )
+    records = list(generate(config))
+    expected = [
+        orjson.loads(encode_alert(a)) for a in reference(deployment.catalog, records).alerts
+    ]
+    # The example catalog's break app.cart -> checkout.payment (max_rate 0.5, recover_at
+    # 0.45): normally about 35% of carts go unpaid; the break takes it past 50%.
+    assert [(a["kind"], a["status"]) for a in expected] == [
+        ("journey_break", "firing"),
+        ("journey_break", "resolved"),
+    ]
+    assert expected[0]["observed"] > 0.5
+    assert expected[1]["observed"] <= 0.45
+
+    deployment.start_worker()
+    assert deployment.publish(records) == len(records)
+    alerts = deployment.read(
+        deployment.topics.alerts, until=lambda seen: len(seen) >= len(expected), timeout_s=120
+    )
+    received = [orjson.loads(value) for _, value, _ in alerts]
+    assert transitions(received) == transitions(expected)
+    assert len(received) == len(expected), "each transition is emitted once"
+    figures = ("observed", "samples", "broken", "converted", "window_end")
+    assert [[a[f] for f in figures] for a in received] == [
+        [a[f] for f in figures] for a in expected
+    ]

@@ -70,6 +70,9 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_touchpoint_info", "gauge", ["touchpoint", "stage"]),
         ("cxmon_key_moment_degraded", "gauge", ["touchpoint", "metric", "severity"]),
         ("cxmon_key_moment_threshold", "gauge", ["touchpoint", "metric", "breaks"]),
+        ("cxmon_journey_broken", "gauge", ["from", "to", "severity"]),
+        ("cxmon_journey_break_rate", "gauge", ["from", "to"]),
+        ("cxmon_journey_break_samples", "gauge", ["from", "to"]),
         ("cxmon_consumer_lag_records", "gauge", ["topic", "partition"]),
         ("cxmon_outbound_messages_total", "counter", ["channel", "category"]),
         ("cxmon_customer_window_messages", "histogram", []),
@@ -83,11 +86,12 @@ HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 LABEL_VALUES: dict[str, frozenset[str]] = {
     "metric": frozenset(m.value for m in ScoreMetric),
     "statistic": frozenset({"mean", "p95"}),
-    "kind": frozenset({"key_moment_degraded", "over_messaged"}),
+    "kind": frozenset({"key_moment_degraded", "over_messaged", "no_data", "journey_break"}),
     "status": frozenset({"firing", "resolved"}),
     "outcome": frozenset({"sent", "failed"}),
     "breaks": frozenset({"below", "above"}),
-    "stage": frozenset({"ingest", "score", "frequency"}),  # of cxmon_batch_processing_seconds
+    # of cxmon_batch_processing_seconds
+    "stage": frozenset({"ingest", "score", "frequency", "journeys", "breaks"}),
 }
 # The waiting time is exported in seconds as cxmon_touchpoint_wait_seconds, never as a score.
 NOT_SCORES = frozenset({ScoreMetric.DURATION_MS.value})
@@ -110,6 +114,8 @@ OVERVIEW_TOPICS = [
     "cxmon_batch_processing_seconds_bucket",
     "cxmon_outbound_messages_total",
     "cxmon_alertmanager_pushes_total",
+    "cxmon_journey_break_rate",
+    "cxmon_journey_broken",
 ]
 
 METRIC_IN_EXPR = re.compile(r"cxmon_[a-z_]+")

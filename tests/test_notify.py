@@ -77,6 +77,7 @@ def test_alert_names_follow_prometheus_practice() -> None:
     assert alertname("key_moment_degraded") == "KeyMomentDegraded"
     assert alertname("over_messaged") == "OverMessaged"
     assert alertname("no_data") == "NoData"
+    assert alertname("journey_break") == "JourneyBreak"
 
 
 def test_firing_key_moment_has_labels_links_and_ends_four_resends_ahead() -> None:
@@ -123,6 +124,41 @@ def test_a_guarded_verdict_shows_its_interval_baseline_and_detector_reading() ->
         "observed -27.31; threshold 21.73; window 30m; samples 222; min_samples 30; "
         "low -37.49; high -17.13; confidence 0.95; baseline 36.73; baseline_window 1h; "
         "baseline_samples 480; detector cusum; statistic 8.24; limit 5.0; "
+    )
+
+
+def test_journey_break_is_labelled_by_its_two_touchpoints() -> None:
+    alert = key_moment_alert(
+        kind="journey_break",
+        subject="app.cart -> checkout.payment",
+        summary="Journey app.cart -> checkout.payment broken: 3 of 4 customers (75%) ...",
+        observed=0.75,
+        threshold=0.5,
+        metric=None,
+        samples=520,
+        min_samples=100,
+        broken=312,
+        converted=208,
+        within="10m",
+        **{"from": "app.cart", "to": "checkout.payment"},
+    )
+    posted = convert(alert)
+    assert posted["labels"] == {
+        "alertname": "JourneyBreak",
+        "kind": "journey_break",
+        "severity": "critical",
+        "source": "stream",
+        "from": "app.cart",
+        "to": "checkout.payment",
+    }
+    annotations = posted["annotations"]
+    assert annotations["runbook_url"] == "https://runbooks.example/cx.md#journeybreak"
+    assert annotations["dashboard_url"] == (
+        "http://grafana.example:3000/d/cxmon-touchpoint?var-touchpoint=app.cart"
+    )
+    assert annotations["description"].startswith(
+        "observed 0.75; threshold 0.5; window 30m; samples 520; min_samples 100; broken 312; "
+        "converted 208; within 10m"
     )
 
 

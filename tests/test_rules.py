@@ -34,7 +34,7 @@ RUNBOOK = REPO / "docs" / "runbook.md"
 RUNBOOK_URL = "https://github.com/cx-monitor/cx-monitor/blob/main/docs/runbook.md"
 OVERVIEW = "http://localhost:3000/d/cxmon-overview"
 TOUCHPOINT = "http://localhost:3000/d/cxmon-touchpoint?var-touchpoint={{ $labels.touchpoint }}"
-STREAM_ALERTS = ("KeyMomentDegraded", "OverMessaged")
+STREAM_ALERTS = ("KeyMomentDegraded", "OverMessaged", "JourneyBreak")
 SEVERITIES = {"warning", "critical"}
 ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
 DEBIAN_PACKAGE = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}
@@ -362,6 +362,8 @@ ROUTING = [
     ({"alertname": "KeyMomentDegraded", "severity": "warning", "touchpoint": "a"}, "cx-ops"),
     ({"alertname": "OverMessaged", "severity": "warning", "customer": "p1"}, "cx-ops"),
     ({"alertname": "OverMessaged", "severity": "critical", "customer": "p1"}, "on-call"),
+    ({"alertname": "JourneyBreak", "severity": "critical", "from": "a", "to": "b"}, "on-call"),
+    ({"alertname": "JourneyBreak", "severity": "warning", "from": "a", "to": "b"}, "cx-ops"),
     ({"alertname": "SomethingElse"}, "cx-ops"),
 ]
 
@@ -387,6 +389,19 @@ def test_over_messaged_customers_make_one_group(severity: str) -> None:
     keys = {tuple(alert.get(name, "") for name in found["group_by"]) for alert, found in
             zip(alerts, settings, strict=True)}  # fmt: skip
     assert len(keys) == 1
+
+
+def test_journey_breaks_group_per_break() -> None:
+    breaks = [("app.cart", "checkout.payment"), ("app.login", "app.cart")]
+    alerts = [
+        stream_labels("journey_break", f"{a} -> {b}", severity="critical", **{"from": a, "to": b})
+        for a, b in breaks
+    ]
+    settings = [route(alert) for alert in alerts]
+    assert all(found["group_by"] == ["alertname", "from", "to"] for found in settings)
+    keys = {tuple(alert.get(name, "") for name in found["group_by"]) for alert, found in
+            zip(alerts, settings, strict=True)}  # fmt: skip
+    assert keys == {("JourneyBreak", a, b) for a, b in breaks}
 
 
 def test_other_alerts_group_per_key_moment() -> None:

@@ -206,6 +206,7 @@ def test_same_config_gives_the_same_bytes() -> None:
         over_messaged_customers=2,
         degrade_touchpoint="app.login",
         degrade_from_ms=START + HOUR // 2,
+        break_from_ms=START + HOUR // 3,
         duplicate_ratio=0.05,
         invalid_ratio=0.05,
     )
@@ -485,3 +486,38 @@ def test_degradation_that_ends_lets_the_touchpoint_recover() -> None:
     assert nps(scores["during"]) < 0
     assert nps(scores["before"]) > 20
     assert nps(scores["after"]) > 20
+
+
+def cart_to_checkout_share(records: list[SimulatedRecord], start_ms: int, end_ms: int) -> float:
+    """Of the carts filled in [start, end), the share whose customer paid within 10 minutes."""
+    visits: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        if record.role == "touchpoint_events":
+            doc = orjson.loads(record.value)
+            if "customer_id" in doc:
+                visits[doc["customer_id"]][doc["touchpoint"]].append(record.occurred_at_ms)
+    carts = paid = 0
+    for customer in visits.values():
+        for cart in customer["app.cart"]:
+            if start_ms <= cart < end_ms:
+                carts += 1
+                paid += any(cart <= pay <= cart + 600_000 for pay in customer["checkout.payment"])
+    return paid / carts
+
+
+def test_a_broken_journey_loses_half_the_customers_between_cart_and_checkout() -> None:
+    config = SimulationConfig(
+        start_ms=START,
+        duration_ms=3 * HOUR,
+        break_from_ms=START + HOUR,
+        break_until_ms=START + 2 * HOUR,
+    )
+    records = list(generate(config))
+    assert records == list(generate(config)), "same seed, same break"
+    before = cart_to_checkout_share(records, START, START + HOUR)
+    during = cart_to_checkout_share(records, START + HOUR, START + 2 * HOUR - 600_000)
+    after = cart_to_checkout_share(records, START + 2 * HOUR, START + 3 * HOUR - 600_000)
+    # Normally about 60% of carts go on to pay (goes_on = 0.6); the break halves that.
+    assert 0.55 < before < 0.7
+    assert 0.25 < during < 0.4
+    assert 0.55 < after < 0.7
