@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import IO, Any, get_args
 
@@ -26,7 +26,7 @@ from models.decode import (
     parse_timestamp_ms,
 )
 from models.records import Alert, AlertKind, AlertStatus
-from streams.catalog import Catalog, KeyMoment
+from streams.catalog import Catalog, JourneyBreak, KeyMoment, format_duration
 from streams.publish import UnroutableLine, numbered_lines, route
 from streams.replay import OfflineMonitor, Role
 from streams.sentiment import SentimentScorer
@@ -60,9 +60,11 @@ def default_warmup_ms(catalog: Catalog) -> int:
 
     A key moment looks back over its window and its baseline window; an EWMA baseline is
     ready after 1/alpha windows; silence is seen once `no_data_after` has passed; a
-    customer's verdict counts the messaging window.
+    customer's verdict counts the messaging window; a journey break's window holds attempts
+    that began up to `within` before it.
     """
     longest = [catalog.messaging.window_ms, catalog.scores.window_ms]
+    longest += [journey.window_ms + journey.within_ms for journey in catalog.breaks]
     for moment in catalog.key_moments:
         longest.append(moment.window_ms + _lookback_ms(moment))
         if moment.no_data_after_ms is not None:
@@ -295,8 +297,27 @@ class MomentSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakSummary:
+    journey: JourneyBreak
+    broken: IncidentSummary
+    worst_rate: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        journey = self.journey
+        return {
+            "journey_break": journey.id,
+            "within": format_duration(journey.within_ms),
+            "max_rate": journey.max_rate,
+            "severity": journey.severity.value,
+            "broken": self.broken.to_json(),
+            "worst_rate": self.worst_rate,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
     key_moments: list[MomentSummary]
+    journey_breaks: list[BreakSummary]
     over_messaged: IncidentSummary
     breaches: dict[str, int]
     other_kinds: dict[str, IncidentSummary]
@@ -304,14 +325,16 @@ class Summary:
     def to_json(self) -> dict[str, Any]:
         return {
             "key_moments": [m.to_json() for m in self.key_moments],
+            "journey_breaks": [b.to_json() for b in self.journey_breaks],
             "over_messaged": self.over_messaged.to_json() | {"breaches": self.breaches},
             "other_kinds": {kind: s.to_json() for kind, s in self.other_kinds.items()},
         }
 
 
 def summarize(catalog: Catalog, incidents: list[Incident], span: Span) -> Summary:
-    """Per key moment of the catalog, for the messaging policy, and per any other kind."""
+    """Per key moment and journey break of the catalog, for the messaging policy, per other kind."""
     by_moment: dict[tuple[str, str], list[Incident]] = {}
+    by_break: dict[str, list[Incident]] = {}
     over_messaged: list[Incident] = []
     others: dict[str, list[Incident]] = {}
     for incident in incidents:
@@ -321,6 +344,8 @@ def summarize(catalog: Catalog, incidents: list[Incident], span: Span) -> Summar
             over_messaged.append(incident)
         elif alert.kind in (AlertKind.KEY_MOMENT_DEGRADED, AlertKind.NO_DATA) and moment_id:
             by_moment.setdefault((str(moment_id), alert.kind.value), []).append(incident)
+        elif alert.kind is AlertKind.JOURNEY_BREAK:
+            by_break.setdefault(alert.subject, []).append(incident)
         else:
             others.setdefault(alert.kind.value, []).append(incident)
     moments = []
@@ -338,11 +363,19 @@ def summarize(catalog: Catalog, incidents: list[Incident], span: Span) -> Summar
                 worst_observed=worst(observed) if observed else None,
             )
         )
+    journeys = []
+    for journey in catalog.breaks:
+        broken = by_break.get(journey.id, [])
+        rates = [a.observed for i in broken for a in i.transitions()]
+        journeys.append(
+            BreakSummary(journey, IncidentSummary.of(broken, span), max(rates, default=None))
+        )
     breaches: Counter[str] = Counter()
     for incident in over_messaged:
         breaches.update(str(b) for b in incident.firing.details.get("breaches", []))
     return Summary(
         key_moments=moments,
+        journey_breaks=journeys,
         over_messaged=IncidentSummary.of(over_messaged, span),
         breaches=dict(sorted(breaches.items())),
         other_kinds={kind: IncidentSummary.of(others[kind], span) for kind in sorted(others)},
@@ -390,6 +423,8 @@ def render_text(report: Report, catalog_name: str) -> str:
     ]
     lines += [line for alert in report.alerts for line in alert_lines(alert, span)]
     lines += ["", *moment_table(report.summary, span)]
+    if report.summary.journey_breaks:
+        lines += ["", *break_table(report.summary, span)]
     over = report.summary.over_messaged
     breaches = ", ".join(f"{name} {count}" for name, count in report.summary.breaches.items())
     lines += [
@@ -472,10 +507,46 @@ def moment_table(summary: Summary, span: Span) -> list[str]:
                 str(m.no_data.incidents),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return titled_table(f"Key moments over {span_text(span.to_ms - span.from_ms)}:", rows)
+
+
+def break_table(summary: Summary, span: Span) -> list[str]:
+    rows = [
+        (
+            "journey break",
+            "severity",
+            "standard",
+            "incidents",
+            "open at end",
+            "broken",
+            "first firing",
+            "last firing",
+            "worst rate",
+        )
+    ]
+    for b in summary.journey_breaks:
+        broken = b.broken
+        rows.append(
+            (
+                b.journey.id,
+                b.journey.severity.value,
+                f"rate above {b.journey.max_rate:g} within {format_duration(b.journey.within_ms)}",
+                str(broken.incidents),
+                str(broken.open_at_end),
+                span_text(broken.open_ms),
+                _time(broken.first_firing_ms) or "-",
+                _time(broken.last_firing_ms) or "-",
+                _number(b.worst_rate),
+            )
+        )
+    return titled_table(f"Journey breaks over {span_text(span.to_ms - span.from_ms)}:", rows)
+
+
+def titled_table(title: str, rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Rows in columns as wide as their widest cell, under a title."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     table = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    length = span_text(span.to_ms - span.from_ms)
-    return [f"Key moments over {length}:", *(line.rstrip() for line in table)]
+    return [title, *(line.rstrip() for line in table)]
 
 
 def span_text(millis: int) -> str:

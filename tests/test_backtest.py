@@ -195,6 +195,82 @@ def test_a_small_file_fires_and_resolves_exactly_the_hand_computed_alerts(
     assert report["summary"]["other_kinds"] == {}
 
 
+BREAK_CATALOG = """\
+scores: {window: 10m, step: 5m, grace: 1m}
+breaks:
+  - {from: app.cart, to: checkout.payment, within: 5m, max_rate: 0.5, window: 10m, step: 5m,
+     min_samples: 2, severity: critical}
+messaging: {window: 10m, max_messages: 5}
+"""
+
+
+def test_a_journey_break_fires_and_resolves_as_hand_computed_and_has_its_table(
+    tmp_path: Path,
+) -> None:
+    """Minutes after T0; the span is [60, 120), its warm-up the break's window plus within.
+
+    * b-1..b-4 put a cart at 61-64 and never pay: broken at 66-69.
+    * b-5, b-6 cart at 61 and pay at 62: converted at 62.
+    * b-7..b-10 cart at 71-74 and pay a minute later: converted at 72-75.
+    Windows by their end: 65 [55, 65) 0 of 2 broken; 70 [60, 70) 4 of 6 = 0.667 > 0.5:
+    FIRING at 70; 75 [65, 75) 4 of 7 = 0.571 still; 80 [70, 80) 0 of 4: RESOLVED at 80.
+    An event at 100 moves event time past the last deadline.
+    """
+
+    lines = []
+    for number in range(1, 11):
+        cart = {1: 61, 2: 62, 3: 63, 4: 64, 5: 61, 6: 61}.get(number, 64 + number)
+        lines.append(event(100 + number, cart, customer_id=f"b-{number}", touchpoint="app.cart"))
+        if number >= 5:
+            paid = 62 if number <= 6 else cart + 1
+            lines.append(event(200 + number, paid, customer_id=f"b-{number}"))
+    lines.append(event(300, 100, customer_id="b-0", touchpoint="web.product_page"))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(BREAK_CATALOG)
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--catalog", str(catalog), "--from", FROM, "--to", at(120), "--input", str(records)]
+
+    done = cxmon("backtest", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["warmup"] == "15m"
+    got = [
+        (a["kind"], a["status"], a["subject"], a["starts_at"], a["ends_at"], a["samples"])
+        for a in report["alerts"]
+    ]
+    subject = "app.cart -> checkout.payment"
+    assert got == [
+        ("journey_break", "firing", subject, at(70), None, 6),
+        ("journey_break", "resolved", subject, at(70), at(80), 4),
+    ]
+    assert report["alerts"][0]["observed"] == pytest.approx(4 / 6)
+    (journey,) = report["summary"]["journey_breaks"]
+    assert journey["journey_break"] == subject
+    assert journey["broken"]["incidents"] == 1
+    assert journey["broken"]["open_ms"] == 10 * MINUTE
+    assert journey["worst_rate"] == pytest.approx(4 / 6)
+    assert report["summary"]["other_kinds"] == {}
+
+    text = cxmon("backtest", *args).stdout
+    assert "Journey breaks over 1h00m:" in text
+    row = next(line for line in text.splitlines() if line.startswith(subject))
+    assert row.split()[3:] == [
+        "critical",
+        "rate",
+        "above",
+        "0.5",
+        "within",
+        "5m",
+        "1",
+        "0",
+        "10m",
+        at(70),
+        at(70),
+        "0.6667",
+    ]
+
+
 def test_the_text_report_shows_each_transition_with_its_figures_and_the_tables(
     files: tuple[Path, Path],
 ) -> None:
