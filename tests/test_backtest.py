@@ -267,7 +267,7 @@ def test_a_journey_break_fires_and_resolves_as_hand_computed_and_has_its_table(
         "10m",
         at(70),
         at(70),
-        "0.6667",
+        "0.666667",
     ]
 
 
