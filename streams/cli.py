@@ -155,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = False) -> None:
     parser.add_argument("--seed", type=int, default=7, help="same seed, same journeys")
     parser.add_argument("--customers", type=int, default=2_000)
-    parser.add_argument("--span", default="3h", help="event time to generate, e.g. 3h or 7d")
+    parser.add_argument(
+        "--span",
+        type=duration_argument,
+        default="3h",
+        help="event time to generate, e.g. 3h or 7d",
+    )
     parser.add_argument(
         "--start", help="event time of the first record (RFC 3339); default: now - span"
     )
@@ -180,6 +185,19 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
         help="half the customers who fill the app's cart stop going on to checkout "
         "half-way through the span",
     )
+    parser.add_argument(
+        "--trouble-at",
+        type=duration_argument,
+        metavar="DURATION",
+        help="when (after the start) the degradation and the journey break begin; "
+        "default: half-way through the span",
+    )
+    parser.add_argument(
+        "--trouble-for",
+        type=duration_argument,
+        metavar="DURATION",
+        help="how long they last, so their incidents resolve; default: to the end",
+    )
     parser.add_argument("--duplicates", type=float, default=0.01 if demo else 0.0, metavar="RATIO")
     parser.add_argument("--invalid", type=float, default=0.002 if demo else 0.0, metavar="RATIO")
     parser.add_argument(
@@ -191,11 +209,13 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
 
 
 def simulation_config(args: argparse.Namespace) -> SimulationConfig:
-    span_ms = parse_duration_ms(args.span)
+    span_ms: int = args.span
     if args.start:
         start_ms = parse_timestamp_ms(args.start, "--start")
     else:
         start_ms = (int(time.time() * 1000) - span_ms) // 60_000 * 60_000
+    trouble_from_ms = start_ms + (span_ms // 2 if args.trouble_at is None else args.trouble_at)
+    trouble_until_ms = None if args.trouble_for is None else trouble_from_ms + args.trouble_for
     return SimulationConfig(
         seed=args.seed,
         customers=args.customers,
@@ -203,9 +223,11 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
         duration_ms=span_ms,
         journeys_per_hour=args.journeys_per_hour,
         degrade_touchpoint=args.degrade,
-        degrade_from_ms=start_ms + span_ms // 2 if args.degrade else None,
+        degrade_from_ms=trouble_from_ms if args.degrade else None,
+        degrade_until_ms=trouble_until_ms if args.degrade else None,
         over_messaged_customers=args.over_messaged,
-        break_from_ms=start_ms + span_ms // 2 if args.break_journey else None,
+        break_from_ms=trouble_from_ms if args.break_journey else None,
+        break_until_ms=trouble_until_ms if args.break_journey else None,
         duplicate_ratio=args.duplicates,
         invalid_ratio=args.invalid,
     )
@@ -220,13 +242,16 @@ def timestamp_argument(text: str) -> int:
         raise argparse.ArgumentTypeError(exc.detail.removeprefix("time: ")) from None
 
 
-def warmup_argument(text: str) -> int:
-    if text.strip() == "0":
-        return 0
+def duration_argument(text: str) -> int:
+    """A duration as the catalog writes it (30s, 5m, 1h, 7d), in milliseconds."""
     try:
         return parse_duration_ms(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def warmup_argument(text: str) -> int:
+    return 0 if text.strip() == "0" else duration_argument(text)
 
 
 def run_broker(settings: Settings, args: argparse.Namespace) -> int:
@@ -302,11 +327,17 @@ def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
             for record in generate(config):
                 output.write(record.value + b"\n")
                 written += 1
-        print(f"wrote {written:,} records over {args.span} of event time", file=sys.stderr)
+        print(
+            f"wrote {written:,} records over {format_duration(args.span)} of event time",
+            file=sys.stderr,
+        )
         return 0
     records = simulated_messages(settings, generate(config), args.speed)
     sent, _ = asyncio.run(send_all(settings, records))
-    print(f"simulated {sent:,} messages over {args.span} of event time", file=sys.stderr)
+    print(
+        f"simulated {sent:,} messages over {format_duration(args.span)} of event time",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -102,3 +102,24 @@ def test_break_journey_breaks_the_cart_to_checkout_hand_off_half_way(
     offset = None if config.break_from_ms is None else config.break_from_ms - config.start_ms
     assert offset == broken_from_ms
     assert config.break_until_ms is None
+
+
+def test_trouble_at_and_for_bound_the_degradation_and_the_break_so_incidents_resolve() -> None:
+    parser = argparse.ArgumentParser()
+    add_simulation_options(parser, demo=True)
+    flags = ["--span", "7d", "--start", "2026-11-16T00:00:00Z", "--trouble-at", "3d"]
+    config = simulation_config(parser.parse_args([*flags, "--trouble-for", "6h"]))
+    day, hour = 86_400_000, 3_600_000
+    assert config.degrade_from_ms == config.break_from_ms == config.start_ms + 3 * day
+    assert config.degrade_until_ms == config.break_until_ms == config.start_ms + 3 * day + 6 * hour
+    endless = simulation_config(parser.parse_args(flags))
+    assert endless.degrade_until_ms is None
+    assert endless.break_until_ms is None
+
+
+@pytest.mark.parametrize("flag", ["--span", "--trouble-at", "--trouble-for"])
+def test_a_bad_duration_is_refused_by_name_not_with_a_traceback(flag: str) -> None:
+    done = cxmon("simulate", flag, "3x", "--output", "-")
+    assert done.returncode == 2
+    assert f"argument {flag}: '3x' is not a duration such as 30s, 5m, 1h or 7d" in done.stderr
+    assert "Traceback" not in done.stderr
