@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient, CoordinationType
@@ -176,6 +177,18 @@ class Deployment:
             return seen
 
         return asyncio.run(collect())
+
+    def alerts_equal_to(
+        self, expected: list[dict[str, Any]], timeout_s: float
+    ) -> list[dict[str, Any]]:
+        """The worker's alerts, once as many as `expected`: the same transitions, each once."""
+        alerts = self.read(
+            self.topics.alerts, until=lambda seen: len(seen) >= len(expected), timeout_s=timeout_s
+        )
+        received = [orjson.loads(value) for _, value, _ in alerts]
+        assert transitions(received) == transitions(expected)
+        assert len(received) == len(expected), "each transition is emitted once"
+        return received
 
     def read_to_end(self, topic: str) -> list[Received]:
         """Every message `topic` holds now, partition by partition in offset order."""

@@ -9,7 +9,7 @@ import pytest
 
 from models.decode import encode_alert, parse_timestamp_ms
 from streams.simulate import SimulationConfig, generate
-from tests.harness import Deployment, reference, transitions
+from tests.harness import Deployment, reference
 
 pytestmark = pytest.mark.broker
 
@@ -38,20 +38,13 @@ def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deploym
 
     deployment.start_worker()
     assert deployment.publish(records) == len(records)
-
-    topics = deployment.topics
-    alerts = deployment.read(
-        topics.alerts, until=lambda seen: len(seen) >= len(expected_alerts), timeout_s=120
-    )
-    received = [orjson.loads(value) for _, value, _ in alerts]
-    assert transitions(received) == transitions(expected_alerts)
-    assert len(received) == len(expected_alerts), "each transition is emitted once"
+    received = deployment.alerts_equal_to(expected_alerts, timeout_s=120)
     for alert in received:
         parse_timestamp_ms(alert["starts_at"], "starts_at")
         assert alert["summary"]
 
     dead = deployment.read(
-        topics.dead_letters, until=lambda seen: len(seen) >= invalid, timeout_s=60
+        deployment.topics.dead_letters, until=lambda seen: len(seen) >= invalid, timeout_s=60
     )
     assert len(dead) == invalid
     reasons = sorted(dict(headers)["cxmon-reason"].decode() for _, _, headers in dead)
@@ -89,12 +82,7 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     second = deployment.start_worker()
     assert "Restore complete" in second.log()
     deployment.publish(records[half:])
-    alerts = deployment.read(
-        topics.alerts, until=lambda seen: len(seen) >= len(expected), timeout_s=120
-    )
-    received = [orjson.loads(value) for _, value, _ in alerts]
-    assert transitions(received) == transitions(expected)
-    assert len(received) == len(expected)
+    deployment.alerts_equal_to(expected, timeout_s=120)
 
 
 def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(
@@ -123,12 +111,7 @@ def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(
 
     deployment.start_worker()
     assert deployment.publish(records) == len(records)
-    alerts = deployment.read(
-        deployment.topics.alerts, until=lambda seen: len(seen) >= len(expected), timeout_s=120
-    )
-    received = [orjson.loads(value) for _, value, _ in alerts]
-    assert transitions(received) == transitions(expected)
-    assert len(received) == len(expected), "each transition is emitted once"
+    received = deployment.alerts_equal_to(expected, timeout_s=120)
     figures = ("observed", "samples", "broken", "converted", "window_end")
     assert [[a[f] for f in figures] for a in received] == [
         [a[f] for f in figures] for a in expected
