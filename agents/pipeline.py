@@ -344,17 +344,24 @@ class Pipeline:
             await self._send_marks([self.sources.mark(self.app, topic, partition)], topic)
 
     async def report_idle_inputs(self) -> None:
-        """Inputs with nothing left to read must not hold the watermark back, even if empty."""
+        """Inputs with nothing left to read must not hold the watermark back, even if empty.
+
+        Said again on every tick: downstream an idle input vouches only for how far the
+        others had got when it last said so (see `SourceProgress`).
+        """
         try:
             assigned = self.app.consumer.assignment()
         except ConsumerNotStarted:
             return
-        for tp in assigned:
+        idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
+        for tp in sorted(assigned):
             if not self.sources.is_input(tp.topic):
                 continue
             mark = self.sources.mark(self.app, tp.topic, tp.partition)
-            if mark.idle and self.sources.claim_idle_report(mark):
-                await self._send_marks([mark], tp.topic)
+            if mark.idle:
+                idle[tp.topic].append(mark)
+        for topic, marks in idle.items():
+            await self._send_marks(marks, topic)
 
     async def _send_marks(self, marks: list[SourceMark], origin: str) -> None:
         """Every partition of every topic fed from `origin` learns how far it has got."""
@@ -625,7 +632,6 @@ class Sources:
         )
         self.watermarks: dict[str, int] = {}
         self.offsets: dict[str, int] = {}
-        self.reported_idle: set[str] = set()
 
     def expected(self, *topics: faust.TopicT) -> set[str]:
         return {
@@ -640,7 +646,6 @@ class Sources:
     def saw(self, topic: str, partition: int, offset: int, occurred_at_ms: int | None) -> None:
         source = source_name(topic, partition)
         self.offsets[source] = offset
-        self.reported_idle.discard(source)
         if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = occurred_at_ms
 
@@ -659,10 +664,3 @@ class Sources:
         read_to = self.offsets.get(source, -1) + 1
         idle = highwater is not None and read_to >= highwater
         return SourceMark(source, self.watermarks.get(source), idle)
-
-    def claim_idle_report(self, mark: SourceMark) -> bool:
-        """True once per idle spell of a source: the caller then reports it."""
-        if mark.source in self.reported_idle:
-            return False
-        self.reported_idle.add(mark.source)
-        return True
