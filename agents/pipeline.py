@@ -57,6 +57,12 @@ MAX_ERROR_DETAIL = 1_000
 RECORD_HEADER = "cxmon-record"
 LINK_RECORD = b"identity-link"
 
+# Idle inputs are reported every tick while this worker has read input lately (a burst may
+# be reaching its partitions one after another), and at least this often otherwise: an
+# input of another worker may be moving, and ours vouch only for what they reported.
+IDLE_REPORT_WHILE_READING_S = 5.0
+IDLE_REPORT_AT_LEAST_EVERY_S = 15.0
+
 
 def partition_of(key: bytes, partitions: int) -> int:
     """Where the producer's default partitioner puts `key`: Kafka's murmur2, as in Java."""
@@ -124,6 +130,7 @@ class Pipeline:
             )
         )
         self.customers_judged_to: dict[int, int] = {}
+        self.idle_reported_at = 0.0
         self.judged_to: dict[int, int] = {}
         watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
         self.watched = frozenset(watched)
@@ -346,13 +353,18 @@ class Pipeline:
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty.
 
-        Said again on every tick: downstream an idle input vouches only for how far the
-        others had got when it last said so (see `SourceProgress`).
+        Said again and again: downstream an idle input vouches only for how far the others
+        had got when it last said so (see `SourceProgress`).
         """
+        now = time.monotonic()
+        reading = now - self.sources.read_at < IDLE_REPORT_WHILE_READING_S
+        if not reading and now - self.idle_reported_at < IDLE_REPORT_AT_LEAST_EVERY_S:
+            return
         try:
             assigned = self.app.consumer.assignment()
         except ConsumerNotStarted:
             return
+        self.idle_reported_at = now
         idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
         for tp in sorted(assigned):
             if not self.sources.is_input(tp.topic):
@@ -632,6 +644,7 @@ class Sources:
         )
         self.watermarks: dict[str, int] = {}
         self.offsets: dict[str, int] = {}
+        self.read_at = 0.0  # when a record of any input was last read, monotonic
 
     def expected(self, *topics: faust.TopicT) -> set[str]:
         return {
@@ -646,6 +659,7 @@ class Sources:
     def saw(self, topic: str, partition: int, offset: int, occurred_at_ms: int | None) -> None:
         source = source_name(topic, partition)
         self.offsets[source] = offset
+        self.read_at = time.monotonic()
         if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = occurred_at_ms
 
