@@ -3,10 +3,11 @@
 Faust drops every fetched record below the highest offset it has delivered of its partition.
 After a seek (to committed offsets on a rebalance or a restart), records fetched before the
 seek still arrive and raise that mark, and the records the seek asked for are then dropped:
-a hole, which its ack-driven commits either never pass or, taking it for a gap in the log,
-commit past unread. So Faust's filter is switched off, it keeps no acked offsets (and commits
-nothing), and these cursors admit records in offset order, read a partition
-again from a hole, and commit what the agents finished.
+a hole (its streams also skip, and ack, records of an older generation), which its
+ack-driven commits either never pass or, taking it for a gap in the log, commit past unread.
+So Faust's filter is switched off and it keeps no acked offsets (it commits nothing); these
+cursors admit records in offset order, read a partition again from a hole, and commit what
+the agents finished.
 """
 
 from __future__ import annotations
