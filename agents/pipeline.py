@@ -70,6 +70,12 @@ MAX_JOURNEY_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
 RECORD_HEADER = "cxmon-record"
 LINK_RECORD = b"identity-link"
 
+# Idle inputs are reported every tick while this worker has read input lately (a burst may
+# be reaching its partitions one after another), and at least this often otherwise: an
+# input of another worker may be moving, and ours vouch only for what they reported.
+IDLE_REPORT_WHILE_READING_S = 5.0
+IDLE_REPORT_AT_LEAST_EVERY_S = 15.0
+
 
 def partition_of(key: bytes, partitions: int) -> int:
     """Where the producer's default partitioner puts `key`: Kafka's murmur2, as in Java."""
@@ -161,6 +167,7 @@ class Pipeline:
         for journey in core.catalog.breaks:
             partition = partition_of(journey.id.encode(), self.partitions)
             self.breaks_by_partition[partition].append(journey.id)
+        self.idle_reported_at = 0.0
         self.judged_to: dict[int, int] = {}
         watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
         self.watched = frozenset(watched)
@@ -387,17 +394,29 @@ class Pipeline:
             await self._send_marks([self.sources.mark(self.app, topic, partition)], topic)
 
     async def report_idle_inputs(self) -> None:
-        """Inputs with nothing left to read must not hold the watermark back, even if empty."""
+        """Inputs with nothing left to read must not hold the watermark back, even if empty.
+
+        Said again and again: downstream an idle input vouches only for how far the others
+        had got when it last said so (see `SourceProgress`).
+        """
+        now = time.monotonic()
+        reading = now - self.sources.read_at < IDLE_REPORT_WHILE_READING_S
+        if not reading and now - self.idle_reported_at < IDLE_REPORT_AT_LEAST_EVERY_S:
+            return
         try:
             assigned = self.app.consumer.assignment()
         except ConsumerNotStarted:
             return
-        for tp in assigned:
+        self.idle_reported_at = now
+        idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
+        for tp in sorted(assigned):
             if not self.sources.is_input(tp.topic):
                 continue
             mark = self.sources.mark(self.app, tp.topic, tp.partition)
-            if mark.idle and self.sources.claim_idle_report(mark):
-                await self._send_marks([mark], tp.topic)
+            if mark.idle:
+                idle[tp.topic].append(mark)
+        for topic, marks in idle.items():
+            await self._send_marks(marks, topic)
 
     async def _send_marks(self, marks: list[SourceMark], origin: str) -> None:
         """Every partition of every topic fed from `origin` learns how far it has got."""
@@ -871,7 +890,7 @@ class Sources:
         )
         self.watermarks: dict[str, int] = {}
         self.offsets: dict[str, int] = {}
-        self.reported_idle: set[str] = set()
+        self.read_at = 0.0  # when a record of any input was last read, monotonic
 
     def expected(self, *topics: faust.TopicT) -> set[str]:
         return {
@@ -886,7 +905,7 @@ class Sources:
     def saw(self, topic: str, partition: int, offset: int, occurred_at_ms: int | None) -> None:
         source = source_name(topic, partition)
         self.offsets[source] = offset
-        self.reported_idle.discard(source)
+        self.read_at = time.monotonic()
         if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = occurred_at_ms
 
@@ -905,10 +924,3 @@ class Sources:
         read_to = self.offsets.get(source, -1) + 1
         idle = highwater is not None and read_to >= highwater
         return SourceMark(source, self.watermarks.get(source), idle)
-
-    def claim_idle_report(self, mark: SourceMark) -> bool:
-        """True once per idle spell of a source: the caller then reports it."""
-        if mark.source in self.reported_idle:
-            return False
-        self.reported_idle.add(mark.source)
-        return True

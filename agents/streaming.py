@@ -10,6 +10,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT
 
 from agents import metrics
+from agents.offsets import Offsets
 from streams.settings import Settings
 
 Stream = faust.Stream[bytes]
@@ -61,19 +62,28 @@ class Batches:
         self.app = app
         self.settings = settings
         self.processed_offsets: dict[TP, int] = {}
+        self.offsets = Offsets(app, settings)
         self.lag: list[metrics.LagReading] = []
         metrics.CONSUMER_LAG.readings = lambda: self.lag
 
     def attach(self) -> None:
         self.app.timer(LAG_INTERVAL_S, name="measure_consumer_lag")(self.measure_consumer_lag)
+        self.offsets.attach()
 
     async def of(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
         batches = cast(Stream, stream).take_events(
             self.settings.batch_size, self.settings.batch_seconds
         )
         async for events in batches:
-            batch = list(events)
-            yield batch
+            batch = await self.offsets.admit(list(events))
+            if not batch:
+                continue
+            try:
+                yield batch
+            except BaseException:
+                self.offsets.abandon(batch)
+                raise
+            self.offsets.finished(batch)
             for event in batch:
                 message = event.message
                 self.processed_offsets[message.tp] = message.offset

@@ -76,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser("publish", help="publish JSON lines, each routed to its topic")
     publish.add_argument("file", nargs="?", default="-", help="file of JSON lines, or - for stdin")
-    publish.add_argument("--topic", help="send every line, as is, to this topic")
+    publish.add_argument(
+        "--topic", help="send every line unchanged to this topic, keyed by customer or contact"
+    )
     publish.set_defaults(run=run_publish)
 
     simulate = commands.add_parser("simulate", help="publish realistic multi-channel journeys")

@@ -38,12 +38,19 @@ class SourceProgress:
     Windows close on the slowest partition still sending, not on the fastest one:
     a replay that reads one partition far ahead of another then judges every window
     on all of its data, as the live run did. A partition that has caught up with its
-    end is idle and holds nobody back; when all are idle, the newest time counts.
+    end is idle and holds nobody back, but only as far as the others had got when it
+    last said so: after a quiet spell a burst reaches the partitions one after another,
+    and a partition still reported idle from before it may have older records unread.
+    Idle partitions say so again every half second while their worker reads input (and
+    at least every 15 s otherwise), so a burst costs about that much delay.
+    When all are idle, the newest time counts.
     """
 
     def __init__(self, expected: Iterable[str]) -> None:
         self.expected = frozenset(expected)
         self.marks: dict[str, SourceMark] = {}
+        # How far the watermark had got when each partition last reported itself idle.
+        self.idle_through: dict[str, int] = {}
 
     def report(self, mark: SourceMark) -> None:
         previous = self.marks.get(mark.source)
@@ -52,6 +59,9 @@ class SourceProgress:
             if mark.watermark_ms is None or mark.watermark_ms < newest:
                 mark = SourceMark(mark.source, newest, mark.idle)
         self.marks[mark.source] = mark
+        if mark.idle and (reached := self._reach()) is not None:
+            vouched = self.idle_through.get(mark.source, reached)
+            self.idle_through[mark.source] = max(reached, vouched)
 
     def all_idle(self) -> bool:
         return self.expected <= self.marks.keys() and all(m.idle for m in self.marks.values())
@@ -60,6 +70,22 @@ class SourceProgress:
         """None until every expected partition has reported once."""
         if not self.expected <= self.marks.keys():
             return None
+        reached = self._reach()
+        if reached is None:
+            return None
+        for mark in self.marks.values():
+            if not mark.idle:
+                continue
+            vouched = self.idle_through.get(mark.source)
+            if vouched is None:
+                return None  # idle since before anything was known: until it says so again
+            if mark.watermark_ms is not None:
+                vouched = max(vouched, mark.watermark_ms)
+            reached = min(reached, vouched)
+        return reached
+
+    def _reach(self) -> int | None:
+        """The slowest partition still sending, or the newest time when all are idle."""
         active = [
             m.watermark_ms for m in self.marks.values() if not m.idle and m.watermark_ms is not None
         ]

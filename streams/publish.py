@@ -28,8 +28,8 @@ class Outgoing:
     value: bytes
 
 
-def route(doc: dict[str, Any], topics: Topics) -> tuple[str, bytes | None]:
-    """The topic a record belongs to by its fields, and its key: the customer, else the contact."""
+def keys_of(doc: dict[str, Any]) -> tuple[bytes | None, bytes | None]:
+    """A record's customer key and contact key (`type:value`), either possibly absent."""
     contact = doc.get("contact")
     contact_key = (
         f"{contact.get('type')}:{contact.get('value')}".encode()
@@ -38,6 +38,12 @@ def route(doc: dict[str, Any], topics: Topics) -> tuple[str, bytes | None]:
     )
     customer = doc.get("customer_id")
     customer_key = str(customer).encode() if customer is not None else None
+    return customer_key, contact_key
+
+
+def route(doc: dict[str, Any], topics: Topics) -> tuple[str, bytes | None]:
+    """The topic a record belongs to by its fields, and its key: the customer, else the contact."""
+    customer_key, contact_key = keys_of(doc)
     if "answer_id" in doc:
         return topics.survey_answers, customer_key or contact_key
     if "event_id" in doc:
@@ -45,6 +51,26 @@ def route(doc: dict[str, Any], topics: Topics) -> tuple[str, bytes | None]:
     if "linked_at" in doc and contact_key is not None:
         return topics.identity_links, contact_key
     raise UnroutableLine("has none of event_id, answer_id, or contact with linked_at")
+
+
+def as_is(number: int, line: bytes, topic: str, topics: Topics) -> Outgoing | str:
+    """A line sent unchanged to `topic`, keyed as routing would key it when it can be read.
+
+    Identity links are keyed by contact: their topic is compacted, and the broker refuses
+    a record without a key there, so such a line is refused here, by its number.
+    """
+    try:
+        customer_key, contact_key = keys_of(parse_json_object(line))
+    except InvalidRecord:
+        customer_key, contact_key = None, None
+    if topic != topics.identity_links:
+        return Outgoing(topic, customer_key or contact_key, line)
+    if contact_key is None:
+        return (
+            f"line {number}: the identity links topic is compacted and keyed by contact; "
+            "this line has no contact with a type and a value"
+        )
+    return Outgoing(topic, contact_key, line)
 
 
 def numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -59,7 +85,7 @@ def read_lines(stream: IO[bytes], topics: Topics, topic: str | None) -> Iterator
     """Each line as a message, or as an error text naming the line; blank lines are skipped."""
     for number, line in numbered_lines(stream):
         if topic is not None:
-            yield Outgoing(topic, None, line)
+            yield as_is(number, line, topic, topics)
             continue
         try:
             name, key = route(parse_json_object(line), topics)

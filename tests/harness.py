@@ -38,6 +38,9 @@ Received = tuple[bytes | None, bytes, list[tuple[str, bytes]]]
 
 T = TypeVar("T")
 
+# Helpers share the machine: a free port may be taken before the worker binds it.
+WORKER_START_ATTEMPTS = 3
+
 # Every call to the broker is bounded: a test must fail, not hang, when the broker is gone.
 BROKER_CALL_TIMEOUT_S = 30.0
 
@@ -121,6 +124,16 @@ class Deployment:
         return Settings.from_env(self.env("client", 0))
 
     def start_worker(self, instance: str = "w1") -> WorkerProcess:
+        """A worker, ready; started again on another port if its free port was taken meanwhile."""
+        for _ in range(WORKER_START_ATTEMPTS - 1):
+            try:
+                return self._start_worker(instance)
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc):
+                    raise
+        return self._start_worker(instance)
+
+    def _start_worker(self, instance: str) -> WorkerProcess:
         port = free_port()
         (self.root / instance).mkdir(parents=True, exist_ok=True)
         log_path = self.root / f"{instance}.log"

@@ -1,4 +1,4 @@
-"""The command line without a broker: routing of published lines, refusals at start."""
+"""The command line: routing of published lines, refusals at start, publishing to a topic."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from streams.cli import add_simulation_options, simulation_config
 from streams.publish import Outgoing, read_lines
 from streams.settings import Topics
+from tests.harness import Deployment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,9 +56,54 @@ def test_publish_routes_each_line_by_its_fields_and_names_bad_lines() -> None:
     assert errors[1].startswith("line 6: ")
 
 
-def test_publish_with_a_topic_sends_every_line_as_is() -> None:
-    items = list(read_lines(io.BytesIO(b"not json\n{}\n"), Topics(), "raw"))
-    assert items == [Outgoing("raw", None, b"not json"), Outgoing("raw", None, b"{}")]
+def test_publish_with_a_topic_sends_every_line_unchanged_keyed_when_it_can_be() -> None:
+    lines = b"\n".join(
+        [
+            b"not json",
+            b"{}",
+            b'{"event_id": "e1", "customer_id": "c1"}',
+            b'{"answer_id": "a1", "contact": {"type": "phone", "value": "+86138"}}',
+        ]
+    )
+    items = list(read_lines(io.BytesIO(lines), Topics(), "raw"))
+    assert items == [
+        Outgoing("raw", None, b"not json"),
+        Outgoing("raw", None, b"{}"),
+        Outgoing("raw", b"c1", b'{"event_id": "e1", "customer_id": "c1"}'),
+        Outgoing("raw", b"phone:+86138", lines.splitlines()[3]),
+    ]
+
+
+LINK = b'{"customer_id": "c1", "contact": {"type": "email", "value": "x@x.org"}, "linked_at": 1}'
+
+
+def test_publish_to_the_links_topic_keys_by_contact_and_refuses_a_line_without_one() -> None:
+    # The links topic is compacted: a keyless record would be refused by the broker.
+    topics = Topics()
+    lines = b"\n".join([LINK, b"not json", b'{"customer_id": "c2", "linked_at": 1}'])
+    items = list(read_lines(io.BytesIO(lines), topics, topics.identity_links))
+    assert items[0] == Outgoing(topics.identity_links, b"email:x@x.org", LINK)
+    assert [i.split(":")[0] for i in items[1:] if isinstance(i, str)] == ["line 2", "line 3"]
+    assert "keyed by contact" in str(items[1])
+
+
+@pytest.mark.broker
+def test_publish_to_the_compacted_links_topic_on_a_real_broker(deployment: Deployment) -> None:
+    topics = deployment.topics
+    env = deployment.env("client", 0)
+    done = subprocess.run(
+        [sys.executable, "-m", "streams", "publish", "-", "--topic", topics.identity_links],
+        input=LINK + b"\n{}\n",
+        env=env,
+        capture_output=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr.decode()
+    assert b"published 1 messages; 1 lines refused" in done.stderr
+    stored = deployment.read_to_end(topics.identity_links)
+    assert [(key, value) for key, value, _ in stored] == [(b"email:x@x.org", LINK)]
 
 
 def test_worker_refuses_a_bad_catalog_before_it_touches_the_broker(tmp_path: Path) -> None:

@@ -286,7 +286,6 @@ def published_per_topic(deployment: Deployment, records: list[SimulatedRecord]) 
     return Counter(getattr(deployment.topics, record.role) for record in records)
 
 
-@pytest.mark.faults
 @pytest.mark.timeout(150)
 def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     deployment: Deployment, scenario: Scenario
@@ -301,8 +300,9 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     for chunk in chunks[:-1]:
         deployment.publish(chunk)
         published += published_per_topic(deployment, chunk)
-        # A random moment while the worker works through the chunk it was just given.
-        time.sleep(moments.uniform(0.5, 6.0))
+        # A random moment while the worker works through the chunk it was just given
+        # (it reads one in about a second, and commits every 2.8 s).
+        time.sleep(moments.uniform(0.1, 1.5))
         uncommitted_at_kill.append(uncommitted_inputs(deployment, published))
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
         # Same instance id: static membership hands the partitions straight back.
@@ -315,7 +315,6 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     print(f"{note}; alert transitions sent again: {observed.resent_alerts}")
 
 
-@pytest.mark.faults
 @pytest.mark.timeout(150)
 def test_sigterm_restart_and_a_rebalance_to_two_workers_and_back(
     deployment: Deployment, scenario: Scenario
@@ -366,7 +365,6 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
         yield running
 
 
-@pytest.mark.faults
 @pytest.mark.timeout(150)
 def test_broker_stopped_and_restarted_keeps_data_and_the_worker_carries_on(
     own_broker: LocalBroker, tmp_path: Path, scenario: Scenario

@@ -1,0 +1,173 @@
+"""The monitor commits its input offsets itself: what its agents finished, in offset order.
+
+Faust drops every fetched record below the highest offset it has delivered of its partition.
+After a seek (to committed offsets on a rebalance or a restart), records fetched before the
+seek still arrive and raise that mark, and the records the seek asked for are then dropped:
+a hole (its streams also skip, and ack, records of an older generation), which its
+ack-driven commits either never pass or, taking it for a gap in the log, commit past unread.
+So Faust's filter is switched off and it keeps no acked offsets (it commits nothing); these
+cursors admit records in offset order, read a partition again from a hole, and commit what
+the agents finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Any, TypeVar, cast
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient
+from faust.types import TP, EventT
+
+from streams.offsets import Admission, Cursors
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Faust's own default commit interval.
+COMMIT_INTERVAL_S = 2.8
+
+
+class Offsets:
+    """Admits each batch in offset order and commits what the agents finished."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self.cursors: Cursors[TP] = Cursors()
+        self.lookup = asyncio.Lock()
+        self.commit_lock = asyncio.Lock()
+        self.rewinds: set[asyncio.Future[None]] = set()
+
+    def attach(self) -> None:
+        # Before the fetcher starts, which reads the first. Acks still tell Faust when the
+        # agents are done with what they were given (a rebalance waits for that), but the
+        # offsets acked are kept nowhere, so Faust has nothing to commit.
+        consumer = cast(Any, self.app.consumer)
+        consumer._read_offset = Forgetful[int | None](lambda: None)
+        consumer._acked = Forgetful[list[int]](list)
+        consumer._acked_index = Forgetful[set[int]](set)
+        self.app.timer(COMMIT_INTERVAL_S, name="commit_finished_offsets")(self.commit_all)
+        self.app.on_partitions_revoked.connect(self.on_partitions_revoked)
+        self.app.on_before_shutdown.connect(self.on_shutdown)
+
+    async def admit(self, events: list[EventT[bytes]]) -> list[EventT[bytes]]:
+        """The events to process: each partition's next ones in order, none skipped unseen."""
+        await self._learn({event.message.tp for event in events})
+        taken: list[EventT[bytes]] = []
+        rewinds: dict[TP, int] = {}
+        for event in events:
+            message = event.message
+            tp = message.tp
+            if tp in rewinds:
+                continue  # read again from the hole: what follows comes again, in order
+            admission = self.cursors.admit(tp, message.offset)
+            if admission is Admission.TAKE:
+                taken.append(event)
+            elif admission is Admission.REWIND:
+                rewinds[tp] = self.cursors.cursors[tp].next_offset
+        for tp, offset in rewinds.items():
+            log.warning(
+                "%s:%d: records from offset %d were not delivered; reading again from there",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+            await self.app.consumer.seek(tp, offset)
+        return taken
+
+    def finished(self, events: list[EventT[bytes]]) -> None:
+        for event in events:
+            self.cursors.finished(event.message.tp, event.message.offset)
+
+    def abandon(self, events: list[EventT[bytes]]) -> None:
+        """A batch its agent did not finish: its partitions are read again from what is done."""
+        for tp in {event.message.tp for event in events}:
+            offset = self.cursors.abandon(tp)
+            if offset is not None and not self.app.should_stop:
+                rewind = asyncio.ensure_future(self.app.consumer.seek(tp, offset))
+                self.rewinds.add(rewind)
+                rewind.add_done_callback(self.rewinds.discard)
+
+    async def commit_all(self) -> None:
+        await self.commit(None)
+
+    async def commit(self, tps: set[TP] | None) -> None:
+        """Once the producer has every write of the finished batches, their offsets."""
+        async with self.commit_lock:
+            due = self.cursors.due(tps)
+            if not due:
+                return
+            await self.app.producer.flush()
+            # The consumer's own commit, not its ack-driven one: offsets as given.
+            consumer = cast(Any, self.app.consumer)
+            if await consumer._commit(due):
+                self.cursors.committed(due)
+
+    async def on_partitions_revoked(
+        self, sender: Any, /, *args: Any, signal: Any, **_: Any
+    ) -> None:
+        """Sent once the agents finished their batches: commit them before the partitions go."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        await self.commit(revoked)
+        self.cursors.forget(revoked)
+
+    async def on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        await self.commit(None)
+
+    async def _learn(self, tps: set[TP]) -> None:
+        """Where newly assigned partitions start: the group's commit, else the log's start."""
+        if not self.cursors.unknown(tps):
+            return
+        async with self.lookup:
+            unknown = self.cursors.unknown(tps)
+            if not unknown:
+                return
+            committed = await self._committed(unknown)
+            missing = [tp for tp in unknown if tp not in committed]
+            earliest = await self.app.consumer.earliest_offsets(*missing) if missing else {}
+            for tp in unknown:
+                self.cursors.start(tp, committed.get(tp, earliest.get(tp, 0)))
+
+    async def _committed(self, tps: set[TP]) -> dict[TP, int]:
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self.settings.bootstrap_servers,
+            **self.settings.broker_security.client_options(),
+        )
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(self.app.conf.id)
+        finally:
+            await admin.close()
+        wanted = {(tp.topic, tp.partition): tp for tp in tps}
+        return {
+            wanted[(tp.topic, tp.partition)]: meta.offset
+            for tp, meta in offsets.items()
+            if (tp.topic, tp.partition) in wanted and meta.offset >= 0
+        }
+
+
+class Forgetful(MutableMapping[TP, T]):
+    """A per-partition map of Faust's consumer that keeps nothing: each read gets `empty()`."""
+
+    def __init__(self, empty: Callable[[], T]) -> None:
+        self.empty = empty
+
+    def __getitem__(self, tp: TP) -> T:
+        return self.empty()
+
+    def __setitem__(self, tp: TP, value: T) -> None:
+        pass
+
+    def __delitem__(self, tp: TP) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[TP]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0

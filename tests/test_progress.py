@@ -1,0 +1,52 @@
+"""The watermark over input partitions: idle ones vouch only for how far the others had got."""
+
+from __future__ import annotations
+
+from streams.progress import SourceMark, SourceProgress
+
+MIN = 60_000
+
+
+def progress(*marks: tuple[str, int | None, bool]) -> SourceProgress:
+    tracked = SourceProgress({"a", "b"})
+    for source, watermark, idle in marks:
+        tracked.report(SourceMark(source, watermark, idle))
+    return tracked
+
+
+def test_the_slowest_partition_still_sending_holds_the_watermark() -> None:
+    assert progress(("a", 10 * MIN, False)).watermark() is None, "b has not reported yet"
+    assert progress(("a", 10 * MIN, False), ("b", 7 * MIN, False)).watermark() == 7 * MIN
+
+
+def test_an_idle_partition_holds_nobody_back_once_it_says_so_after_the_others_moved() -> None:
+    tracked = progress(("a", 10 * MIN, False), ("b", 3 * MIN, True))
+    assert tracked.watermark() == 10 * MIN
+
+
+def test_a_burst_after_a_quiet_spell_waits_for_the_idle_partition_to_say_so_again() -> None:
+    # Both caught up at 15:00; then a burst: a is read first and reaches 30:00, while b
+    # still counts as idle from before the burst and may hold records of 15:00-30:00.
+    tracked = progress(("a", 15 * MIN, True), ("b", 15 * MIN, True))
+    assert tracked.watermark() == 15 * MIN
+    tracked.report(SourceMark("a", 30 * MIN, False))
+    assert tracked.watermark() == 15 * MIN, "not past b's old time on b's old word"
+    tracked.report(SourceMark("b", 22 * MIN, False))  # b had a burst too
+    assert tracked.watermark() == 22 * MIN
+    tracked.report(SourceMark("b", 22 * MIN, True))  # and has read it all
+    assert tracked.watermark() == 30 * MIN
+
+
+def test_all_idle_the_newest_time_counts_once_each_has_said_so_since() -> None:
+    tracked = progress(("a", 20 * MIN, False), ("b", 5 * MIN, True))
+    tracked.report(SourceMark("a", 40 * MIN, True))
+    assert tracked.watermark() == 20 * MIN, "b vouched for 20:00 only"
+    tracked.report(SourceMark("b", 5 * MIN, True))
+    assert tracked.watermark() == 40 * MIN
+
+
+def test_a_partition_idle_before_anything_was_known_says_so_again_first() -> None:
+    tracked = progress(("b", None, True), ("a", 10 * MIN, False))
+    assert tracked.watermark() is None
+    tracked.report(SourceMark("b", None, True))
+    assert tracked.watermark() == 10 * MIN
