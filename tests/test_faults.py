@@ -26,6 +26,7 @@ from models.records import Alert
 from streams.broker import LocalBroker
 from streams.catalog import Catalog, load_catalog
 from streams.delivery import unwrap
+from streams.journeys import BreakState
 from streams.messaging import CustomerMessages, FrequencyPolicy, Message
 from streams.replay import ReplayResult
 from streams.scores import Tally
@@ -39,13 +40,17 @@ pytestmark = pytest.mark.broker
 START_MS = 1_795_305_600_000  # a fixed past day, so runs agree
 MINUTE_MS = 60_000
 # An hour, ~13,500 records: checkout.payment degrades for 25 minutes (incidents on two
-# metrics that fire and resolve) and flooded customers (incidents that fire).
+# metrics that fire and resolve), carts stop reaching it for as long (a journey break that
+# fires: each attempt decided once, whatever the crash) and flooded customers (incidents
+# that fire).
 SCENARIO = SimulationConfig(
     start_ms=START_MS,
     duration_ms=60 * MINUTE_MS,
     degrade_touchpoint="checkout.payment",
     degrade_from_ms=START_MS + 15 * MINUTE_MS,
     degrade_until_ms=START_MS + 40 * MINUTE_MS,
+    break_from_ms=START_MS + 15 * MINUTE_MS,
+    break_until_ms=START_MS + 40 * MINUTE_MS,
     over_messaged_customers=3,
     duplicate_ratio=0.02,
     invalid_ratio=0.005,
@@ -69,6 +74,7 @@ def scenario() -> Scenario:
         ("key_moment_degraded", "firing"),
         ("key_moment_degraded", "resolved"),
         ("over_messaged", "firing"),
+        ("journey_break", "firing"),
     }, "the scenario must fire and resolve incidents, or the alert checks prove little"
     assert expected.duplicates > 0
     assert any(expected.rejected.values())
@@ -81,6 +87,7 @@ class Observed:
 
     touchpoints: dict[str, TouchpointState]
     customers: dict[str, CustomerMessages]
+    breaks: dict[str, BreakState]
     alerts: list[dict[str, Any]]
     dead_letters: list[Received]
 
@@ -96,6 +103,10 @@ class Observed:
                 key.decode(): CustomerMessages.decode(value)
                 for key, value in deployment.table("customer-frequency").items()
             },
+            breaks={
+                key.decode(): BreakState.decode(value)
+                for key, value in deployment.table("journey-breaks").items()
+            },
             alerts=[orjson.loads(value) for _, value, _ in deployment.read_to_end(topics.alerts)],
             dead_letters=deployment.read_to_end(topics.dead_letters),
         )
@@ -110,6 +121,7 @@ def differences(expected: ReplayResult, observed: Observed, catalog: Catalog) ->
     return [
         *shown(touchpoint_differences(expected.touchpoints, observed.touchpoints, catalog)),
         *shown(customer_differences(expected.customers, observed.customers, catalog)),
+        *shown(break_differences(expected.breaks, observed.breaks)),
         *shown(alert_differences(expected.alerts, observed.alerts)),
         *shown(dead_letter_differences(expected, observed.dead_letters)),
     ]
@@ -117,6 +129,29 @@ def differences(expected: ReplayResult, observed: Observed, catalog: Catalog) ->
 
 def shown(found: list[str]) -> list[str]:
     return found if len(found) <= SHOWN else [*found[:SHOWN], f"... and {len(found) - SHOWN} more"]
+
+
+def break_differences(
+    expected: dict[str, BreakState], observed: dict[str, BreakState]
+) -> list[str]:
+    """Each journey break's decided attempts by bucket, and its open incident."""
+    found: list[str] = []
+    for name in sorted(expected.keys() | observed.keys()):
+        want, got = expected.get(name, BreakState()), observed.get(name, BreakState())
+        if got.incident_start_ms != want.incident_start_ms:
+            found.append(
+                f"break {name}: incident open since {at(got.incident_start_ms)}, "
+                f"the reference's since {at(want.incident_start_ms)}"
+            )
+        for start in sorted(want.buckets.keys() | got.buckets.keys()):
+            wanted, held = want.buckets.get(start, {}), got.buckets.get(start, {})
+            if wanted != held:
+                apart = len(wanted.items() ^ held.items())
+                found.append(
+                    f"break {name} bucket {at(start)}: {len(held)} attempts, the reference "
+                    f"{len(wanted)}; {apart} decided differently or only on one side"
+                )
+    return found
 
 
 def touchpoint_differences(
