@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -28,6 +29,8 @@ from models.decode import (
 )
 from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
+from streams.dedup import SeenBatch, SeenIds, batch_key, id_digest
+from streams.dedup import newest_ms as stored_newest_ms
 from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
@@ -87,6 +90,9 @@ class Pipeline:
         self.partials = PartialTallies(core.catalog, core.scorer)
         self.timeliness = Timeliness(core.catalog.scores.grace_ms, settings.max_future_ms)
         self.seen = PartitionedState(topology.seen_ids)
+        self.seen_ids = SeenIds()
+        self.seen_loaded: set[str] = set()  # sources whose stored ids are in `seen_ids`
+        self.seen_batch = SeenBatch(0)  # the ids first counted in the batch being folded
         self.windows = PartitionedState(topology.touchpoint_windows)
         self.identities = PartitionedState(topology.identities)
         self.held = PartitionedState(topology.held_messages)
@@ -147,22 +153,21 @@ class Pipeline:
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
         self.app.on_partitions_revoked.connect(self.forget_revoked_touchpoints)
+        self.app.on_partitions_revoked.connect(self.forget_revoked_ids)
 
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
 
     async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            for batch in by_partition(events):
-                await self._ingest(batch, decode_touchpoint_event, self._fold_event)
+            await self._ingest(by_partition(events), decode_touchpoint_event, self._fold_event)
             await self._report_progress(events)
             self._observe_ingest(events, started)
 
     async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            for batch in by_partition(events):
-                await self._ingest(batch, decode_survey_answer, self._fold_answer)
+            await self._ingest(by_partition(events), decode_survey_answer, self._fold_answer)
             await self._report_progress(events)
             self._observe_ingest(events, started)
 
@@ -189,40 +194,56 @@ class Pipeline:
 
     async def _ingest(
         self,
-        events: list[Event],
+        batches: list[list[Event]],
         decode: Callable[[bytes], Any],
         fold: Callable[[Event, Any, list[Send]], None],
     ) -> None:
-        """One input partition's batch: folded once, its sends stored before they go out."""
-        first = events[0].message
-        source = source_name(first.topic, first.partition)
-        async with self.checkpoint_locks[source]:
-            checkpoint = await self._resend_unsent(source, first.partition)
-            fresh = [e for e in events if e.message.offset > checkpoint.offset]
-            for event in events[: len(events) - len(fresh)]:
-                # Done before a crash or a rebalance: its sends are out already.
-                self.sources.saw(first.topic, first.partition, event.message.offset, None)
-            if not fresh:
-                return
+        """Each input partition's batch folded once, its sends stored before they go out.
+
+        The partitions of a batch share the round trips: their checkpoints are stored
+        together, then everything they send goes out together.
+        """
+        async with contextlib.AsyncExitStack() as locks:
             dead_letters: list[Send] = []
-            valid = self._valid(fresh, decode, dead_letters)
+            stored: list[tuple[int, bytes, Checkpoint]] = []
+            for events in batches:
+                first = events[0].message
+                source = source_name(first.topic, first.partition)
+                await locks.enter_async_context(self.checkpoint_locks[source])
+                checkpoint = await self._resend_unsent(source, first.partition)
+                fresh = [e for e in events if e.message.offset > checkpoint.offset]
+                for event in events[: len(events) - len(fresh)]:
+                    # Done before a crash or a rebalance: its sends are out already.
+                    self.sources.saw(first.topic, first.partition, event.message.offset, None)
+                if not fresh:
+                    continue
+                sends: list[Send] = []
+                self._load_seen(source)
+                self.seen_batch = SeenBatch(first.partition)
+                for event, record in self._valid(fresh, decode, dead_letters):
+                    fold(event, record, sends)
+                self._store_seen(source, fresh[0].message.offset)
+                last_offset = fresh[-1].message.offset
+                partials = self.topology.touchpoint_partials.get_topic_name()
+                for partial in self.partials.drain(source, last_offset):
+                    sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
+                watermark = self.sources.watermarks.get(source)
+                stored.append(
+                    (first.partition, source.encode(), Checkpoint(last_offset, watermark, sends))
+                )
             # Dead letters are for people, not for the next stage: out first, at least
             # once, and never kept in the checkpoint (a bad record may be a megabyte).
             await self._deliver(dead_letters)
-            sends: list[Send] = []
-            for event, record in valid:
-                fold(event, record, sends)
-            last_offset = fresh[-1].message.offset
-            partials = self.topology.touchpoint_partials.get_topic_name()
-            for partial in self.partials.drain(source, last_offset):
-                sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
-            checkpoint = Checkpoint(last_offset, self.sources.watermarks.get(source), sends)
-            await self.checkpoints.put_durably(
-                first.partition, source.encode(), checkpoint.encode()
+            await asyncio.gather(
+                *(
+                    self.checkpoints.put(p, key, checkpoint.encode())
+                    for p, key, checkpoint in stored
+                )
             )
-            await self._deliver(sends)
-            checkpoint.unsent = []
-            self.checkpoints.put(first.partition, source.encode(), checkpoint.encode())
+            await self._deliver([send for _, _, checkpoint in stored for send in checkpoint.unsent])
+            for partition, key, checkpoint in stored:
+                checkpoint.unsent = []
+                self.checkpoints.put(partition, key, checkpoint.encode())
 
     async def _resend_unsent(self, source: str, partition: int) -> Checkpoint:
         """What a worker that died mid-batch stored but may not have sent: sent now, again."""
@@ -313,35 +334,66 @@ class Pipeline:
     def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
         """False for a duplicate id; the same record read again after a crash is no duplicate."""
         message = event.message
-        key = f"{message.topic}\x1f{record_id}".encode()
-        here = f"{message.partition}:{message.offset}"
-        seen = self.seen.get(key)
-        if seen is not None and seen.decode().partition(":")[2] != here:
+        digest = id_digest(message.topic, record_id)
+        if not self.seen_ids.first_time(digest, message.partition, message.offset):
             metrics.DUPLICATES.labels(message.topic).inc()
             return False
-        self.seen.put(message.partition, key, f"{occurred_at_ms}:{here}".encode())
-        self._expire_seen(message.topic, message.partition, occurred_at_ms)
+        self.seen_batch.add(digest, message.offset, occurred_at_ms)
         return True
 
-    def _expire_seen(self, topic: str, partition: int, occurred_at_ms: int) -> None:
-        """Forget ids older than the TTL, at most once per TTL/24 of event time per partition."""
-        source = source_name(topic, partition)
-        last_sweep = self.dedup_sweeps.setdefault(source, occurred_at_ms)
-        if occurred_at_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
+    def _load_seen(self, source: str) -> None:
+        """The ids a source's stored batches hold, indexed once it is ours (after recovery)."""
+        if source in self.seen_loaded:
             return
-        self.dedup_sweeps[source] = occurred_at_ms
-        horizon = occurred_at_ms - self.settings.dedup_ttl_ms
-        prefix = f"{topic}\x1f".encode()
-        for key, value in self.seen.items():
-            if key.startswith(prefix) and int(value.partition(b":")[0]) < horizon:
-                self.seen.delete(partition, key)
+        self.seen_loaded.add(source)
+        prefix = f"{source}\x1f".encode()
+        for key, raw in self.seen.items():
+            if key.startswith(prefix):
+                self.seen_ids.load(SeenBatch.decode(raw))
+
+    def _store_seen(self, source: str, first_offset: int) -> None:
+        """One table write per input batch, then ids older than the TTL forgotten.
+
+        Expired at most once per TTL/24 of event time per source, a stored batch at a time.
+        """
+        batch = self.seen_batch
+        if not batch.pairs:
+            return
+        self.seen.put(batch.partition, batch_key(source, first_offset), batch.encode())
+        last_sweep = self.dedup_sweeps.setdefault(source, batch.newest_ms)
+        if batch.newest_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
+            return
+        self.dedup_sweeps[source] = batch.newest_ms
+        horizon = batch.newest_ms - self.settings.dedup_ttl_ms
+        prefix = f"{source}\x1f".encode()
+        for key, raw in self.seen.items():
+            if key.startswith(prefix) and stored_newest_ms(raw) < horizon:
+                self.seen_ids.forget(SeenBatch.decode(raw))
+                self.seen.delete(batch.partition, key)
+
+    def forget_revoked_ids(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Sources another worker reads now: their ids are indexed again if they come back."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        for tp in revoked:
+            source = source_name(tp.topic, tp.partition)
+            if source not in self.seen_loaded:
+                continue
+            self.seen_loaded.discard(source)
+            prefix = f"{source}\x1f".encode()
+            for key, raw in self.seen.items():
+                if key.startswith(prefix):
+                    self.seen_ids.forget(SeenBatch.decode(raw))
 
     # Event-time progress: every downstream partition learns how far each input has got.
 
     async def _report_progress(self, events: list[Event]) -> None:
+        """One message per downstream partition for the whole batch, whatever it touched."""
         touched = sorted({(e.message.topic, e.message.partition) for e in events})
-        for topic, partition in touched:
-            await self._send_marks([self.sources.mark(self.app, topic, partition)], topic)
+        for topic in sorted({topic for topic, _ in touched}):
+            marks = [
+                self.sources.mark(self.app, t, partition) for t, partition in touched if t == topic
+            ]
+            await self._send_marks(marks, topic)
 
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty."""

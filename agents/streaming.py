@@ -40,9 +40,6 @@ class PartitionedState:
         self.store[key] = value
         return self.table.send_changelog(partition, key, value)
 
-    async def put_durably(self, partition: int, key: bytes, value: bytes) -> None:
-        await self.put(partition, key, value)
-
     def delete(self, partition: int, key: bytes) -> None:
         if self.store.get(key) is not None:
             del self.store[key]

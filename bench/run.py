@@ -373,7 +373,7 @@ def time_restore(deployment: Deployment) -> dict[str, float]:
         "restored": "Done reading from changelog topics",
     }
     started = time.perf_counter()
-    worker = deployment.start_worker("w1")
+    worker = deployment.start_worker("w1", ready_timeout_s=600)
     seen: dict[str, float] = {}
     try:
         ready = time.perf_counter() - started
@@ -478,6 +478,7 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
 def main() -> None:
     args = arguments()
     begun = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="cxmon-bench-"))
     results: dict[str, Any] = {
         "machine": {
@@ -493,7 +494,6 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)  # the broker's data: a gigabyte at full size
     results["bench_seconds"] = time.perf_counter() - begun
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(table(results))
     say(f"results: {args.out} ({results['bench_seconds']:.0f} s)")

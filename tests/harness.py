@@ -119,7 +119,7 @@ class Deployment:
     def settings(self) -> Settings:
         return Settings.from_env(self.env("client", 0))
 
-    def start_worker(self, instance: str = "w1") -> WorkerProcess:
+    def start_worker(self, instance: str = "w1", ready_timeout_s: float = 90.0) -> WorkerProcess:
         port = free_port()
         (self.root / instance).mkdir(parents=True, exist_ok=True)
         log_path = self.root / f"{instance}.log"
@@ -134,7 +134,7 @@ class Deployment:
                 cwd=REPO,
             )
         worker = WorkerProcess(process, log_path, port, log_start)
-        worker.wait_ready()
+        worker.wait_ready(ready_timeout_s)
         return worker
 
     def publish(self, records: Iterable[SimulatedRecord]) -> int:
