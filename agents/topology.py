@@ -6,6 +6,7 @@ from typing import Any
 
 import faust
 
+from agents.consumer import use_batch_consumer
 from streams.settings import Settings
 from streams.topics import COMPACTED, TopicSpec, input_topics
 
@@ -36,7 +37,7 @@ def build_app(settings: Settings) -> faust.App:
         )
     elif security["ssl_context"] is not None:
         credentials = faust.SSLCredentials(security["ssl_context"])
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=credentials,
@@ -58,6 +59,8 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
     )
+    use_batch_consumer(app)
+    return app
 
 
 class Topology:
