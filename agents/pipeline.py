@@ -599,45 +599,55 @@ class Pipeline:
                 assert outbound.customer_id is not None
                 entry = by_customer.setdefault(outbound.customer_id, (message.partition, []))
                 entry[1].append(outbound)
+            # Each customer's state is read and written once per batch, however many
+            # messages and judgements it takes in.
+            touched: dict[bytes, tuple[int, CustomerMessages]] = {}
             for customer, (partition, messages) in by_customer.items():
-                self._record(customer, partition, messages)
+                touched[customer.encode()] = (partition, self._record(customer, messages))
             for partition in sorted(partitions):
-                await self._judge_customers(partition)
+                await self._judge_customers(partition, touched)
+            for key, (partition, state) in touched.items():
+                self.frequency.put(partition, key, state.encode())
+                due = self.customers_due.get(key) is not None
+                if state.waiting and not due:
+                    self.customers_due.put(partition, key, str(partition).encode())
+                elif due and not state.waiting:
+                    self.customers_due.delete(partition, key)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    def _record(self, customer: str, partition: int, messages: list[OutboundMessage]) -> None:
-        key = customer.encode()
-        raw = self.frequency.get(key)
+    def _record(self, customer: str, messages: list[OutboundMessage]) -> CustomerMessages:
+        raw = self.frequency.get(customer.encode())
         state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
         for message in messages:
             if self.policy.record(state, message.message):
                 metrics.count_outbound(message.message)
         window = self.policy.inside(state, state.messages[-1].sent_at_ms)
         metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
-        self.frequency.put(partition, key, state.encode())
-        if self.customers_due.get(key) is None:
-            self.customers_due.put(partition, key, str(partition).encode())
+        return state
 
-    async def _judge_customers(self, partition: int) -> None:
+    async def _judge_customers(
+        self, partition: int, touched: dict[bytes, tuple[int, CustomerMessages]]
+    ) -> None:
         """Judge every waiting customer of the partition up to its watermark, in event time."""
         watermark = self.customer_progress[partition].watermark()
         if watermark is None or watermark <= self.customers_judged_to.get(partition, -1):
             return
         self.customers_judged_to[partition] = watermark
         tag = str(partition).encode()
-        for key, value in self.customers_due.items():
-            if value != tag:
-                continue
-            raw = self.frequency.get(key)
-            if raw is None:
-                self.customers_due.delete(partition, key)
-                continue
-            state = CustomerMessages.decode(raw)
+        waiting = {key for key, value in self.customers_due.items() if value == tag}
+        waiting.update(key for key, (p, _) in touched.items() if p == partition)
+        for key in sorted(waiting):
+            if key in touched:
+                state = touched[key][1]
+            else:
+                raw = self.frequency.get(key)
+                if raw is None:
+                    self.customers_due.delete(partition, key)
+                    continue
+                state = CustomerMessages.decode(raw)
+                touched[key] = (partition, state)
             for alert in self.policy.advance(state, key.decode(), watermark):
                 await self._emit(alert)
-            self.frequency.put(partition, key, state.encode())
-            if not state.waiting:
-                self.customers_due.delete(partition, key)
 
     async def _emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""
