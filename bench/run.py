@@ -33,11 +33,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from models.records import Category
 from streams.broker import LocalBroker
 from streams.delivery import unwrap
+from streams.messaging import CustomerMessages, Message
 from streams.publish import Outgoing, follow, send_all
 from streams.settings import Settings
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.topics import COMPACTED, TopicSpec, ensure_topics
 from tests.harness import Deployment, WorkerProcess, free_port
 
 HOUR_MS = 3_600_000
@@ -414,6 +417,31 @@ def time_restore(deployment: Deployment) -> dict[str, float]:
     return {"start_to_ready_s": ready, "changelog_read_s": recovery}
 
 
+def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) -> dict[str, float]:
+    """A worker whose frequency table holds `keys` customers, restarted on an empty disk.
+
+    The table is written as the worker writes it (each customer's state, on the
+    partition of its key) with one to three marketing messages a customer.
+    """
+    deployment = Deployment(broker.url, root, partitions=partitions, name="bench-restore")
+    settings = deployment.settings()
+    changelog = f"{deployment.name}-customer-frequency-changelog"
+    asyncio.run(ensure_topics(settings, [TopicSpec(changelog, partitions, COMPACTED)]))
+
+    def states() -> Iterator[Outgoing]:
+        for n in range(keys):
+            at = BACKLOG_START_MS + n * 61_000 % HOUR_MS
+            messages = [
+                Message(at + k, "sms", Category.MARKETING, n * 3 + k) for k in range(n % 3 + 1)
+            ]
+            state = CustomerMessages(messages, judged_to_ms=at + 3)
+            yield Outgoing(changelog, f"c-{n:07d}".encode(), state.encode())
+
+    say(f"  writing {keys:,} customers' states to {changelog}")
+    asyncio.run(send_all(settings, states(), progress_every=250_000))
+    return time_restore(deployment)
+
+
 def same_state(one: Deployment, other: Deployment) -> dict[str, bool]:
     """Tables of two runs over the same input: equal, batch bookkeeping aside."""
     result = {}
@@ -426,6 +454,16 @@ def same_state(one: Deployment, other: Deployment) -> dict[str, bool]:
     return result
 
 
+def stop_workers_left() -> None:
+    """Workers this run started and did not stop (a failure on the way): stopped by their id."""
+    mine = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            parent = (proc / "stat").read_text().rpartition(")")[2].split()[1]
+            if parent == mine and b"streams\x00worker" in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000, help="events and answers")
@@ -433,6 +471,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=10_000, help="offered live load, events/s")
     parser.add_argument("--live-seconds", type=float, default=30.0)
     parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--restore-keys", type=int, default=1_000_000, help="customers in the restore test"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--scale-out", action="store_true", help="also two workers, and compare final state"
@@ -489,6 +530,12 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         "state_bytes_per_active_customer": state.bytes / data.active_customers,
         "restore": {**restore, "keys": state.keys},
     }
+    if args.restore_keys:
+        say(f"restore: a worker with {args.restore_keys:,} customers in its frequency table")
+        results["restore_large"] = {
+            **restore_keys(broker, root, args.restore_keys, args.partitions),
+            "keys": args.restore_keys,
+        }
     if args.scale_out:
         two = Deployment(broker.url, root, partitions=args.partitions, name="bench2")
         for role, name in names.items():
@@ -518,6 +565,7 @@ def main() -> None:
         with LocalBroker("127.0.0.1", free_port(), root / "broker").start() as broker:
             results.update(measure(args, broker, root))
     finally:
+        stop_workers_left()
         shutil.rmtree(root, ignore_errors=True)  # the broker's data: a gigabyte at full size
     results["bench_seconds"] = time.perf_counter() - begun
     args.out.write_text(json.dumps(results, indent=2))
@@ -557,6 +605,15 @@ def table(results: dict[str, Any]) -> str:
         ),
         ("  new process start to ready", seconds(restore["start_to_ready_s"])),
     ]
+    if "restore_large" in results:
+        large = results["restore_large"]
+        rows.append(
+            (
+                f"restore of {large['keys']:,} keys: changelogs read in",
+                seconds(large["changelog_read_s"]),
+            )
+        )
+        rows.append(("  new process start to ready", seconds(large["start_to_ready_s"])))
     if "two_workers" in results:
         pair = results["two_workers"]
         rows.append(("events/s, two workers together", f"{pair['events_per_s']:,.0f}"))
