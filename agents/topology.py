@@ -6,7 +6,6 @@ from typing import Any
 
 import faust
 
-from agents.consumer import use_batch_consumer
 from streams.settings import Settings
 from streams.topics import COMPACTED, TopicSpec, input_topics
 
@@ -37,7 +36,7 @@ def build_app(settings: Settings) -> faust.App:
         )
     elif security["ssl_context"] is not None:
         credentials = faust.SSLCredentials(security["ssl_context"])
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=credentials,
@@ -59,8 +58,6 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
     )
-    use_batch_consumer(app)
-    return app
 
 
 class Topology:
