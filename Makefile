@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Prometheus, Alertmanager and openssl (test certificates) from Debian, for the real thing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv ops-tools run test lint typecheck unit e2e faults clean
+.PHONY: venv ops-tools run test lint typecheck unit e2e faults bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ e2e: venv ops-tools
 # kill -9, a rebalance, a broker restart, a replay: part of `make test`, alone here.
 faults: venv
 	$(BIN)/pytest -q tests/test_faults.py
+
+# Throughput, alert latency, memory, state and restore time of the real worker (README
+# "Performance"); a smaller run: make bench BENCH_ARGS="--events 100000".
+BENCH_ARGS ?=
+bench: venv
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 test: lint typecheck ops-tools
 	$(BIN)/pytest -q

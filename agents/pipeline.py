@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -28,6 +29,8 @@ from models.decode import (
 )
 from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
+from streams.dedup import SeenBatch, SeenIds, batch_key, id_digest
+from streams.dedup import newest_ms as stored_newest_ms
 from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
@@ -106,6 +109,9 @@ class Pipeline:
         self.partials = PartialTallies(core.catalog, core.scorer)
         self.timeliness = Timeliness(core.catalog.scores.grace_ms, settings.max_future_ms)
         self.seen = PartitionedState(topology.seen_ids)
+        self.seen_ids = SeenIds()
+        self.seen_loaded: set[str] = set()  # sources whose stored ids are in `seen_ids`
+        self.seen_batch = SeenBatch(0)  # the ids first counted in the batch being folded
         self.windows = PartitionedState(topology.touchpoint_windows)
         self.identities = PartitionedState(topology.identities)
         self.held = PartitionedState(topology.held_messages)
@@ -127,21 +133,11 @@ class Pipeline:
         self.customers_due = PartitionedState(topology.customers_due)
         self.dedup_sweeps: dict[str, int] = {}
         self.sources = Sources(topology, settings.partitions)
-        self.touchpoint_progress: defaultdict[int, SourceProgress] = defaultdict(
-            lambda: SourceProgress(
-                self.sources.expected(topology.touchpoint_events, topology.survey_answers)
-            )
+        self.touchpoint_progress = self._progress(
+            topology.touchpoint_events, topology.survey_answers
         )
-        self.contact_progress: defaultdict[int, SourceProgress] = defaultdict(
-            lambda: SourceProgress(
-                self.sources.expected(topology.touchpoint_events, topology.identity_links)
-            )
-        )
-        self.customer_progress: defaultdict[int, SourceProgress] = defaultdict(
-            lambda: SourceProgress(
-                self.sources.expected(topology.touchpoint_events, topology.contacts)
-            )
-        )
+        self.contact_progress = self._progress(topology.touchpoint_events, topology.identity_links)
+        self.customer_progress = self._progress(topology.touchpoint_events, topology.contacts)
         self.customers_judged_to: dict[int, int] = {}
         self.journeys = JourneyTracker(core.catalog)
         self.visit_batch = VisitBatch(self.journeys)
@@ -154,29 +150,32 @@ class Pipeline:
                 topology.journey_visits
             )
         self.downstream[topology.journey_visits.get_topic_name()] = [topology.journey_outcomes]
-        self.journey_progress: defaultdict[int, SourceProgress] = defaultdict(
-            lambda: SourceProgress(self.sources.expected(topology.touchpoint_events))
-        )
-        self.break_progress: defaultdict[int, SourceProgress] = defaultdict(
-            lambda: SourceProgress(self.sources.expected(topology.journey_visits))
-        )
+        self.journey_progress = self._progress(topology.touchpoint_events)
+        self.break_progress = self._progress(topology.journey_visits)
         self.journeys_decided_to: dict[int, int] = {}
         self.breaks_judged_to: dict[int, int] = {}
         self.break_windows = {j.id: BreakWindows(j) for j in core.catalog.breaks}
-        self.breaks_by_partition: dict[int, list[str]] = defaultdict(list)
-        for journey in core.catalog.breaks:
-            partition = partition_of(journey.id.encode(), self.partitions)
-            self.breaks_by_partition[partition].append(journey.id)
+        self.breaks_by_partition = self._by_partition({j.id for j in core.catalog.breaks})
         self.idle_reported_at = 0.0
         self.judged_to: dict[int, int] = {}
         watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
         self.watched = frozenset(watched)
-        self.key_moment_touchpoints: dict[int, list[str]] = defaultdict(list)
-        for touchpoint in sorted({m.touchpoint for m in core.catalog.key_moments}):
-            partition = partition_of(touchpoint.encode(), self.partitions)
-            self.key_moment_touchpoints[partition].append(touchpoint)
+        self.key_moment_touchpoints = self._by_partition(
+            {m.touchpoint for m in core.catalog.key_moments}
+        )
         self.exported_scores: set[tuple[str, ScoreMetric]] = set()
         metrics.declare_catalog(core.catalog)
+
+    def _progress(self, *inputs: faust.TopicT) -> defaultdict[int, SourceProgress]:
+        """Per partition of a stage: how far each partition of its inputs has got."""
+        return defaultdict(lambda: SourceProgress(self.sources.expected(*inputs)))
+
+    def _by_partition(self, keys: set[str]) -> dict[int, list[str]]:
+        """Catalog keys (touchpoints, breaks) by the partition their state lives in."""
+        found: dict[int, list[str]] = defaultdict(list)
+        for key in sorted(keys):
+            found[partition_of(key.encode(), self.partitions)].append(key)
+        return found
 
     def attach(self) -> None:
         topology = self.topology
@@ -193,22 +192,21 @@ class Pipeline:
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
         self.app.on_partitions_revoked.connect(self.forget_revoked_touchpoints)
+        self.app.on_partitions_revoked.connect(self.forget_revoked_ids)
 
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
 
     async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            for batch in by_partition(events):
-                await self._ingest(batch, decode_touchpoint_event, self._fold_event)
+            await self._ingest(by_partition(events), decode_touchpoint_event, self._fold_event)
             await self._report_progress(events)
             self._observe_ingest(events, started)
 
     async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            for batch in by_partition(events):
-                await self._ingest(batch, decode_survey_answer, self._fold_answer)
+            await self._ingest(by_partition(events), decode_survey_answer, self._fold_answer)
             await self._report_progress(events)
             self._observe_ingest(events, started)
 
@@ -235,43 +233,59 @@ class Pipeline:
 
     async def _ingest(
         self,
-        events: list[Event],
+        batches: list[list[Event]],
         decode: Callable[[bytes], Any],
         fold: Callable[[Event, Any, list[Send]], None],
     ) -> None:
-        """One input partition's batch: folded once, its sends stored before they go out."""
-        first = events[0].message
-        source = source_name(first.topic, first.partition)
-        async with self.checkpoint_locks[source]:
-            checkpoint = await self._resend_unsent(source, first.partition)
-            fresh = [e for e in events if e.message.offset > checkpoint.offset]
-            for event in events[: len(events) - len(fresh)]:
-                # Done before a crash or a rebalance: its sends are out already.
-                self.sources.saw(first.topic, first.partition, event.message.offset, None)
-            if not fresh:
-                return
+        """Each input partition's batch folded once, its sends stored before they go out.
+
+        The partitions of a batch share the round trips: their checkpoints are stored
+        together, then everything they send goes out together.
+        """
+        async with contextlib.AsyncExitStack() as locks:
             dead_letters: list[Send] = []
-            valid = self._valid(fresh, decode, dead_letters)
+            stored: list[tuple[int, bytes, Checkpoint]] = []
+            for events in batches:
+                first = events[0].message
+                source = source_name(first.topic, first.partition)
+                await locks.enter_async_context(self.checkpoint_locks[source])
+                checkpoint = await self._resend_unsent(source, first.partition)
+                fresh = [e for e in events if e.message.offset > checkpoint.offset]
+                for event in events[: len(events) - len(fresh)]:
+                    # Done before a crash or a rebalance: its sends are out already.
+                    self.sources.saw(first.topic, first.partition, event.message.offset, None)
+                if not fresh:
+                    continue
+                sends: list[Send] = []
+                self._load_seen(source)
+                self.seen_batch = SeenBatch(first.partition)
+                for event, record in self._valid(fresh, decode, dead_letters):
+                    fold(event, record, sends)
+                self._store_seen(source, fresh[0].message.offset)
+                last_offset = fresh[-1].message.offset
+                partials = self.topology.touchpoint_partials.get_topic_name()
+                for partial in self.partials.drain(source, last_offset):
+                    sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
+                visits = self.topology.journey_visits.get_topic_name()
+                for entry in self.visit_batch.drain():
+                    sends.append(Send(visits, entry.customer.encode(), entry.encode()))
+                watermark = self.sources.watermarks.get(source)
+                stored.append(
+                    (first.partition, source.encode(), Checkpoint(last_offset, watermark, sends))
+                )
             # Dead letters are for people, not for the next stage: out first, at least
             # once, and never kept in the checkpoint (a bad record may be a megabyte).
             await self._deliver(dead_letters)
-            sends: list[Send] = []
-            for event, record in valid:
-                fold(event, record, sends)
-            last_offset = fresh[-1].message.offset
-            partials = self.topology.touchpoint_partials.get_topic_name()
-            for partial in self.partials.drain(source, last_offset):
-                sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
-            visits = self.topology.journey_visits.get_topic_name()
-            for entry in self.visit_batch.drain():
-                sends.append(Send(visits, entry.customer.encode(), entry.encode()))
-            checkpoint = Checkpoint(last_offset, self.sources.watermarks.get(source), sends)
-            await self.checkpoints.put_durably(
-                first.partition, source.encode(), checkpoint.encode()
+            await asyncio.gather(
+                *(
+                    self.checkpoints.put(p, key, checkpoint.encode())
+                    for p, key, checkpoint in stored
+                )
             )
-            await self._deliver(sends)
-            checkpoint.unsent = []
-            self.checkpoints.put(first.partition, source.encode(), checkpoint.encode())
+            await self._deliver([send for _, _, checkpoint in stored for send in checkpoint.unsent])
+            for partition, key, checkpoint in stored:
+                checkpoint.unsent = []
+                self.checkpoints.put(partition, key, checkpoint.encode())
 
     async def _resend_unsent(self, source: str, partition: int) -> Checkpoint:
         """What a worker that died mid-batch stored but may not have sent: sent now, again."""
@@ -363,35 +377,66 @@ class Pipeline:
     def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
         """False for a duplicate id; the same record read again after a crash is no duplicate."""
         message = event.message
-        key = f"{message.topic}\x1f{record_id}".encode()
-        here = f"{message.partition}:{message.offset}"
-        seen = self.seen.get(key)
-        if seen is not None and seen.decode().partition(":")[2] != here:
+        digest = id_digest(message.topic, record_id)
+        if not self.seen_ids.first_time(digest, message.partition, message.offset):
             metrics.DUPLICATES.labels(message.topic).inc()
             return False
-        self.seen.put(message.partition, key, f"{occurred_at_ms}:{here}".encode())
-        self._expire_seen(message.topic, message.partition, occurred_at_ms)
+        self.seen_batch.add(digest, message.offset, occurred_at_ms)
         return True
 
-    def _expire_seen(self, topic: str, partition: int, occurred_at_ms: int) -> None:
-        """Forget ids older than the TTL, at most once per TTL/24 of event time per partition."""
-        source = source_name(topic, partition)
-        last_sweep = self.dedup_sweeps.setdefault(source, occurred_at_ms)
-        if occurred_at_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
+    def _load_seen(self, source: str) -> None:
+        """The ids a source's stored batches hold, indexed once it is ours (after recovery)."""
+        if source in self.seen_loaded:
             return
-        self.dedup_sweeps[source] = occurred_at_ms
-        horizon = occurred_at_ms - self.settings.dedup_ttl_ms
-        prefix = f"{topic}\x1f".encode()
-        for key, value in self.seen.items():
-            if key.startswith(prefix) and int(value.partition(b":")[0]) < horizon:
-                self.seen.delete(partition, key)
+        self.seen_loaded.add(source)
+        prefix = f"{source}\x1f".encode()
+        for key, raw in self.seen.items():
+            if key.startswith(prefix):
+                self.seen_ids.load(SeenBatch.decode(raw))
+
+    def _store_seen(self, source: str, first_offset: int) -> None:
+        """One table write per input batch, then ids older than the TTL forgotten.
+
+        Expired at most once per TTL/24 of event time per source, a stored batch at a time.
+        """
+        batch = self.seen_batch
+        if not batch.pairs:
+            return
+        self.seen.put(batch.partition, batch_key(source, first_offset), batch.encode())
+        last_sweep = self.dedup_sweeps.setdefault(source, batch.newest_ms)
+        if batch.newest_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
+            return
+        self.dedup_sweeps[source] = batch.newest_ms
+        horizon = batch.newest_ms - self.settings.dedup_ttl_ms
+        prefix = f"{source}\x1f".encode()
+        for key, raw in self.seen.items():
+            if key.startswith(prefix) and stored_newest_ms(raw) < horizon:
+                self.seen_ids.forget(SeenBatch.decode(raw))
+                self.seen.delete(batch.partition, key)
+
+    def forget_revoked_ids(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Sources another worker reads now: their ids are indexed again if they come back."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        for tp in revoked:
+            source = source_name(tp.topic, tp.partition)
+            if source not in self.seen_loaded:
+                continue
+            self.seen_loaded.discard(source)
+            prefix = f"{source}\x1f".encode()
+            for key, raw in self.seen.items():
+                if key.startswith(prefix):
+                    self.seen_ids.forget(SeenBatch.decode(raw))
 
     # Event-time progress: every downstream partition learns how far each input has got.
 
     async def _report_progress(self, events: list[Event]) -> None:
+        """One message per downstream partition for the whole batch, whatever it touched."""
         touched = sorted({(e.message.topic, e.message.partition) for e in events})
-        for topic, partition in touched:
-            await self._send_marks([self.sources.mark(self.app, topic, partition)], topic)
+        for topic in sorted({topic for topic, _ in touched}):
+            marks = [
+                self.sources.mark(self.app, t, partition) for t, partition in touched if t == topic
+            ]
+            await self._send_marks(marks, topic)
 
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty.
@@ -613,45 +658,55 @@ class Pipeline:
                 assert outbound.customer_id is not None
                 entry = by_customer.setdefault(outbound.customer_id, (message.partition, []))
                 entry[1].append(outbound)
+            # Each customer's state is read and written once per batch, however many
+            # messages and judgements it takes in.
+            touched: dict[bytes, tuple[int, CustomerMessages]] = {}
             for customer, (partition, messages) in by_customer.items():
-                self._record(customer, partition, messages)
+                touched[customer.encode()] = (partition, self._record(customer, messages))
             for partition in sorted(partitions):
-                await self._judge_customers(partition)
+                await self._judge_customers(partition, touched)
+            for key, (partition, state) in touched.items():
+                self.frequency.put(partition, key, state.encode())
+                due = self.customers_due.get(key) is not None
+                if state.waiting and not due:
+                    self.customers_due.put(partition, key, str(partition).encode())
+                elif due and not state.waiting:
+                    self.customers_due.delete(partition, key)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    def _record(self, customer: str, partition: int, messages: list[OutboundMessage]) -> None:
-        key = customer.encode()
-        raw = self.frequency.get(key)
+    def _record(self, customer: str, messages: list[OutboundMessage]) -> CustomerMessages:
+        raw = self.frequency.get(customer.encode())
         state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
         for message in messages:
             if self.policy.record(state, message.message):
                 metrics.count_outbound(message.message)
         window = self.policy.inside(state, state.messages[-1].sent_at_ms)
         metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
-        self.frequency.put(partition, key, state.encode())
-        if self.customers_due.get(key) is None:
-            self.customers_due.put(partition, key, str(partition).encode())
+        return state
 
-    async def _judge_customers(self, partition: int) -> None:
+    async def _judge_customers(
+        self, partition: int, touched: dict[bytes, tuple[int, CustomerMessages]]
+    ) -> None:
         """Judge every waiting customer of the partition up to its watermark, in event time."""
         watermark = self.customer_progress[partition].watermark()
         if watermark is None or watermark <= self.customers_judged_to.get(partition, -1):
             return
         self.customers_judged_to[partition] = watermark
         tag = str(partition).encode()
-        for key, value in self.customers_due.items():
-            if value != tag:
-                continue
-            raw = self.frequency.get(key)
-            if raw is None:
-                self.customers_due.delete(partition, key)
-                continue
-            state = CustomerMessages.decode(raw)
+        waiting = {key for key, value in self.customers_due.items() if value == tag}
+        waiting.update(key for key, (p, _) in touched.items() if p == partition)
+        for key in sorted(waiting):
+            if key in touched:
+                state = touched[key][1]
+            else:
+                raw = self.frequency.get(key)
+                if raw is None:
+                    self.customers_due.delete(partition, key)
+                    continue
+                state = CustomerMessages.decode(raw)
+                touched[key] = (partition, state)
             for alert in self.policy.advance(state, key.decode(), watermark):
                 await self._emit(alert)
-            self.frequency.put(partition, key, state.encode())
-            if not state.waiting:
-                self.customers_due.delete(partition, key)
 
     # Journey breaks, stage 2: each customer's attempts, decided behind the watermark.
 

@@ -26,8 +26,8 @@ def deployment(broker: LocalBroker, tmp_path: Path) -> Iterator[Deployment]:
     workers: list[WorkerProcess] = []
     original = deployment.start_worker
 
-    def tracked(instance: str = "w1") -> WorkerProcess:
-        worker = original(instance)
+    def tracked(instance: str = "w1", ready_timeout_s: float = 90.0) -> WorkerProcess:
+        worker = original(instance, ready_timeout_s)
         workers.append(worker)
         return worker
 

@@ -123,17 +123,17 @@ class Deployment:
     def settings(self) -> Settings:
         return Settings.from_env(self.env("client", 0))
 
-    def start_worker(self, instance: str = "w1") -> WorkerProcess:
+    def start_worker(self, instance: str = "w1", ready_timeout_s: float = 90.0) -> WorkerProcess:
         """A worker, ready; started again on another port if its free port was taken meanwhile."""
         for _ in range(WORKER_START_ATTEMPTS - 1):
             try:
-                return self._start_worker(instance)
+                return self._start_worker(instance, ready_timeout_s)
             except RuntimeError as exc:
                 if "address already in use" not in str(exc):
                     raise
-        return self._start_worker(instance)
+        return self._start_worker(instance, ready_timeout_s)
 
-    def _start_worker(self, instance: str) -> WorkerProcess:
+    def _start_worker(self, instance: str, ready_timeout_s: float) -> WorkerProcess:
         port = free_port()
         (self.root / instance).mkdir(parents=True, exist_ok=True)
         log_path = self.root / f"{instance}.log"
@@ -148,7 +148,7 @@ class Deployment:
                 cwd=REPO,
             )
         worker = WorkerProcess(process, log_path, port, log_start)
-        worker.wait_ready()
+        worker.wait_ready(ready_timeout_s)
         return worker
 
     def publish(self, records: Iterable[SimulatedRecord]) -> int:

@@ -1,0 +1,690 @@
+"""`make bench`: the real worker's throughput, alert latency, memory, state and restore time.
+
+One run, one fresh local broker, one data set: simulated journeys of a large customer base
+are pre-loaded; a raw aiokafka consumer that only decodes reads them; then the worker (or
+several) reads them with every table and detector on. The worker then takes a live load
+at a fixed rate, with probe customers whose over-messaging alert is timed from publish to
+`cx.alerts`; its tables are measured from their changelogs, and a restarted worker's
+restore is timed. Figures go to a JSON file and a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from models.records import Category
+from streams.broker import LocalBroker
+from streams.catalog import load_catalog
+from streams.delivery import unwrap
+from streams.messaging import CustomerMessages, Message
+from streams.publish import Outgoing, follow, send_all
+from streams.settings import Settings
+from streams.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.topics import COMPACTED, TopicSpec, ensure_topics
+from streams.touchpoints import TouchpointState
+from tests.harness import CATALOG, Deployment, WorkerProcess, free_port, transitions
+
+HOUR_MS = 3_600_000
+BACKLOG_START_MS = 1_795_305_600_000  # 2026-11-22T16:00Z: days before any live run
+SAMPLE = re.compile(r"^(cxmon_\w+)(?:\{([^}]*)\})? ([0-9.e+-]+)$", re.M)
+# Probe customers get six marketing messages at one instant: over the limit of five.
+PROBE_CHANNELS = (
+    ("sms", "marketing.sms"),
+    ("email", "marketing.email"),
+    ("app_push", "marketing.push"),
+) * 2
+TABLES = (
+    "ingest-checkpoints",
+    "seen-ids",
+    "touchpoint-windows",
+    "identities",
+    "held-contact-messages",
+    "customer-frequency",
+    "customers-due",
+    "firing-alerts",
+)
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+@dataclass
+class Data:
+    """The pre-loaded records, as published."""
+
+    records: list[SimulatedRecord]
+    events: int  # touchpoint events and survey answers
+    links: int
+    active_customers: int
+
+
+def backlog(events: int, customers: int, seed: int) -> Data:
+    """`events` events and answers of simulated journeys, with the identity links they use."""
+    config = SimulationConfig(
+        start_ms=BACKLOG_START_MS,
+        seed=seed,
+        customers=customers,
+        duration_ms=max(1, events // 200_000 + 2) * HOUR_MS,
+        journeys_per_hour=200_000,
+        degrade_touchpoint="checkout.payment",
+        over_messaged_customers=20,
+    )
+    records: list[SimulatedRecord] = []
+    counted = 0
+    active: set[bytes] = set()
+    for record in generate(config):
+        records.append(record)
+        if record.role != "identity_links":
+            counted += 1
+            if not record.key.count(b":"):  # contact keys are type:value
+                active.add(record.key)
+            if counted % 250_000 == 0:
+                say(f"  generated {counted:,} events and answers")
+            if counted >= events:
+                break
+    return Data(records, counted, len(records) - counted, len(active))
+
+
+@dataclass
+class Raw:
+    records_per_s: float
+    cpu_us_per_record: float
+
+
+async def raw_rate(settings: Settings, topics: list[str], total: int) -> Raw:
+    """A consumer that only decodes each value: the floor of any Kafka client.
+
+    CPU time beside wall time: on a shared machine the CPU a record costs is what is
+    compared, the wall time depends on who else runs.
+    """
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=f"bench-raw-{time.monotonic_ns()}",
+        **settings.broker_security.client_options(),
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    seen, started, cpu = 0, time.perf_counter(), time.process_time()
+    try:
+        while seen < total:
+            for records in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for record in records:
+                    with contextlib.suppress(orjson.JSONDecodeError):
+                        orjson.loads(record.value or b"")
+                seen += len(records)
+    finally:
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await consumer.stop()
+    return Raw(seen / elapsed, cpu / seen * 1e6)
+
+
+def scrape(worker: WorkerProcess) -> list[tuple[str, str, float]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as page:
+            text = page.read().decode()
+    except OSError:
+        return []
+    return [(name, labels or "", float(value)) for name, labels, value in SAMPLE.findall(text)]
+
+
+def events_read(workers: list[WorkerProcess], inputs: set[str]) -> float:
+    return sum(
+        value
+        for worker in workers
+        for name, labels, value in scrape(worker)
+        if name == "cxmon_records_total" and labels.split('"')[1] in inputs
+    )
+
+
+def cpu_seconds(worker: WorkerProcess) -> float:
+    """User and system CPU time of the worker process so far."""
+    fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(worker: WorkerProcess) -> int:
+    status = Path(f"/proc/{worker.process.pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+@dataclass
+class Throughput:
+    workers: int
+    events_per_s: float
+    seconds: float
+    drained_seconds: float
+    cpu_us_per_event: float
+    rss_bytes: list[int]
+
+
+def run_backlog(
+    deployment: Deployment,
+    data: Data,
+    count: int,
+    profile: Path | None = None,
+    drain_timeout_s: float = 300,
+) -> tuple[Throughput, list[WorkerProcess]]:
+    """Workers started on the pre-loaded topics, timed from their first record to their last."""
+    topics = deployment.settings().topics
+    inputs = {topics.touchpoint_events, topics.survey_answers}
+    workers = [deployment.start_worker(f"w{i + 1}") for i in range(count)]
+    profilers = (
+        []
+        if profile is None
+        else [
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).with_name("py-spy")),
+                    "record",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "50",
+                    "--pid",
+                    str(worker.process.pid),
+                    "--output",
+                    str(profile.with_suffix(f".w{n + 1}.txt")),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for n, worker in enumerate(workers)
+        ]
+    )
+    say(f"  {count} worker(s) ready; reading {data.events:,} events and answers")
+    started: float | None = None
+    cpu = 0.0
+    last_report = time.monotonic()
+    while True:
+        done = events_read(workers, inputs)
+        now = time.perf_counter()
+        if done and started is None:
+            started, cpu = now, sum(cpu_seconds(worker) for worker in workers)
+        if started is not None and done >= data.events:
+            break
+        if time.monotonic() - last_report > 5 and started is not None:
+            last_report = time.monotonic()
+            say(f"  {done:,.0f} / {data.events:,} read ({done / (now - started):,.0f}/s)")
+        for worker in workers:
+            if worker.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{worker.log()[-4000:]}")
+        time.sleep(0.5)
+    assert started is not None
+    elapsed = time.perf_counter() - started
+    say(f"  read in {elapsed:.1f} s ({data.events / elapsed:,.0f}/s); waiting for every stage")
+    try:
+        deployment.wait_drained(timeout_s=drain_timeout_s, poll_s=0.5)
+        drained = time.perf_counter() - started - 0.5
+    except TimeoutError as exc:
+        say(f"  not drained: {str(exc)[:300]}")
+        drained = float("nan")
+    cpu = sum(cpu_seconds(worker) for worker in workers) - cpu
+    for profiler in profilers:
+        profiler.send_signal(signal.SIGINT)
+        profiler.wait(30)
+    if profile is not None:
+        for n, worker in enumerate(workers):
+            with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as page:
+                profile.with_name(f"metrics.w{n + 1}.txt").write_bytes(page.read())
+    return Throughput(
+        count,
+        data.events / elapsed,
+        elapsed,
+        drained,
+        cpu / data.events * 1e6,
+        [rss_bytes(worker) for worker in workers],
+    ), workers
+
+
+@dataclass
+class Latency:
+    offered_per_s: float
+    achieved_per_s: float
+    probes: int
+    alerts: int
+    p50_s: float | None
+    p99_s: float | None
+    max_s: float | None
+
+
+def live_records(data: Data) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
+    """The backlog's events and answers again, with new ids, as records of now; no marketing.
+
+    Marketing is left out because it is night somewhere: every live marketing message
+    would be an over-messaging alert of its own, and only the probes' alerts are timed.
+    """
+    for lap in itertools.count():
+        for record in data.records:
+            if record.role == "identity_links":
+                continue
+            doc = orjson.loads(record.value)
+            if doc.get("category") == "marketing":
+                continue
+            id_field = "event_id" if record.role == "touchpoint_events" else "answer_id"
+            doc[id_field] = f"{doc[id_field]}-live{lap}"
+            yield record.role, record.key, doc
+
+
+async def offered_load(
+    deployment: Deployment, data: Data, rate: float, seconds: float, sent_at: dict[str, float]
+) -> float:
+    """Publish at `rate` events/s for `seconds`, with a probe customer every half second."""
+    settings = deployment.settings()
+    topics = deployment.topics
+    names = {"touchpoint_events": topics.touchpoint_events, "survey_answers": topics.survey_answers}
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, linger_ms=5, acks="all"
+    )
+    await producer.start()
+    source = live_records(data)
+    sent, probes = 0, 0
+    started = time.monotonic()
+    try:
+        while (elapsed := time.monotonic() - started) < seconds:
+            now_ms = int(time.time() * 1000)
+            due = int(rate * elapsed) - sent
+            pending = []
+            for role, key, doc in itertools.islice(source, max(due, 0)):
+                doc["occurred_at" if role == "touchpoint_events" else "answered_at"] = now_ms
+                pending.append(await producer.send(names[role], orjson.dumps(doc), key=key))
+            sent += max(due, 0)
+            if elapsed >= probes * 0.5:
+                customer = f"bench-probe-{probes}"
+                for n, (channel, touchpoint) in enumerate(PROBE_CHANNELS):
+                    event = {
+                        "event_id": f"{customer}-{n}",
+                        "occurred_at": now_ms,
+                        "customer_id": customer,
+                        "touchpoint": touchpoint,
+                        "channel": channel,
+                        "direction": "outbound",
+                        "category": "marketing",
+                        "outcome": "success",
+                    }
+                    pending.append(
+                        await producer.send(
+                            topics.touchpoint_events, orjson.dumps(event), key=customer.encode()
+                        )
+                    )
+                sent_at[customer] = time.time()
+                probes += 1
+            await asyncio.gather(*pending)
+            await asyncio.sleep(0.01)
+    finally:
+        await producer.stop()
+    return sent / (time.monotonic() - started)
+
+
+def run_latency(deployment: Deployment, data: Data, rate: float, seconds: float) -> Latency:
+    settings = deployment.settings()
+    received: dict[str, float] = {}
+    sent_at: dict[str, float] = {}
+    stop = threading.Event()
+
+    async def collect() -> None:
+        async for _, value, _ in follow(
+            settings, deployment.topics.alerts, from_beginning=False, stop=stop.is_set
+        ):
+            alert = orjson.loads(value)
+            subject = str(alert.get("subject", ""))
+            if subject.startswith("bench-probe-") and alert.get("status") == "firing":
+                received.setdefault(subject, time.time())
+
+    follower = threading.Thread(target=lambda: asyncio.run(collect()), daemon=True)
+    follower.start()
+    time.sleep(2.0)  # the follower has sought to the end before the first probe
+    say(f"  offering {rate:,.0f} events/s for {seconds:.0f} s, a probe customer every 0.5 s")
+    achieved = asyncio.run(offered_load(deployment, data, rate, seconds, sent_at))
+    deadline = time.monotonic() + 30
+    while len(received) < len(sent_at) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    follower.join(5)
+    latencies = sorted(received[c] - sent_at[c] for c in received if c in sent_at)
+
+    def quantile(q: float) -> float | None:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
+
+    return Latency(
+        rate,
+        achieved,
+        len(sent_at),
+        len(latencies),
+        quantile(0.5),
+        quantile(0.99),
+        latencies[-1] if latencies else None,
+    )
+
+
+@dataclass
+class State:
+    keys: int
+    bytes: int
+    by_table: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def read_table(deployment: Deployment, name: str) -> dict[bytes, bytes]:
+    """A table from its changelog: the fullest of three reads.
+
+    Reading a topic to its end right after another read comes back empty now and then
+    on the local broker (seen in every run here); no read ever came back partial.
+    """
+    return max((deployment.table(name) for _ in range(3)), key=len)
+
+
+def measure_state(deployment: Deployment) -> State:
+    """Every table as its changelog leaves it: keys and bytes (key plus value)."""
+    by_table: dict[str, dict[str, int]] = {}
+    for name in TABLES:
+        rows = read_table(deployment, name)
+        by_table[name] = {
+            "keys": len(rows),
+            "bytes": sum(len(k) + len(v) for k, v in rows.items()),
+        }
+    return State(
+        sum(t["keys"] for t in by_table.values()),
+        sum(t["bytes"] for t in by_table.values()),
+        by_table,
+    )
+
+
+def time_restore(deployment: Deployment) -> dict[str, float]:
+    """A new worker process on an empty data dir: its tables come back from the changelogs."""
+    marks = {
+        "restoring": "Restoring state from changelog topics",
+        "restored": "Done reading from changelog topics",
+    }
+    started = time.perf_counter()
+    worker = deployment.start_worker("w1", ready_timeout_s=600)
+    seen: dict[str, float] = {}
+    try:
+        ready = time.perf_counter() - started
+        log = worker.log()
+        for name, text in marks.items():
+            stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
+            if stamp:
+                seen[name] = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
+                seen[name] += int(stamp.group(2)) / 1000
+    finally:
+        worker.stop()
+    recovery = seen["restored"] - seen["restoring"] if len(seen) == 2 else float("nan")
+    return {"start_to_ready_s": ready, "changelog_read_s": recovery}
+
+
+def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) -> dict[str, float]:
+    """A worker whose frequency table holds `keys` customers, restarted on an empty disk.
+
+    The table is written as the worker writes it (each customer's state, on the
+    partition of its key) with one to three marketing messages a customer.
+    """
+    deployment = Deployment(broker.url, root, partitions=partitions, name="bench-restore")
+    settings = deployment.settings()
+    changelog = f"{deployment.name}-customer-frequency-changelog"
+    asyncio.run(ensure_topics(settings, [TopicSpec(changelog, partitions, COMPACTED)]))
+
+    def states() -> Iterator[Outgoing]:
+        for n in range(keys):
+            at = BACKLOG_START_MS + n * 61_000 % HOUR_MS
+            messages = [
+                Message(at + k, "sms", Category.MARKETING, n * 3 + k) for k in range(n % 3 + 1)
+            ]
+            state = CustomerMessages(messages, judged_to_ms=at + 3)
+            yield Outgoing(changelog, f"c-{n:07d}".encode(), state.encode())
+
+    say(f"  writing {keys:,} customers' states to {changelog}")
+    asyncio.run(send_all(settings, states(), progress_every=250_000))
+    return time_restore(deployment)
+
+
+def in_window(table: str, raw: bytes, now_ms: int) -> object:
+    """What a table value says at `now_ms`: what its window holds, not what waits to expire.
+
+    Both runs expire lazily, when a key is next touched, and judge on the watermark of
+    their own batches; so the windows are compared, not the bookkeeping.
+    """
+    catalog = load_catalog(CATALOG)
+    if table == "touchpoint-windows":
+        state = TouchpointState.decode(unwrap(raw)[1])
+        since = now_ms - catalog.scores.window_ms
+        return {start: tally.to_wire() for start, tally in state.buckets.items() if start >= since}
+    if table == "customer-frequency":
+        since = now_ms - catalog.messaging.window_ms
+        return [m for m in CustomerMessages.decode(raw).messages if m.sent_at_ms > since]
+    return raw
+
+
+def same_state(one: Deployment, other: Deployment, now_ms: int) -> dict[str, dict[str, int]]:
+    """Two runs over the same input: the keys whose windows differ, and the alert transitions."""
+    result = {}
+    for name in ("touchpoint-windows", "customer-frequency", "identities"):
+        first, second = read_table(one, name), read_table(other, name)
+        differ = [
+            key
+            for key in first.keys() & second.keys()
+            if in_window(name, first[key], now_ms) != in_window(name, second[key], now_ms)
+        ]
+        if differ:
+            key = differ[0]
+            say(f"  {name} {key!r}: {first[key][:300]!r} != {second[key][:300]!r}")
+        result[name] = {
+            "keys": len(first),
+            "differ": len(differ),
+            "only_first": len(first.keys() - second.keys()),
+            "only_second": len(second.keys() - first.keys()),
+        }
+    alerts = [transitions(orjson.loads(value) for _, value, _ in d.read_to_end(d.topics.alerts))
+              for d in (one, other)]  # fmt: skip
+    result["alert transitions"] = {
+        "keys": len(alerts[0]),
+        "differ": len(alerts[0] ^ alerts[1]),
+        "only_first": len(alerts[0] - alerts[1]),
+        "only_second": len(alerts[1] - alerts[0]),
+    }
+    return result
+
+
+def stop_workers_left() -> None:
+    """Workers this run started and did not stop (a failure on the way): stopped by their id."""
+    mine = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            parent = (proc / "stat").read_text().rpartition(")")[2].split()[1]
+            if parent == mine and b"streams\x00worker" in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events and answers")
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument(
+        "--rate", type=float, default=10_000, help="live load, events/s (at most 80%% sustained)"
+    )
+    parser.add_argument("--live-seconds", type=float, default=30.0)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument(
+        "--restore-keys", type=int, default=1_000_000, help="customers in the restore test"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--scale-out", action="store_true", help="also two workers, and compare final state"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the worker through the backlog"
+    )
+    parser.add_argument("--out", type=Path, default=Path(".cxmon/bench/results.json"))
+    return parser.parse_args()
+
+
+def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[str, Any]:
+    one = Deployment(broker.url, root, partitions=args.partitions, name="bench1")
+    say(f"generating {args.events:,} events and answers of {args.customers:,} customers")
+    data = backlog(args.events, args.customers, args.seed)
+    say(f"publishing {len(data.records):,} records ({data.links:,} identity links)")
+    topics = one.topics
+    names = {
+        "touchpoint_events": topics.touchpoint_events,
+        "survey_answers": topics.survey_answers,
+        "identity_links": topics.identity_links,
+    }
+    outgoing = [Outgoing(names[r.role], r.key, r.value) for r in data.records]
+    asyncio.run(send_all(one.settings(), outgoing, progress_every=250_000))
+
+    say("raw aiokafka consumer, decode only")
+    raw = asyncio.run(raw_rate(one.settings(), list(names.values()), len(outgoing)))
+    say(f"  {raw.records_per_s:,.0f} records/s, {raw.cpu_us_per_record:.1f} µs CPU a record")
+
+    say("worker: the backlog")
+    profile = args.out.with_name("profile") if args.profile else None
+    throughput, workers = run_backlog(one, data, 1, profile)
+    say("worker: live load and alert latency")
+    # A load the worker cannot sustain times its queue, not its latency: offered at most
+    # 80% of what it drained the backlog at, every stage included.
+    sustained = data.events / throughput.drained_seconds
+    rate = min(args.rate, 0.8 * sustained)
+    latency = run_latency(one, data, rate, args.live_seconds)
+    live_end_ms = int(time.time() * 1000)
+    for worker in workers:
+        worker.stop()
+    say("tables, from their changelogs")
+    state = measure_state(one)
+    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
+    say("restore: a new worker process recovers every table")
+    restore = time_restore(one)
+    results: dict[str, Any] = {
+        "data": {
+            "events": data.events,
+            "identity_links": data.links,
+            "active_customers": data.active_customers,
+        },
+        "raw": vars(raw),
+        "worker": vars(throughput),
+        "project_over_raw": throughput.events_per_s / raw.records_per_s,
+        "project_over_raw_by_cpu": raw.cpu_us_per_record / throughput.cpu_us_per_event,
+        "latency": vars(latency),
+        "state": vars(state),
+        "state_bytes_per_active_customer": state.bytes / data.active_customers,
+        "restore": {**restore, "keys": state.keys},
+    }
+    if args.restore_keys:
+        say(f"restore: a worker with {args.restore_keys:,} customers in its frequency table")
+        results["restore_large"] = {
+            **restore_keys(broker, root, args.restore_keys, args.partitions),
+            "keys": args.restore_keys,
+        }
+    if args.scale_out:
+        two = Deployment(broker.url, root, partitions=args.partitions, name="bench2")
+        for role, name in names.items():
+            two.extra_env[f"CXMON_TOPIC_{role.upper()}"] = name
+        say("two workers: the same backlog")
+        pair, pair_workers = run_backlog(two, data, 2)
+        for worker in pair_workers:
+            worker.stop()
+        results["two_workers"] = {
+            **vars(pair),
+            "same_state_as_one": same_state(one, two, live_end_ms),
+        }
+    return results
+
+
+def main() -> None:
+    args = arguments()
+    begun = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="cxmon-bench-"))
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_before": os.getloadavg(),
+        },
+        "parameters": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    }
+    try:
+        with LocalBroker("127.0.0.1", free_port(), root / "broker").start() as broker:
+            results.update(measure(args, broker, root))
+    finally:
+        stop_workers_left()
+        shutil.rmtree(root, ignore_errors=True)  # the broker's data: a gigabyte at full size
+    results["bench_seconds"] = time.perf_counter() - begun
+    args.out.write_text(json.dumps(results, indent=2))
+    print(table(results))
+    say(f"results: {args.out} ({results['bench_seconds']:.0f} s)")
+
+
+def table(results: dict[str, Any]) -> str:
+    worker, latency, restore = results["worker"], results["latency"], results["restore"]
+
+    def seconds(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f} s"
+
+    rows = [
+        ("events/s, one worker (read to last record)", f"{worker['events_per_s']:,.0f}"),
+        ("  every stage drained after", f"{worker['drained_seconds']:.1f} s"),
+        ("  CPU a record, worker (all stages)", f"{worker['cpu_us_per_event']:.0f} µs"),
+        ("raw aiokafka consumer, decode only", f"{results['raw']['records_per_s']:,.0f}/s"),
+        ("  CPU a record, raw", f"{results['raw']['cpu_us_per_record']:.1f} µs"),
+        ("project / raw, by rate", f"{results['project_over_raw']:.3f}"),
+        ("project / raw, by CPU a record", f"{results['project_over_raw_by_cpu']:.3f}"),
+        (
+            f"alert latency p50 at {latency['achieved_per_s']:,.0f}/s offered",
+            seconds(latency["p50_s"]),
+        ),
+        ("alert latency p99", seconds(latency["p99_s"])),
+        ("  probes alerted", f"{latency['alerts']} / {latency['probes']}"),
+        ("worker RSS", f"{worker['rss_bytes'][0] / 2**20:,.0f} MiB"),
+        (
+            "state bytes per active customer",
+            f"{results['state_bytes_per_active_customer']:,.0f} B "
+            f"({results['data']['active_customers']:,} customers)",
+        ),
+        (
+            f"restore of {restore['keys']:,} keys: changelogs read in",
+            seconds(restore["changelog_read_s"]),
+        ),
+        ("  new process start to ready", seconds(restore["start_to_ready_s"])),
+    ]
+    if "restore_large" in results:
+        large = results["restore_large"]
+        rows.append(
+            (
+                f"restore of {large['keys']:,} keys: changelogs read in",
+                seconds(large["changelog_read_s"]),
+            )
+        )
+        rows.append(("  new process start to ready", seconds(large["start_to_ready_s"])))
+    if "two_workers" in results:
+        pair = results["two_workers"]
+        rows.append(("events/s, two workers together", f"{pair['events_per_s']:,.0f}"))
+        rows.append(("  same final state as one", str(pair["same_state_as_one"])))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+if __name__ == "__main__":
+    main()
