@@ -567,6 +567,9 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     say("worker: the backlog")
     profile = args.out.with_name("profile") if args.profile else None
     throughput, workers = run_backlog(one, data, 1, profile)
+    say("tables after the backlog, from their changelogs")
+    state = measure_state(one)
+    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
     say("worker: live load and alert latency")
     # A load the worker cannot sustain times its queue, not its latency: offered at most
     # 80% of what it drained the backlog at, every stage included.
@@ -577,9 +580,6 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     one.wait_drained(timeout_s=300, poll_s=0.5)  # the tail of the live load too
     for worker in workers:
         worker.stop()
-    say("tables, from their changelogs")
-    state = measure_state(one)
-    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
     say("restore: a new worker process recovers every table")
     restore = time_restore(one)
     results: dict[str, Any] = {
