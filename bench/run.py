@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -35,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from models.records import Category
 from streams.broker import LocalBroker
-from streams.catalog import load_catalog
+from streams.catalog import Catalog, load_catalog
 from streams.delivery import unwrap
 from streams.messaging import CustomerMessages, Message
 from streams.publish import Outgoing, follow, send_all
@@ -461,19 +462,23 @@ def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) ->
     return time_restore(deployment)
 
 
+@functools.cache
+def catalog() -> Catalog:
+    return load_catalog(CATALOG)
+
+
 def in_window(table: str, raw: bytes, now_ms: int) -> object:
     """What a table value says at `now_ms`: what its window holds, not what waits to expire.
 
     Both runs expire lazily, when a key is next touched, and judge on the watermark of
     their own batches; so the windows are compared, not the bookkeeping.
     """
-    catalog = load_catalog(CATALOG)
     if table == "touchpoint-windows":
         state = TouchpointState.decode(unwrap(raw)[1])
-        since = now_ms - catalog.scores.window_ms
+        since = now_ms - catalog().scores.window_ms
         return {start: tally.to_wire() for start, tally in state.buckets.items() if start >= since}
     if table == "customer-frequency":
-        since = now_ms - catalog.messaging.window_ms
+        since = now_ms - catalog().messaging.window_ms
         return [m for m in CustomerMessages.decode(raw).messages if m.sent_at_ms > since]
     return raw
 
@@ -562,6 +567,9 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     say("worker: the backlog")
     profile = args.out.with_name("profile") if args.profile else None
     throughput, workers = run_backlog(one, data, 1, profile)
+    say("tables after the backlog, from their changelogs")
+    state = measure_state(one)
+    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
     say("worker: live load and alert latency")
     # A load the worker cannot sustain times its queue, not its latency: offered at most
     # 80% of what it drained the backlog at, every stage included.
@@ -569,11 +577,9 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     rate = min(args.rate, 0.8 * sustained)
     latency = run_latency(one, data, rate, args.live_seconds)
     live_end_ms = int(time.time() * 1000)
+    one.wait_drained(timeout_s=300, poll_s=0.5)  # the tail of the live load too
     for worker in workers:
         worker.stop()
-    say("tables, from their changelogs")
-    state = measure_state(one)
-    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
     say("restore: a new worker process recovers every table")
     restore = time_restore(one)
     results: dict[str, Any] = {
