@@ -9,7 +9,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -78,6 +78,9 @@ LINK_RECORD = b"identity-link"
 # input of another worker may be moving, and ours vouch only for what they reported.
 IDLE_REPORT_WHILE_READING_S = 5.0
 IDLE_REPORT_AT_LEAST_EVERY_S = 15.0
+
+
+T = TypeVar("T")
 
 
 def partition_of(key: bytes, partitions: int) -> int:
@@ -544,16 +547,9 @@ class Pipeline:
     async def score_touchpoints(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            grouped: dict[int, dict[str, list[TouchpointPartial]]] = defaultdict(dict)
-            for event in events:
-                message = event.message
-                if message.key == PROGRESS_KEY:
-                    for mark in decode_marks(payload(event)):
-                        self.touchpoint_progress[message.partition].report(mark)
-                    grouped.setdefault(message.partition, {})
-                    continue
-                partial = TouchpointPartial.decode(payload(event))
-                grouped[message.partition].setdefault(partial.touchpoint, []).append(partial)
+            grouped = by_subject(
+                events, self.touchpoint_progress, TouchpointPartial.decode, lambda p: p.touchpoint
+            )
             for partition, by_touchpoint in grouped.items():
                 await self._score_partition(partition, by_touchpoint)
             metrics.BATCH_SECONDS.labels("score").observe(time.perf_counter() - started)
@@ -835,16 +831,7 @@ class Pipeline:
     async def judge_breaks(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            grouped: dict[int, dict[str, list[Outcome]]] = defaultdict(dict)
-            for event in events:
-                message = event.message
-                if message.key == PROGRESS_KEY:
-                    for mark in decode_marks(payload(event)):
-                        self.break_progress[message.partition].report(mark)
-                    grouped.setdefault(message.partition, {})
-                    continue
-                outcome = Outcome.decode(payload(event))
-                grouped[message.partition].setdefault(outcome.break_id, []).append(outcome)
+            grouped = by_subject(events, self.break_progress, Outcome.decode, lambda o: o.break_id)
             for partition, by_break in grouped.items():
                 await self._judge_breaks(partition, by_break)
             metrics.BATCH_SECONDS.labels("breaks").observe(time.perf_counter() - started)
@@ -915,6 +902,29 @@ def journey_checkpoints(
             size += len(key) + len(raw or b"") + 64 * len(outcomes.get(key, []))
     if checkpoint.customers:
         yield checkpoint
+
+
+def by_subject(
+    events: list[Event],
+    progress: defaultdict[int, SourceProgress],
+    decode: Callable[[bytes], T],
+    subject_of: Callable[[T], str],
+) -> dict[int, dict[str, list[T]]]:
+    """A keyed stage's batch: its marks reported, its records by partition and subject.
+
+    A partition that got only marks is there too, with no records: its watermark moved.
+    """
+    grouped: dict[int, dict[str, list[T]]] = {}
+    for event in events:
+        message = event.message
+        records = grouped.setdefault(message.partition, {})
+        if message.key == PROGRESS_KEY:
+            for mark in decode_marks(payload(event)):
+                progress[message.partition].report(mark)
+            continue
+        record = decode(payload(event))
+        records.setdefault(subject_of(record), []).append(record)
+    return grouped
 
 
 def by_partition(events: list[Event]) -> list[list[Event]]:
