@@ -29,7 +29,7 @@ from models.decode import (
 )
 from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
-from streams.dedup import SeenBatch, SeenIds, batch_key, id_digest
+from streams.dedup import SeenBatch, SeenIds, batch_key, batch_prefix, id_digest
 from streams.dedup import newest_ms as stored_newest_ms
 from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
@@ -392,10 +392,13 @@ class Pipeline:
         if source in self.seen_loaded:
             return
         self.seen_loaded.add(source)
-        prefix = f"{source}\x1f".encode()
-        for key, raw in self.seen.items():
-            if key.startswith(prefix):
-                self.seen_ids.load(SeenBatch.decode(raw))
+        for _key, raw in self._stored_seen(source):
+            self.seen_ids.load(SeenBatch.decode(raw))
+
+    def _stored_seen(self, source: str) -> list[tuple[bytes, bytes]]:
+        """The stored id batches of one input partition."""
+        prefix = batch_prefix(source)
+        return [(key, raw) for key, raw in self.seen.items() if key.startswith(prefix)]
 
     def _store_seen(self, source: str, first_offset: int) -> None:
         """One table write per input batch, then ids older than the TTL forgotten.
@@ -411,9 +414,8 @@ class Pipeline:
             return
         self.dedup_sweeps[source] = batch.newest_ms
         horizon = batch.newest_ms - self.settings.dedup_ttl_ms
-        prefix = f"{source}\x1f".encode()
-        for key, raw in self.seen.items():
-            if key.startswith(prefix) and stored_newest_ms(raw) < horizon:
+        for key, raw in self._stored_seen(source):
+            if stored_newest_ms(raw) < horizon:
                 self.seen_ids.forget(SeenBatch.decode(raw))
                 self.seen.delete(batch.partition, key)
 
@@ -425,10 +427,8 @@ class Pipeline:
             if source not in self.seen_loaded:
                 continue
             self.seen_loaded.discard(source)
-            prefix = f"{source}\x1f".encode()
-            for key, raw in self.seen.items():
-                if key.startswith(prefix):
-                    self.seen_ids.forget(SeenBatch.decode(raw))
+            for _key, raw in self._stored_seen(source):
+                self.seen_ids.forget(SeenBatch.decode(raw))
 
     # Event-time progress: every downstream partition learns how far each input has got.
 

@@ -19,9 +19,14 @@ def id_digest(topic: str, record_id: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def batch_prefix(source: str) -> bytes:
+    """What the keys of every batch stored for one input partition start with."""
+    return f"{source}\x1f".encode()
+
+
 def batch_key(source: str, first_offset: int) -> bytes:
     """Where the ids first counted in a batch are stored: its source and first offset."""
-    return f"{source}\x1f{first_offset}".encode()
+    return batch_prefix(source) + str(first_offset).encode()
 
 
 @dataclass(slots=True)
