@@ -802,7 +802,7 @@ class Pipeline:
     async def _store_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
         """Stored with its offset before anything is written or sent, then applied."""
         key = self._journey_checkpoint_key(partition)
-        await self.journey_checkpoints.put_durably(partition, key, checkpoint.encode())
+        await self.journey_checkpoints.put(partition, key, checkpoint.encode())
         await self._apply_journeys(partition, checkpoint)
 
     async def _apply_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:

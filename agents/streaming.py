@@ -41,9 +41,6 @@ class PartitionedState:
         self.store[key] = value
         return self.table.send_changelog(partition, key, value)
 
-    async def put_durably(self, partition: int, key: bytes, value: bytes) -> None:
-        await self.put(partition, key, value)
-
     def delete(self, partition: int, key: bytes) -> Awaitable[object] | None:
         """Delete now; the result, if there was anything, is done once the broker has it."""
         if self.store.get(key) is None:
