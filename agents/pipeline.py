@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -17,7 +17,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, StreamT
 
 from agents import metrics
-from agents.streaming import Batches, Event, PartitionedState, payload
+from agents.streaming import Batches, Event, PartitionedState, Received, opened, payload
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from models.decode import (
     InvalidRecord,
@@ -32,6 +32,7 @@ from streams.catalog import Catalog, ScoreMetric
 from streams.dedup import SeenBatch, SeenIds, batch_key, batch_prefix, id_digest
 from streams.dedup import newest_ms as stored_newest_ms
 from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
+from streams.envelope import ENVELOPE_KEY, Record, pack
 from streams.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
 from streams.journeys import (
@@ -66,8 +67,9 @@ log = logging.getLogger(__name__)
 MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16_384
 MAX_ERROR_DETAIL = 1_000
 
-# A journey checkpoint is one table value: well within one produce request.
+# A journey checkpoint is one table value, an envelope one message: well within one request.
 MAX_JOURNEY_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
+MAX_ENVELOPE_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
 
 # Marks an identity link on the contacts topic, which otherwise carries contact-only messages.
 RECORD_HEADER = "cxmon-record"
@@ -121,6 +123,7 @@ class Pipeline:
         self.checkpoints = PartitionedState(topology.ingest_checkpoints)
         self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.topics_by_name = {topic.get_topic_name(): topic for topic in topology.topics()}
+        self.enveloped = frozenset(topic.get_topic_name() for topic in topology.internal())
         # Where each topic's event-time progress must be known.
         self.downstream: dict[str, list[faust.TopicT]] = {
             topology.touchpoint_events.get_topic_name(): [
@@ -371,11 +374,27 @@ class Pipeline:
         """Send, and return once the broker has every record."""
         deliveries = [
             await self.topics_by_name[s.topic].send(
-                key=s.key, value=s.value, headers=list(s.headers) or None
+                key=s.key, value=s.value, headers=list(s.headers) or None, partition=partition
             )
-            for s in sends
+            for s, partition in self._outgoing(sends)
         ]
         await asyncio.gather(*deliveries)
+
+    def _outgoing(self, sends: list[Send]) -> list[tuple[Send, int | None]]:
+        """The messages that carry `sends`: one envelope a partition of an internal topic."""
+        outgoing: list[tuple[Send, int | None]] = []
+        bound: dict[tuple[str, int], list[Record]] = {}
+        for send in sends:
+            if send.topic not in self.enveloped:
+                outgoing.append((send, None))
+                continue
+            key = send.key or b""
+            destination = (send.topic, partition_of(key, self.partitions))
+            bound.setdefault(destination, []).append(Record(key, send.value, send.headers))
+        for (topic, partition), records in bound.items():
+            for envelope in pack(records, MAX_ENVELOPE_BYTES):
+                outgoing.append((Send(topic, ENVELOPE_KEY, envelope), partition))
+        return outgoing
 
     def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
         """False for a duplicate id; the same record read again after a crash is no duplicate."""
@@ -478,19 +497,18 @@ class Pipeline:
     async def resolve_contacts(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             progressed: set[int] = set()
-            for event in events:
-                message = event.message
-                partition, key = message.partition, message.key or b""
+            for record in opened(events):
+                partition, key = record.partition, record.key
                 if key == PROGRESS_KEY:
-                    for mark in decode_marks(payload(event)):
+                    for mark in decode_marks(record.value):
                         self.contact_progress[partition].report(mark)
                     progressed.add(partition)
-                elif (RECORD_HEADER, LINK_RECORD) in headers_of(event):
-                    links = add_link(self.identities.get(key), payload(event))
+                elif (RECORD_HEADER, LINK_RECORD) in record.headers:
+                    links = add_link(self.identities.get(key), record.value)
                     if links is not None:
                         self.identities.put(partition, key, links)
                 else:
-                    self._hold(partition, key, OutboundMessage.decode(payload(event)))
+                    self._hold(partition, key, OutboundMessage.decode(record.value))
             # Marks travel behind the messages they cover, so the next stage waits for them.
             topic = self.topology.contacts.get_topic_name()
             marks = {p: self.contact_progress[p] for p in sorted(progressed)}
@@ -548,7 +566,10 @@ class Pipeline:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
             grouped = by_subject(
-                events, self.touchpoint_progress, TouchpointPartial.decode, lambda p: p.touchpoint
+                opened(events),
+                self.touchpoint_progress,
+                TouchpointPartial.decode,
+                lambda p: p.touchpoint,
             )
             for partition, by_touchpoint in grouped.items():
                 await self._score_partition(partition, by_touchpoint)
@@ -643,16 +664,15 @@ class Pipeline:
             started = time.perf_counter()
             by_customer: dict[str, tuple[int, list[OutboundMessage]]] = {}
             partitions: set[int] = set()
-            for event in events:
-                message = event.message
-                partitions.add(message.partition)
-                if message.key == PROGRESS_KEY:
-                    for mark in decode_marks(payload(event)):
-                        self.customer_progress[message.partition].report(mark)
+            for record in opened(events):
+                partitions.add(record.partition)
+                if record.key == PROGRESS_KEY:
+                    for mark in decode_marks(record.value):
+                        self.customer_progress[record.partition].report(mark)
                     continue
-                outbound = OutboundMessage.decode(payload(event))
+                outbound = OutboundMessage.decode(record.value)
                 assert outbound.customer_id is not None
-                entry = by_customer.setdefault(outbound.customer_id, (message.partition, []))
+                entry = by_customer.setdefault(outbound.customer_id, (record.partition, []))
                 entry[1].append(outbound)
             # Each customer's state is read and written once per batch, however many
             # messages and judgements it takes in.
@@ -715,15 +735,14 @@ class Pipeline:
             for batch in by_partition(events):
                 partition = batch[0].message.partition
                 done = await self._resume_journeys(partition)
-                for event in batch:
-                    message = event.message
-                    if message.key == PROGRESS_KEY:
+                for record in opened(batch):
+                    if record.key == PROGRESS_KEY:
                         # Marks only ever raise the watermark: read twice, they change nothing.
-                        for mark in decode_marks(payload(event)):
+                        for mark in decode_marks(record.value):
                             self.journey_progress[partition].report(mark)
                         progressed.add(partition)
-                    elif message.offset > done:
-                        entry = CustomerVisits.decode(payload(event))
+                    elif record.offset > done:
+                        entry = CustomerVisits.decode(record.value)
                         self._remember_visits(partition, entry, fed)
                 offsets[partition] = max(done, batch[-1].message.offset)
             decided, outcomes = self._decide_journeys(progressed, fed)
@@ -831,7 +850,9 @@ class Pipeline:
     async def judge_breaks(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            grouped = by_subject(events, self.break_progress, Outcome.decode, lambda o: o.break_id)
+            grouped = by_subject(
+                opened(events), self.break_progress, Outcome.decode, lambda o: o.break_id
+            )
             for partition, by_break in grouped.items():
                 await self._judge_breaks(partition, by_break)
             metrics.BATCH_SECONDS.labels("breaks").observe(time.perf_counter() - started)
@@ -905,7 +926,7 @@ def journey_checkpoints(
 
 
 def by_subject(
-    events: list[Event],
+    received: list[Received],
     progress: defaultdict[int, SourceProgress],
     decode: Callable[[bytes], T],
     subject_of: Callable[[T], str],
@@ -915,15 +936,14 @@ def by_subject(
     A partition that got only marks is there too, with no records: its watermark moved.
     """
     grouped: dict[int, dict[str, list[T]]] = {}
-    for event in events:
-        message = event.message
-        records = grouped.setdefault(message.partition, {})
-        if message.key == PROGRESS_KEY:
-            for mark in decode_marks(payload(event)):
-                progress[message.partition].report(mark)
+    for record in received:
+        records = grouped.setdefault(record.partition, {})
+        if record.key == PROGRESS_KEY:
+            for mark in decode_marks(record.value):
+                progress[record.partition].report(mark)
             continue
-        record = decode(payload(event))
-        records.setdefault(subject_of(record), []).append(record)
+        decoded = decode(record.value)
+        records.setdefault(subject_of(decoded), []).append(decoded)
     return grouped
 
 
@@ -933,11 +953,6 @@ def by_partition(events: list[Event]) -> list[list[Event]]:
     for event in events:
         split.setdefault(event.message.partition, []).append(event)
     return list(split.values())
-
-
-def headers_of(event: Event) -> list[tuple[str, bytes]]:
-    headers = event.message.headers or []
-    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
 
 
 class Sources:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
 from typing import cast
 
 import faust
@@ -11,6 +12,7 @@ from faust.types import TP, EventT, StreamT
 
 from agents import metrics
 from agents.offsets import Offsets
+from streams.envelope import ENVELOPE_KEY, unpack
 from streams.settings import Settings
 
 Stream = faust.Stream[bytes]
@@ -23,6 +25,38 @@ LAG_INTERVAL_S = 5.0
 def payload(event: Event) -> bytes:
     """The raw value; a tombstone on an input topic reads as empty and fails validation."""
     return event.message.value or b""
+
+
+def headers_of(event: Event) -> tuple[tuple[str, bytes], ...]:
+    headers = event.message.headers or []
+    return tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A record of an internal topic, whether it came alone or in an envelope."""
+
+    partition: int
+    offset: int  # of the message that carried it
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def opened(events: list[Event]) -> list[Received]:
+    """The records a batch of an internal topic carries, envelopes taken apart, in order."""
+    received = []
+    for event in events:
+        message = event.message
+        key, partition, offset = message.key or b"", message.partition, message.offset
+        if key == ENVELOPE_KEY:
+            received += [
+                Received(partition, offset, r.key, r.value, r.headers)
+                for r in unpack(payload(event))
+            ]
+        else:
+            received.append(Received(partition, offset, key, payload(event), headers_of(event)))
+    return received
 
 
 class PartitionedState:

@@ -131,6 +131,13 @@ class Topology:
             self.contacts, self.customer_messages, self.journey_visits, self.journey_outcomes,
         ]  # fmt: skip
 
+    def internal(self) -> list[faust.TopicT]:
+        """The topics only our stages read: they carry records in envelopes (streams/envelope)."""
+        return [
+            self.touchpoint_partials, self.contacts, self.customer_messages,
+            self.journey_visits, self.journey_outcomes,
+        ]  # fmt: skip
+
     def tables(self) -> list[faust.Table[bytes, bytes]]:
         return [
             self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,

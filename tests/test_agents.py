@@ -29,6 +29,7 @@ from models.records import Category
 from streams.catalog import parse_catalog
 from streams.dedup import OFFSET_BITS, SeenBatch, id_digest
 from streams.delivery import Checkpoint, Send
+from streams.envelope import ENVELOPE_KEY, unpack
 from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
 from streams.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
 from streams.messaging import Message, message_digest
@@ -57,6 +58,7 @@ class Harness:
     topology: Topology
     pipeline: Pipeline
     sent: list[Sent] = field(default_factory=list)
+    envelopes: list[tuple[str, int | None, int]] = field(default_factory=list)  # records in each
     changelog: list[tuple[str, int | None, bytes, bytes | None]] = field(default_factory=list)
 
     def to(self, topic: Any) -> list[Sent]:
@@ -126,7 +128,16 @@ def capture(harness: Harness, name: str) -> Callable[..., Any]:
         *, key: bytes | None = None, value: bytes | None = None, partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None, **_: Any,
     ) -> asyncio.Future[None]:  # fmt: skip
-        harness.sent.append(Sent(name, key, value, partition, dict(headers or [])))
+        if key == ENVELOPE_KEY:
+            # What the next stage reads: the records, each as if sent alone.
+            records = unpack(value or b"")
+            harness.envelopes.append((name, partition, len(records)))
+            for record in records:
+                harness.sent.append(
+                    Sent(name, record.key, record.value, partition, dict(record.headers))
+                )
+        else:
+            harness.sent.append(Sent(name, key, value, partition, dict(headers or [])))
         return delivered()
 
     return send
@@ -219,6 +230,30 @@ async def test_ingest_dedups_dead_letters_and_routes(harness: Harness) -> None:
     assert [(m.source, m.watermark_ms) for m in reported] == [
         (source_name(topology.touchpoint_events.get_topic_name(), 1), START_MS)
     ]
+
+
+async def test_a_batch_sends_one_envelope_a_partition_each_record_where_its_key_belongs(
+    harness: Harness,
+) -> None:
+    topology = harness.topology
+    customers = [f"c-{n}" for n in range(40)]
+    await harness.feed(
+        "ingest_touchpoint_events",
+        [
+            (c.encode(), event(f"e-{c}-{m}", at_ms=START_MS + m, customer_id=c), 0)
+            for m in range(2)
+            for c in customers
+        ],
+    )
+    topic = topology.customer_messages.get_topic_name()
+    envelopes = [(p, n) for name, p, n in harness.envelopes if name == topic]
+    assert sorted(p or 0 for p, _ in envelopes) == list(range(PARTITIONS))
+    assert sum(n for _, n in envelopes) == 80
+    sent = harness.data(topology.customer_messages)
+    assert all(s.partition == partition_of(s.key or b"", PARTITIONS) for s in sent)
+    # Each customer's messages in the order they were read.
+    ids = [OutboundMessage.decode(s.value or b"").event_id for s in sent if s.key == b"c-7"]
+    assert ids == ["e-c-7-0", "e-c-7-1"]
 
 
 async def test_pseudonymised_ids_never_reach_a_table_a_topic_or_an_alert(tmp_path: Any) -> None:
