@@ -12,12 +12,12 @@ from faust.types import TP, EventT, StreamT
 
 from agents import metrics
 from agents.offsets import Offsets
+from agents.tables import BulkRestoredTable
 from streams.envelope import ENVELOPE_KEY, unpack
 from streams.settings import Settings
 
 Stream = faust.Stream[bytes]
 Event = EventT[bytes]
-StateTable = faust.Table[bytes, bytes]
 
 LAG_INTERVAL_S = 5.0
 
@@ -62,28 +62,28 @@ def opened(events: list[Event]) -> list[Received]:
 class PartitionedState:
     """A table written with an explicit changelog partition, so batches may mix partitions."""
 
-    def __init__(self, table: StateTable) -> None:
+    def __init__(self, table: BulkRestoredTable) -> None:
         self.table = table
-        self.store = table.data
+        self.store = table.store
+        self.values = cast(dict[bytes, bytes], self.store.data)
 
     def get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self.store.get(key)
-        return value
+        return self.values.get(key)
 
     def put(self, partition: int, key: bytes, value: bytes) -> Awaitable[object]:
         """Write now; the changelog follows, and the result is done once the broker has it."""
-        self.store[key] = value
+        self.store.put(partition, key, value)
         return self.table.send_changelog(partition, key, value)
 
     def delete(self, partition: int, key: bytes) -> Awaitable[object] | None:
         """Delete now; the result, if there was anything, is done once the broker has it."""
-        if self.store.get(key) is None:
+        if key not in self.values:
             return None
-        del self.store[key]
+        self.store.delete(key)
         return self.table.send_changelog(partition, key, None, value_serializer="raw")
 
     def items(self) -> list[tuple[bytes, bytes]]:
-        return list(self.store.items())
+        return list(self.values.items())
 
 
 class Batches:

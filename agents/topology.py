@@ -6,6 +6,7 @@ from typing import Any
 
 import faust
 
+from agents.tables import BulkRestoredTable, ChangelogLoader
 from streams.settings import Settings
 from streams.topics import COMPACTED, TopicSpec, input_topics
 
@@ -71,15 +72,22 @@ class Topology:
         def topic(name: str, **config: str) -> faust.TopicT:
             return app.topic(name, partitions=settings.partitions, config=config or None, **RAW)
 
-        def table(name: str, help_text: str) -> faust.Table[bytes, bytes]:
-            return app.Table(  # type: ignore[return-value]
-                name,
+        self.loader = ChangelogLoader(settings)
+
+        def table(name: str, help_text: str) -> BulkRestoredTable:
+            created = BulkRestoredTable(
+                app,
+                self.loader,
+                name=name,
+                beacon=app.tables.beacon,
                 partitions=settings.partitions,
                 changelog_topic=topic(f"{settings.app_id}-{name}-changelog", **COMPACTED),
                 help=help_text,
                 key_type=bytes,  # bytes keys and values make Faust use the raw codec
                 value_type=bytes,
             )
+            app.tables.add(created)
+            return created
 
         events, answers, links = (
             topic(spec.name, **spec.config) for spec in input_topics(settings)
@@ -138,7 +146,7 @@ class Topology:
             self.journey_visits, self.journey_outcomes,
         ]  # fmt: skip
 
-    def tables(self) -> list[faust.Table[bytes, bytes]]:
+    def tables(self) -> list[BulkRestoredTable]:
         return [
             self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,
             self.held_messages, self.customer_frequency, self.customers_due, self.firing_alerts,
