@@ -6,6 +6,7 @@ from typing import Any
 
 import faust
 
+from agents.fetching import use_paced_fetches
 from agents.tables import BulkRestoredTable, ChangelogLoader
 from streams.settings import Settings
 from streams.topics import COMPACTED, TopicSpec, input_topics
@@ -37,7 +38,7 @@ def build_app(settings: Settings) -> faust.App:
         )
     elif security["ssl_context"] is not None:
         credentials = faust.SSLCredentials(security["ssl_context"])
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
         broker_credentials=credentials,
@@ -59,6 +60,8 @@ def build_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
     )
+    use_paced_fetches(app, settings.fetch_interval_ms / 1000)
+    return app
 
 
 class Topology:

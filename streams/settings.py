@@ -109,6 +109,7 @@ class Settings:
     max_future_ms: int = 300_000
     batch_size: int = 2_000
     batch_seconds: float = 0.05
+    fetch_interval_ms: int = 10
     sentiment: str = "auto"
     log_level: str = "info"
     topics: Topics = Topics()
@@ -214,6 +215,7 @@ class Settings:
             max_future_ms=duration("MAX_FUTURE", default.max_future_ms),
             batch_size=integer("BATCH_SIZE", default.batch_size),
             batch_seconds=batch_seconds,
+            fetch_interval_ms=integer("FETCH_INTERVAL_MS", default.fetch_interval_ms, minimum=0),
             sentiment=text("SENTIMENT", default.sentiment),
             log_level=text("LOG_LEVEL", default.log_level),
             topics=topics,
