@@ -136,7 +136,9 @@ class Pipeline:
             topology.contacts.get_topic_name(): [topology.customer_messages],
         }
         self.frequency = PartitionedState(topology.customer_frequency)
-        self.customers_due = PartitionedState(topology.customers_due)
+        # Per partition: its customers whose state waits for event time (`waiting`). Kept
+        # in memory, found again from the frequency table when a partition is (re)gained.
+        self.customers_due: dict[int, set[bytes]] = {}
         self.dedup_sweeps: dict[str, int] = {}
         self.sources = Sources(topology, settings.partitions)
         self.touchpoint_progress = self._progress(
@@ -199,6 +201,7 @@ class Pipeline:
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
         self.app.on_partitions_revoked.connect(self.forget_revoked_touchpoints)
         self.app.on_partitions_revoked.connect(self.forget_revoked_ids)
+        self.app.on_partitions_revoked.connect(self.forget_revoked_customers)
 
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
 
@@ -683,11 +686,10 @@ class Pipeline:
                 await self._judge_customers(partition, touched)
             for key, (partition, state) in touched.items():
                 self.frequency.put(partition, key, state.encode())
-                due = self.customers_due.get(key) is not None
-                if state.waiting and not due:
-                    self.customers_due.put(partition, key, str(partition).encode())
-                elif due and not state.waiting:
-                    self.customers_due.delete(partition, key)
+                if state.waiting:
+                    self._due(partition).add(key)
+                else:
+                    self._due(partition).discard(key)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
     def _record(self, customer: str, messages: list[OutboundMessage]) -> CustomerMessages:
@@ -708,21 +710,39 @@ class Pipeline:
         if watermark is None or watermark <= self.customers_judged_to.get(partition, -1):
             return
         self.customers_judged_to[partition] = watermark
-        tag = str(partition).encode()
-        waiting = {key for key, value in self.customers_due.items() if value == tag}
-        waiting.update(key for key, (p, _) in touched.items() if p == partition)
+        due = self._due(partition)
+        waiting = due | {key for key, (p, _) in touched.items() if p == partition}
         for key in sorted(waiting):
             if key in touched:
                 state = touched[key][1]
             else:
                 raw = self.frequency.get(key)
                 if raw is None:
-                    self.customers_due.delete(partition, key)
+                    due.discard(key)
                     continue
                 state = CustomerMessages.decode(raw)
                 touched[key] = (partition, state)
             for alert in self.policy.advance(state, key.decode(), watermark):
                 await self._emit(alert)
+
+    def _due(self, partition: int) -> set[bytes]:
+        """The partition's waiting customers; after a restore or a rebalance, from the table."""
+        due = self.customers_due.get(partition)
+        if due is None:
+            due = self.customers_due[partition] = {
+                key
+                for key, raw in self.frequency.items_of(partition)
+                if CustomerMessages.stored_waiting(raw)
+            }
+        return due
+
+    def forget_revoked_customers(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Customers another worker judges now: found again in the table if they come back."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        topic = self.topology.customer_messages.get_topic_name()
+        for tp in revoked:
+            if tp.topic == topic:
+                self.customers_due.pop(tp.partition, None)
 
     # Journey breaks, stage 2: each customer's attempts, decided behind the watermark.
 

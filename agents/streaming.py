@@ -85,6 +85,10 @@ class PartitionedState:
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self.values.items())
 
+    def items_of(self, partition: int) -> list[tuple[bytes, bytes]]:
+        """The keys of one changelog partition, with their values."""
+        return [(k, v) for k, v in self.values.items() if self.store.partition_of(k) == partition]
+
 
 class Batches:
     """Hands agents their records a batch at a time and measures what is left to process."""

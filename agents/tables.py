@@ -42,6 +42,11 @@ class BulkRestoredStore(Store[bytes, bytes]):
         self.data[key] = value
         self._key_partition[key] = partition
 
+    def partition_of(self, key: bytes) -> int | None:
+        """The changelog partition `key` was last written to or restored from."""
+        partition: int | None = self._key_partition.get(key)
+        return partition
+
     def delete(self, key: bytes) -> None:
         self.data.pop(key, None)
         self._key_partition.pop(key, None)

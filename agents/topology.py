@@ -120,9 +120,6 @@ class Topology:
             "held-contact-messages", "Contact-only messages waiting for the links of their time."
         )
         self.customer_frequency = table("customer-frequency", "Messages per customer in window.")
-        self.customers_due = table(
-            "customers-due", "Customers with messages not judged yet, or an open incident."
-        )
         self.firing_alerts = table("firing-alerts", "Alerts firing, re-sent to Alertmanager.")
         self.journey_customers = table(
             "journey-customers", "Per customer: visits not decided yet and open attempts."
@@ -152,7 +149,7 @@ class Topology:
     def tables(self) -> list[BulkRestoredTable]:
         return [
             self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,
-            self.held_messages, self.customer_frequency, self.customers_due, self.firing_alerts,
+            self.held_messages, self.customer_frequency, self.firing_alerts,
             self.journey_customers, self.journey_checkpoints, self.journey_breaks,
         ]  # fmt: skip
 

@@ -62,7 +62,6 @@ TABLES = (
     "identities",
     "held-contact-messages",
     "customer-frequency",
-    "customers-due",
     "firing-alerts",
 )
 

@@ -46,6 +46,14 @@ class CustomerMessages:
             self.judged_to_ms is None or self.messages[-1].sent_at_ms > self.judged_to_ms
         )
 
+    @staticmethod
+    def stored_waiting(raw: bytes) -> bool:
+        """`waiting` of a stored state, read without building its messages."""
+        incident, messages, judged_to = orjson.loads(raw)
+        if incident is not None:
+            return True
+        return bool(messages) and (judged_to is None or messages[-1][0] > judged_to)
+
     def encode(self) -> bytes:
         return orjson.dumps(
             [

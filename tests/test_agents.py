@@ -32,7 +32,7 @@ from streams.delivery import Checkpoint, Send
 from streams.envelope import ENVELOPE_KEY, unpack
 from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
 from streams.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
-from streams.messaging import Message, message_digest
+from streams.messaging import CustomerMessages, Message, message_digest
 from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym
 from streams.progress import PROGRESS_KEY, SourceMark, decode_marks, encode_marks, source_name
 from streams.scores import Tally
@@ -509,6 +509,29 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, later, 0)])
     statuses = [orjson.loads(s.value or b"")["status"] for s in harness.to(topology.alerts)]
     assert statuses == ["firing", "resolved"]
+
+
+async def test_restored_customers_still_waiting_are_judged_when_event_time_moves(
+    harness: Harness,
+) -> None:
+    topology = harness.topology
+    channels = ["sms", "email", "app_push", "wechat", "sms", "email"]
+    messages = [
+        Message(START_MS + n * 60_000, c, Category.MARKETING, message_digest(f"e-{n}"))
+        for n, c in enumerate(channels)
+    ]
+    # As a restart finds them in the changelog: one customer never judged, one judged
+    # past all its messages (its verdict was sent before the restart).
+    restored = topology.customer_frequency.store
+    restored.put(0, b"c-waits", CustomerMessages(list(messages)).encode())
+    judged = CustomerMessages(list(messages), judged_to_ms=START_MS + 3_600_000)
+    restored.put(0, b"c-judged", judged.encode())
+    assert CustomerMessages.stored_waiting(restored.data[b"c-waits"])
+    assert not CustomerMessages.stored_waiting(restored.data[b"c-judged"])
+    marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [(a["status"], a["subject"]) for a in alerts] == [("firing", "c-waits")]
 
 
 def test_a_relative_standard_exports_its_state_but_no_fixed_line() -> None:
