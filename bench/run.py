@@ -27,6 +27,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,26 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from models.records import Category
 from streams.broker import LocalBroker
 from streams.catalog import Catalog, load_catalog
-from streams.delivery import unwrap
 from streams.messaging import CustomerMessages, Message
 from streams.publish import Outgoing, follow, send_all
 from streams.settings import Settings
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from streams.topics import COMPACTED, TopicSpec, ensure_topics
-from streams.touchpoints import TouchpointState
-from tests.harness import CATALOG, Deployment, WorkerProcess, free_port, transitions
+from tests.harness import (
+    CATALOG,
+    Deployment,
+    Observed,
+    WorkerProcess,
+    break_differences,
+    customer_differences,
+    describe,
+    differences,
+    free_port,
+    reference,
+    shown,
+    touchpoint_differences,
+    transitions,
+)
 
 HOUR_MS = 3_600_000
 BACKLOG_START_MS = 1_795_305_600_000  # 2026-11-22T16:00Z: days before any live run
@@ -151,10 +164,9 @@ def scrape(worker: WorkerProcess) -> list[tuple[str, str, float]]:
     return [(name, labels or "", float(value)) for name, labels, value in SAMPLE.findall(text)]
 
 
-def events_read(workers: list[WorkerProcess], inputs: set[str]) -> float:
+def events_read(worker: WorkerProcess, inputs: set[str]) -> float:
     return sum(
         value
-        for worker in workers
         for name, labels, value in scrape(worker)
         if name == "cxmon_records_total" and labels.split('"')[1] in inputs
     )
@@ -180,6 +192,7 @@ class Throughput:
     drained_seconds: float
     cpu_us_per_event: float
     rss_bytes: list[int]
+    events_by_worker: list[float]
 
 
 def run_backlog(
@@ -192,7 +205,9 @@ def run_backlog(
     """Workers started on the pre-loaded topics, timed from their first record to their last."""
     topics = deployment.settings().topics
     inputs = {topics.touchpoint_events, topics.survey_answers}
-    workers = [deployment.start_worker(f"w{i + 1}") for i in range(count)]
+    # Started together, so that no worker has read much before the others join.
+    with ThreadPoolExecutor(count) as starting:
+        workers = list(starting.map(deployment.start_worker, (f"w{i + 1}" for i in range(count))))
     profilers = (
         []
         if profile is None
@@ -222,7 +237,7 @@ def run_backlog(
     cpu = 0.0
     last_report = time.monotonic()
     while True:
-        done = events_read(workers, inputs)
+        done = sum(events_read(worker, inputs) for worker in workers)
         now = time.perf_counter()
         if done and started is None:
             started, cpu = now, sum(cpu_seconds(worker) for worker in workers)
@@ -259,6 +274,7 @@ def run_backlog(
         drained,
         cpu / data.events * 1e6,
         [rss_bytes(worker) for worker in workers],
+        [events_read(worker, inputs) for worker in workers],
     ), workers
 
 
@@ -389,20 +405,11 @@ class State:
     by_table: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def read_table(deployment: Deployment, name: str) -> dict[bytes, bytes]:
-    """A table from its changelog: the fullest of three reads.
-
-    Reading a topic to its end right after another read comes back empty now and then
-    on the local broker (seen in every run here); no read ever came back partial.
-    """
-    return max((deployment.table(name) for _ in range(3)), key=len)
-
-
 def measure_state(deployment: Deployment) -> State:
     """Every table as its changelog leaves it: keys and bytes (key plus value)."""
     by_table: dict[str, dict[str, int]] = {}
     for name in TABLES:
-        rows = read_table(deployment, name)
+        rows = deployment.table(name)
         by_table[name] = {
             "keys": len(rows),
             "bytes": sum(len(k) + len(v) for k, v in rows.items()),
@@ -414,27 +421,24 @@ def measure_state(deployment: Deployment) -> State:
     )
 
 
-def time_restore(deployment: Deployment) -> dict[str, float]:
-    """A new worker process on an empty data dir: its tables come back from the changelogs."""
+def restart(deployment: Deployment) -> tuple[dict[str, float], WorkerProcess]:
+    """A new worker process, timed until its in-memory tables are back from the changelogs."""
     marks = {
         "restoring": "Restoring state from changelog topics",
         "restored": "Done reading from changelog topics",
     }
     started = time.perf_counter()
     worker = deployment.start_worker("w1", ready_timeout_s=600)
+    ready = time.perf_counter() - started
     seen: dict[str, float] = {}
-    try:
-        ready = time.perf_counter() - started
-        log = worker.log()
-        for name, text in marks.items():
-            stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
-            if stamp:
-                seen[name] = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
-                seen[name] += int(stamp.group(2)) / 1000
-    finally:
-        worker.stop()
+    log = worker.log()
+    for name, text in marks.items():
+        stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
+        if stamp:
+            seen[name] = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
+            seen[name] += int(stamp.group(2)) / 1000
     recovery = seen["restored"] - seen["restoring"] if len(seen) == 2 else float("nan")
-    return {"start_to_ready_s": ready, "changelog_read_s": recovery}
+    return {"start_to_ready_s": ready, "changelog_read_s": recovery}, worker
 
 
 def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) -> dict[str, float]:
@@ -459,7 +463,9 @@ def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) ->
 
     say(f"  writing {keys:,} customers' states to {changelog}")
     asyncio.run(send_all(settings, states(), progress_every=250_000))
-    return time_restore(deployment)
+    restore, worker = restart(deployment)
+    worker.stop()
+    return restore
 
 
 @functools.cache
@@ -467,50 +473,30 @@ def catalog() -> Catalog:
     return load_catalog(CATALOG)
 
 
-def in_window(table: str, raw: bytes, now_ms: int) -> object:
-    """What a table value says at `now_ms`: what its window holds, not what waits to expire.
+def apart(one: Observed, two: Observed) -> list[str]:
+    """Two's tables and alert transitions against one's, one in the reference's place."""
+    first, second = transitions(one.alerts), transitions(two.alerts)
+    return [
+        *shown(touchpoint_differences(one.touchpoints, two.touchpoints, catalog())),
+        *shown(customer_differences(one.customers, two.customers, catalog())),
+        *shown(break_differences(one.breaks, two.breaks)),
+        *shown(
+            [f"alert only one worker sent: {describe(t)}" for t in sorted(first - second, key=repr)]
+        ),
+        *shown(
+            [
+                f"alert only two workers sent: {describe(t)}"
+                for t in sorted(second - first, key=repr)
+            ]
+        ),
+    ]
 
-    Both runs expire lazily, when a key is next touched, and judge on the watermark of
-    their own batches; so the windows are compared, not the bookkeeping.
-    """
-    if table == "touchpoint-windows":
-        state = TouchpointState.decode(unwrap(raw)[1])
-        since = now_ms - catalog().scores.window_ms
-        return {start: tally.to_wire() for start, tally in state.buckets.items() if start >= since}
-    if table == "customer-frequency":
-        since = now_ms - catalog().messaging.window_ms
-        return [m for m in CustomerMessages.decode(raw).messages if m.sent_at_ms > since]
-    return raw
 
-
-def same_state(one: Deployment, other: Deployment, now_ms: int) -> dict[str, dict[str, int]]:
-    """Two runs over the same input: the keys whose windows differ, and the alert transitions."""
-    result = {}
-    for name in ("touchpoint-windows", "customer-frequency", "identities"):
-        first, second = read_table(one, name), read_table(other, name)
-        differ = [
-            key
-            for key in first.keys() & second.keys()
-            if in_window(name, first[key], now_ms) != in_window(name, second[key], now_ms)
-        ]
-        if differ:
-            key = differ[0]
-            say(f"  {name} {key!r}: {first[key][:300]!r} != {second[key][:300]!r}")
-        result[name] = {
-            "keys": len(first),
-            "differ": len(differ),
-            "only_first": len(first.keys() - second.keys()),
-            "only_second": len(second.keys() - first.keys()),
-        }
-    alerts = [transitions(orjson.loads(value) for _, value, _ in d.read_to_end(d.topics.alerts))
-              for d in (one, other)]  # fmt: skip
-    result["alert transitions"] = {
-        "keys": len(alerts[0]),
-        "differ": len(alerts[0] ^ alerts[1]),
-        "only_first": len(alerts[0] - alerts[1]),
-        "only_second": len(alerts[1] - alerts[0]),
-    }
-    return result
+def verdict(found: list[str]) -> dict[str, Any]:
+    """A comparison as the results keep it: how many differences, the first few."""
+    for line in found[:5]:
+        say(f"    {line}")
+    return {"same": not found, "differences": found}
 
 
 def stop_workers_left() -> None:
@@ -563,25 +549,18 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     say("raw aiokafka consumer, decode only")
     raw = asyncio.run(raw_rate(one.settings(), list(names.values()), len(outgoing)))
     say(f"  {raw.records_per_s:,.0f} records/s, {raw.cpu_us_per_record:.1f} µs CPU a record")
+    say("offline reference: the same records through the pure core, no Kafka")
+    expected = reference(CATALOG, data.records)
 
     say("worker: the backlog")
     profile = args.out.with_name("profile") if args.profile else None
     throughput, workers = run_backlog(one, data, 1, profile)
     say("tables after the backlog, from their changelogs")
     state = measure_state(one)
-    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
-    say("worker: live load and alert latency")
-    # A load the worker cannot sustain times its queue, not its latency: offered at most
-    # 80% of what it drained the backlog at, every stage included.
-    sustained = data.events / throughput.drained_seconds
-    rate = min(args.rate, 0.8 * sustained)
-    latency = run_latency(one, data, rate, args.live_seconds)
-    live_end_ms = int(time.time() * 1000)
-    one.wait_drained(timeout_s=300, poll_s=0.5)  # the tail of the live load too
+    say(f"  {state.keys:,} keys, {state.bytes:,} bytes; against the offline reference")
+    after_one = Observed.of(one)
     for worker in workers:
         worker.stop()
-    say("restore: a new worker process recovers every table")
-    restore = time_restore(one)
     results: dict[str, Any] = {
         "data": {
             "events": data.events,
@@ -592,28 +571,46 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         "worker": vars(throughput),
         "project_over_raw": throughput.events_per_s / raw.records_per_s,
         "project_over_raw_by_cpu": raw.cpu_us_per_record / throughput.cpu_us_per_event,
-        "latency": vars(latency),
+        "same_as_reference": verdict(differences(expected, after_one, catalog())),
         "state": vars(state),
         "state_bytes_per_active_customer": state.bytes / data.active_customers,
-        "restore": {**restore, "keys": state.keys},
     }
-    if args.restore_keys:
-        say(f"restore: a worker with {args.restore_keys:,} customers in its frequency table")
-        results["restore_large"] = {
-            **restore_keys(broker, root, args.restore_keys, args.partitions),
-            "keys": args.restore_keys,
-        }
     if args.scale_out:
+        # The same input topics, before the live load adds to them; a group of their own.
         two = Deployment(broker.url, root, partitions=args.partitions, name="bench2")
         for role, name in names.items():
             two.extra_env[f"CXMON_TOPIC_{role.upper()}"] = name
         say("two workers: the same backlog")
         pair, pair_workers = run_backlog(two, data, 2)
+        say(
+            f"  events read by each worker: {', '.join(f'{n:,.0f}' for n in pair.events_by_worker)}"
+        )
+        say("  their tables against the offline reference, then against one worker's")
+        after_two = Observed.of(two)
         for worker in pair_workers:
             worker.stop()
         results["two_workers"] = {
             **vars(pair),
-            "same_state_as_one": same_state(one, two, live_end_ms),
+            "speed_up": pair.events_per_s / throughput.events_per_s,
+            "speed_up_drained": throughput.drained_seconds / pair.drained_seconds,
+            "same_as_reference": verdict(differences(expected, after_two, catalog())),
+            "same_as_one": verdict(apart(after_one, two=after_two)),
+        }
+    say("restore: a new worker process recovers every table")
+    restore, worker = restart(one)
+    results["restore"] = {**restore, "keys": state.keys}
+    say("the restored worker: live load and alert latency")
+    # A load the worker cannot sustain times its queue, not its latency: offered at most
+    # 80% of what it drained the backlog at, every stage included.
+    sustained = data.events / throughput.drained_seconds
+    rate = min(args.rate, 0.8 * sustained)
+    results["latency"] = vars(run_latency(one, data, rate, args.live_seconds))
+    worker.stop()
+    if args.restore_keys:
+        say(f"restore: a worker with {args.restore_keys:,} customers in its frequency table")
+        results["restore_large"] = {
+            **restore_keys(broker, root, args.restore_keys, args.partitions),
+            "keys": args.restore_keys,
         }
     return results
 
@@ -643,6 +640,11 @@ def main() -> None:
     say(f"results: {args.out} ({results['bench_seconds']:.0f} s)")
 
 
+def agreed(comparison: dict[str, Any]) -> str:
+    listed = comparison["differences"]
+    return "yes" if comparison["same"] else f"no ({len(listed)} differences listed)"
+
+
 def table(results: dict[str, Any]) -> str:
     worker, latency, restore = results["worker"], results["latency"], results["restore"]
 
@@ -657,6 +659,7 @@ def table(results: dict[str, Any]) -> str:
         ("  CPU a record, raw", f"{results['raw']['cpu_us_per_record']:.1f} µs"),
         ("project / raw, by rate", f"{results['project_over_raw']:.3f}"),
         ("project / raw, by CPU a record", f"{results['project_over_raw_by_cpu']:.3f}"),
+        ("  tables and alerts as the offline reference", agreed(results["same_as_reference"])),
         (
             f"alert latency p50 at {latency['achieved_per_s']:,.0f}/s offered",
             seconds(latency["p50_s"]),
@@ -686,8 +689,17 @@ def table(results: dict[str, Any]) -> str:
         rows.append(("  new process start to ready", seconds(large["start_to_ready_s"])))
     if "two_workers" in results:
         pair = results["two_workers"]
-        rows.append(("events/s, two workers together", f"{pair['events_per_s']:,.0f}"))
-        rows.append(("  same final state as one", str(pair["same_state_as_one"])))
+        split = " + ".join(f"{n:,.0f}" for n in pair["events_by_worker"])
+        rows += [
+            ("events/s, two workers together", f"{pair['events_per_s']:,.0f}"),
+            (
+                "  over one worker, read / drained",
+                f"{pair['speed_up']:.2f}x / {pair['speed_up_drained']:.2f}x",
+            ),
+            ("  events read by each", split),
+            ("  tables and alerts as the offline reference", agreed(pair["same_as_reference"])),
+            ("  tables and alerts as one worker's", agreed(pair["same_as_one"])),
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
