@@ -40,6 +40,7 @@ from streams.broker import LocalBroker
 from streams.catalog import Catalog, load_catalog
 from streams.messaging import CustomerMessages, Message
 from streams.publish import Outgoing, follow, send_all
+from streams.replay import ReplayResult
 from streams.settings import Settings
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from streams.topics import COMPACTED, TopicSpec, ensure_topics
@@ -58,6 +59,7 @@ from tests.harness import (
     touchpoint_differences,
     transitions,
 )
+from tests.services import wait_for
 
 HOUR_MS = 3_600_000
 BACKLOG_START_MS = 1_795_305_600_000  # 2026-11-22T16:00Z: days before any live run
@@ -68,6 +70,8 @@ PROBE_CHANNELS = (
     ("email", "marketing.email"),
     ("app_push", "marketing.push"),
 ) * 2
+STALL_S = 120.0
+RESTORE_MARKS = ("Restoring state from changelog topics", "Done reading from changelog topics")
 TABLES = (
     "ingest-checkpoints",
     "seen-ids",
@@ -195,19 +199,23 @@ class Throughput:
     events_by_worker: list[float]
 
 
+class Stalled(RuntimeError):
+    """The workers read nothing for a while, with records still to read."""
+
+
 def run_backlog(
     deployment: Deployment,
+    workers: list[WorkerProcess],
     data: Data,
-    count: int,
+    *,
     profile: Path | None = None,
+    publish: bool = False,
     drain_timeout_s: float = 300,
-) -> tuple[Throughput, list[WorkerProcess]]:
-    """Workers started on the pre-loaded topics, timed from their first record to their last."""
+) -> Throughput:
+    """Workers reading the backlog (published now if `publish`), timed from their first
+    record to their last, then until every stage has drained."""
     topics = deployment.settings().topics
     inputs = {topics.touchpoint_events, topics.survey_answers}
-    # Started together, so that no worker has read much before the others join.
-    with ThreadPoolExecutor(count) as starting:
-        workers = list(starting.map(deployment.start_worker, (f"w{i + 1}" for i in range(count))))
     profilers = (
         []
         if profile is None
@@ -232,10 +240,14 @@ def run_backlog(
             for n, worker in enumerate(workers)
         ]
     )
-    say(f"  {count} worker(s) ready; reading {data.events:,} events and answers")
+    publisher = threading.Thread(target=deployment.publish, args=(data.records,), daemon=True)
+    if publish:
+        publisher.start()
+    say(f"  {len(workers)} worker(s) ready; reading {data.events:,} events and answers")
     started: float | None = None
     cpu = 0.0
     last_report = time.monotonic()
+    progress = (0.0, time.monotonic())
     while True:
         done = sum(events_read(worker, inputs) for worker in workers)
         now = time.perf_counter()
@@ -243,6 +255,11 @@ def run_backlog(
             started, cpu = now, sum(cpu_seconds(worker) for worker in workers)
         if started is not None and done >= data.events:
             break
+        if done > progress[0]:
+            progress = (done, time.monotonic())
+        elif time.monotonic() - progress[1] > STALL_S:
+            read = [events_read(worker, inputs) for worker in workers]
+            raise Stalled(f"nothing read for {STALL_S:.0f} s; read by each worker: {read}")
         if time.monotonic() - last_report > 5 and started is not None:
             last_report = time.monotonic()
             say(f"  {done:,.0f} / {data.events:,} read ({done / (now - started):,.0f}/s)")
@@ -267,15 +284,17 @@ def run_backlog(
         for n, worker in enumerate(workers):
             with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as page:
                 profile.with_name(f"metrics.w{n + 1}.txt").write_bytes(page.read())
+    if publish:
+        publisher.join()
     return Throughput(
-        count,
+        len(workers),
         data.events / elapsed,
         elapsed,
         drained,
         cpu / data.events * 1e6,
         [rss_bytes(worker) for worker in workers],
         [events_read(worker, inputs) for worker in workers],
-    ), workers
+    )
 
 
 @dataclass
@@ -421,33 +440,45 @@ def measure_state(deployment: Deployment) -> State:
     )
 
 
-def restart(deployment: Deployment) -> tuple[dict[str, float], WorkerProcess]:
-    """A new worker process, timed until its in-memory tables are back from the changelogs."""
-    marks = {
-        "restoring": "Restoring state from changelog topics",
-        "restored": "Done reading from changelog topics",
-    }
+def restart(
+    deployment: Deployment, timeout_s: float
+) -> tuple[dict[str, float], WorkerProcess | None]:
+    """A new worker process, timed until its in-memory tables are back from the changelogs.
+
+    Given up after `timeout_s`: then how many changelog records were still to read.
+    """
     started = time.perf_counter()
-    worker = deployment.start_worker("w1", ready_timeout_s=600)
+    try:
+        worker = deployment.start_worker("w1", ready_timeout_s=timeout_s)
+    except TimeoutError:
+        log = (deployment.root / "w1.log").read_text(errors="replace")
+        left = re.findall(r"total remaining=(\d+)", log)
+        return {"gave_up_after_s": timeout_s, "left": int(left[-1]) if left else -1}, None
     ready = time.perf_counter() - started
-    seen: dict[str, float] = {}
-    log = worker.log()
-    for name, text in marks.items():
-        stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
-        if stamp:
-            seen[name] = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
-            seen[name] += int(stamp.group(2)) / 1000
-    recovery = seen["restored"] - seen["restoring"] if len(seen) == 2 else float("nan")
-    return {"start_to_ready_s": ready, "changelog_read_s": recovery}, worker
+    seen = [logged_at(worker.log(), text) for text in RESTORE_MARKS]
+    return {"start_to_ready_s": ready, "changelog_read_s": seen[1] - seen[0]}, worker
 
 
-def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) -> dict[str, float]:
-    """A worker whose frequency table holds `keys` customers, restarted on an empty disk.
+def logged_at(log: str, text: str) -> float:
+    """When the worker logged `text` first, in seconds since the epoch; NaN if it did not."""
+    stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
+    if stamp is None:
+        return float("nan")
+    return (
+        time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
+    )
+
+
+def restore_keys(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[str, float]:
+    """A worker whose frequency table holds `args.restore_keys` customers, restarted.
 
     The table is written as the worker writes it (each customer's state, on the
     partition of its key) with one to three marketing messages a customer.
     """
-    deployment = Deployment(broker.url, root, partitions=partitions, name="bench-restore")
+    keys, partitions = args.restore_keys, args.partitions
+    deployment = Deployment(
+        broker.url, root / "bench-restore", partitions=partitions, name="bench-restore"
+    )
     settings = deployment.settings()
     changelog = f"{deployment.name}-customer-frequency-changelog"
     asyncio.run(ensure_topics(settings, [TopicSpec(changelog, partitions, COMPACTED)]))
@@ -463,8 +494,12 @@ def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) ->
 
     say(f"  writing {keys:,} customers' states to {changelog}")
     asyncio.run(send_all(settings, states(), progress_every=250_000))
-    restore, worker = restart(deployment)
-    worker.stop()
+    restore, worker = restart(deployment, args.restore_timeout)
+    if worker is None:
+        left = restore["left"]
+        say(f"  gave up after {args.restore_timeout:.0f} s: {left:,} records still to read")
+    else:
+        worker.stop()
     return restore
 
 
@@ -511,7 +546,7 @@ def stop_workers_left() -> None:
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000, help="events and answers")
+    parser.add_argument("--events", type=int, default=100_000, help="events and answers")
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument(
         "--rate", type=float, default=10_000, help="live load, events/s (at most 80%% sustained)"
@@ -521,9 +556,18 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--restore-keys", type=int, default=1_000_000, help="customers in the restore test"
     )
+    parser.add_argument(
+        "--restore-timeout",
+        type=float,
+        default=90,
+        help="seconds the restore test waits (its target is 30), then counts what is left",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--scale-out", action="store_true", help="also two workers, and compare final state"
+        "--scale-out",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="two workers on the same backlog, their state compared",
     )
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the worker through the backlog"
@@ -533,7 +577,7 @@ def arguments() -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[str, Any]:
-    one = Deployment(broker.url, root, partitions=args.partitions, name="bench1")
+    one = Deployment(broker.url, root / "bench1", partitions=args.partitions, name="bench1")
     say(f"generating {args.events:,} events and answers of {args.customers:,} customers")
     data = backlog(args.events, args.customers, args.seed)
     say(f"publishing {len(data.records):,} records ({data.links:,} identity links)")
@@ -554,7 +598,8 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
 
     say("worker: the backlog")
     profile = args.out.with_name("profile") if args.profile else None
-    throughput, workers = run_backlog(one, data, 1, profile)
+    workers = [one.start_worker()]
+    throughput = run_backlog(one, workers, data, profile=profile)
     say("tables after the backlog, from their changelogs")
     state = measure_state(one)
     say(f"  {state.keys:,} keys, {state.bytes:,} bytes; against the offline reference")
@@ -576,28 +621,17 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         "state_bytes_per_active_customer": state.bytes / data.active_customers,
     }
     if args.scale_out:
-        # The same input topics, before the live load adds to them; a group of their own.
-        two = Deployment(broker.url, root, partitions=args.partitions, name="bench2")
-        for role, name in names.items():
-            two.extra_env[f"CXMON_TOPIC_{role.upper()}"] = name
-        say("two workers: the same backlog")
-        pair, pair_workers = run_backlog(two, data, 2)
-        say(
-            f"  events read by each worker: {', '.join(f'{n:,.0f}' for n in pair.events_by_worker)}"
+        results["two_workers"] = scale_out(
+            args, broker, root, data, expected=expected, after_one=after_one
         )
-        say("  their tables against the offline reference, then against one worker's")
-        after_two = Observed.of(two)
-        for worker in pair_workers:
-            worker.stop()
-        results["two_workers"] = {
-            **vars(pair),
-            "speed_up": pair.events_per_s / throughput.events_per_s,
-            "speed_up_drained": throughput.drained_seconds / pair.drained_seconds,
-            "same_as_reference": verdict(differences(expected, after_two, catalog())),
-            "same_as_one": verdict(apart(after_one, two=after_two)),
-        }
+        if "events_per_s" in results["two_workers"]:
+            two = results["two_workers"]
+            two["speed_up"] = two["events_per_s"] / throughput.events_per_s
+            two["speed_up_drained"] = throughput.drained_seconds / two["drained_seconds"]
     say("restore: a new worker process recovers every table")
-    restore, worker = restart(one)
+    restore, restored = restart(one, timeout_s=600)
+    if restored is None:
+        raise RuntimeError(f"the worker's tables did not come back in 600 s: {restore}")
     results["restore"] = {**restore, "keys": state.keys}
     say("the restored worker: live load and alert latency")
     # A load the worker cannot sustain times its queue, not its latency: offered at most
@@ -605,14 +639,58 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     sustained = data.events / throughput.drained_seconds
     rate = min(args.rate, 0.8 * sustained)
     results["latency"] = vars(run_latency(one, data, rate, args.live_seconds))
-    worker.stop()
+    restored.stop()
     if args.restore_keys:
         say(f"restore: a worker with {args.restore_keys:,} customers in its frequency table")
         results["restore_large"] = {
-            **restore_keys(broker, root, args.restore_keys, args.partitions),
+            **restore_keys(args, broker, root),
             "keys": args.restore_keys,
         }
     return results
+
+
+def scale_out(
+    args: argparse.Namespace,
+    broker: LocalBroker,
+    root: Path,
+    data: Data,
+    *,
+    expected: ReplayResult,
+    after_one: Observed,
+) -> dict[str, Any]:
+    """Two workers on topics of their own: they share the partitions, then the same backlog
+    is published; their tables are compared with the reference's and with one worker's.
+
+    Published once both read, so the figure is of two workers, not of a rebalance.
+    """
+    two = Deployment(broker.url, root / "bench2", partitions=args.partitions, name="bench2")
+    say("two workers: the same backlog, published once they share the partitions")
+    with ThreadPoolExecutor(2) as starting:
+        workers = list(starting.map(two.start_worker, ("w1", "w2")))
+    try:
+        wait_for("two workers sharing the input partitions", lambda: sharing(two), 90)
+        pair = run_backlog(two, workers, data, publish=True)
+    except Stalled as exc:
+        say(f"  stalled: {exc}")
+        return {"stalled": str(exc)}
+    finally:
+        for worker in workers:
+            worker.stop()
+    read = ", ".join(f"{n:,.0f}" for n in pair.events_by_worker)
+    say(f"  events read by each worker: {read}; tables against the reference, then one's")
+    after_two = Observed.of(two)
+    return {
+        **vars(pair),
+        "same_as_reference": verdict(differences(expected, after_two, catalog())),
+        "same_as_one": verdict(apart(after_one, after_two)),
+    }
+
+
+def sharing(deployment: Deployment) -> bool:
+    """Every input partition held, by two workers that each hold some."""
+    members = deployment.members()
+    every = 2 * deployment.partitions  # touchpoint events and survey answers
+    return len(members) == 2 and all(members) and sum(map(len, members)) == every
 
 
 def main() -> None:
@@ -680,15 +758,16 @@ def table(results: dict[str, Any]) -> str:
     ]
     if "restore_large" in results:
         large = results["restore_large"]
-        rows.append(
-            (
-                f"restore of {large['keys']:,} keys: changelogs read in",
-                seconds(large["changelog_read_s"]),
-            )
-        )
-        rows.append(("  new process start to ready", seconds(large["start_to_ready_s"])))
-    if "two_workers" in results:
-        pair = results["two_workers"]
+        title = f"restore of {large['keys']:,} keys: changelogs read in"
+        if "gave_up_after_s" in large:
+            rows.append((title, f"> {large['gave_up_after_s']:.0f} s ({large['left']:,} left)"))
+        else:
+            rows.append((title, seconds(large["changelog_read_s"])))
+            rows.append(("  new process start to ready", seconds(large["start_to_ready_s"])))
+    pair = results.get("two_workers", {})
+    if "stalled" in pair:
+        rows.append(("events/s, two workers together", f"stalled: {pair['stalled']}"))
+    elif pair:
         split = " + ".join(f"{n:,.0f}" for n in pair["events_by_worker"])
         rows += [
             ("events/s, two workers together", f"{pair['events_per_s']:,.0f}"),

@@ -159,7 +159,11 @@ class Deployment:
                 cwd=REPO,
             )
         worker = WorkerProcess(process, log_path, port, log_start)
-        worker.wait_ready(ready_timeout_s)
+        try:
+            worker.wait_ready(ready_timeout_s)
+        except TimeoutError:
+            worker.stop()  # nobody else holds it: not left running
+            raise
         return worker
 
     def publish(self, records: Iterable[SimulatedRecord]) -> int:
