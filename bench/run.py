@@ -72,6 +72,7 @@ PROBE_CHANNELS = (
     ("app_push", "marketing.push"),
 ) * 2
 STALL_S = 120.0
+SETTLE_S = 30.0
 RESTORE_MARKS = ("Restoring state from changelog topics", "Done reading from changelog topics")
 TABLES = (
     "ingest-checkpoints",
@@ -525,6 +526,23 @@ def apart(one: Observed, two: Observed) -> list[str]:
     ]
 
 
+def settled(deployment: Deployment, expected: ReplayResult) -> tuple[Observed, dict[str, Any]]:
+    """The tables and alerts once they equal the reference's, or as they are after SETTLE_S.
+
+    Drained is not yet settled: the last seconds of event time are judged once the idle
+    inputs say again how far they got, up to 15 s after the last record (the worker's
+    IDLE_REPORT_AT_LEAST_EVERY_S).
+    """
+    started = time.monotonic()
+    while True:
+        observed = Observed.of(deployment)
+        found = differences(expected, observed, catalog())
+        waited = time.monotonic() - started
+        if not found or waited > SETTLE_S:
+            return observed, {**verdict(found), "settled_after_s": waited}
+        time.sleep(2)
+
+
 def verdict(found: list[str]) -> dict[str, Any]:
     """A comparison as the results keep it: how many differences, the first few."""
     for line in found[:5]:
@@ -601,7 +619,7 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     say("tables after the backlog, from their changelogs")
     state = measure_state(one)
     say(f"  {state.keys:,} keys, {state.bytes:,} bytes; against the offline reference")
-    after_one = Observed.of(one)
+    after_one, same_as_reference = settled(one, expected)
     say("worker: live load and alert latency")
     # A load the worker cannot sustain times its queue, not its latency: offered at most
     # 80% of what it drained the backlog at, every stage included.
@@ -619,7 +637,7 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         "worker": vars(throughput),
         "project_over_raw": throughput.events_per_s / raw.records_per_s,
         "project_over_raw_by_cpu": raw.cpu_us_per_record / throughput.cpu_us_per_event,
-        "same_as_reference": verdict(differences(expected, after_one, catalog())),
+        "same_as_reference": same_as_reference,
         "latency": vars(latency),
         "state": vars(state),
         "state_bytes_per_active_customer": state.bytes / data.active_customers,
@@ -662,18 +680,18 @@ def scale_out(
     try:
         wait_for("two workers sharing the input partitions", lambda: sharing(two), 90)
         pair = run_backlog(two, workers, data, publish=True)
+        read = ", ".join(f"{n:,.0f}" for n in pair.events_by_worker)
+        say(f"  events read by each worker: {read}; tables against the reference, then one's")
+        after_two, same_as_reference = settled(two, expected)
     except Stalled as exc:
         say(f"  stalled: {exc}")
         return {"stalled": str(exc)}
     finally:
         for worker in workers:
             worker.stop()
-    read = ", ".join(f"{n:,.0f}" for n in pair.events_by_worker)
-    say(f"  events read by each worker: {read}; tables against the reference, then one's")
-    after_two = Observed.of(two)
     return {
         **vars(pair),
-        "same_as_reference": verdict(differences(expected, after_two, catalog())),
+        "same_as_reference": same_as_reference,
         "same_as_one": verdict(apart(after_one, after_two)),
     }
 
@@ -712,7 +730,10 @@ def main() -> None:
 
 def agreed(comparison: dict[str, Any]) -> str:
     listed = comparison["differences"]
-    return "yes" if comparison["same"] else f"no ({len(listed)} differences listed)"
+    verdict = "yes" if comparison["same"] else f"no ({len(listed)} differences listed)"
+    if "settled_after_s" in comparison:
+        verdict += f", read {comparison['settled_after_s']:.1f} s after drained"
+    return verdict
 
 
 def table(results: dict[str, Any]) -> str:
