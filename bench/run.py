@@ -544,7 +544,8 @@ def settled(deployment: Deployment, expected: ReplayResult) -> tuple[Observed, d
 
 
 def verdict(found: list[str]) -> dict[str, Any]:
-    """A comparison as the results keep it: how many differences, the first few."""
+    """A comparison as the results keep it: the differences (15 of a kind at most), the first
+    five printed."""
     for line in found[:5]:
         say(f"    {line}")
     return {"same": not found, "differences": found}
