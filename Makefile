@@ -45,7 +45,7 @@ faults: venv
 	$(BIN)/pytest -q tests/test_faults.py
 
 # Throughput, alert latency, memory, state and restore time of the real worker (README
-# "Performance"); a smaller run: make bench BENCH_ARGS="--events 100000".
+# "Performance"); a smaller run: make bench BENCH_ARGS="--no-scale-out --restore-keys 0".
 BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

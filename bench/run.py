@@ -1,12 +1,13 @@
 """`make bench`: the real worker's throughput, alert latency, memory, state and restore time.
 
 One run, one fresh local broker, one data set: simulated journeys of a large customer base
-are pre-loaded; a raw aiokafka consumer that only decodes reads them; then the worker (or
-several) reads them with every table and detector on. The worker then takes a live load
-at a fixed rate, with probe customers whose over-messaging alert is timed from publish to
-`cx.alerts`; its tables are measured from their changelogs, and a restarted worker's
-restore is timed. Figures go to a JSON file and a short table.
-"""
+are pre-loaded; a raw aiokafka consumer that only decodes reads them; then the worker reads
+them with every table and detector on, and its tables and alerts are compared with the
+offline reference's for the same records. The worker then takes a live load at a fixed
+rate, with probe customers whose over-messaging alert is timed from publish to
+`cx.alerts`. Two workers read the same records from topics of their own; a worker whose
+table holds a million keys is restarted and its restore timed. Figures go to a JSON file
+and a short table."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +39,28 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from models.records import Category
 from streams.broker import LocalBroker
 from streams.catalog import Catalog, load_catalog
-from streams.delivery import unwrap
 from streams.messaging import CustomerMessages, Message
 from streams.publish import Outgoing, follow, send_all
+from streams.replay import ReplayResult
 from streams.settings import Settings
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from streams.topics import COMPACTED, TopicSpec, ensure_topics
-from streams.touchpoints import TouchpointState
-from tests.harness import CATALOG, Deployment, WorkerProcess, free_port, transitions
+from tests.harness import (
+    CATALOG,
+    Deployment,
+    Observed,
+    WorkerProcess,
+    break_differences,
+    customer_differences,
+    describe,
+    differences,
+    free_port,
+    reference,
+    shown,
+    touchpoint_differences,
+    transitions,
+)
+from tests.services import wait_for
 
 HOUR_MS = 3_600_000
 BACKLOG_START_MS = 1_795_305_600_000  # 2026-11-22T16:00Z: days before any live run
@@ -55,6 +71,9 @@ PROBE_CHANNELS = (
     ("email", "marketing.email"),
     ("app_push", "marketing.push"),
 ) * 2
+STALL_S = 120.0
+SETTLE_S = 30.0
+RESTORE_MARKS = ("Restoring state from changelog topics", "Done reading from changelog topics")
 TABLES = (
     "ingest-checkpoints",
     "seen-ids",
@@ -150,10 +169,9 @@ def scrape(worker: WorkerProcess) -> list[tuple[str, str, float]]:
     return [(name, labels or "", float(value)) for name, labels, value in SAMPLE.findall(text)]
 
 
-def events_read(workers: list[WorkerProcess], inputs: set[str]) -> float:
+def events_read(worker: WorkerProcess, inputs: set[str]) -> float:
     return sum(
         value
-        for worker in workers
         for name, labels, value in scrape(worker)
         if name == "cxmon_records_total" and labels.split('"')[1] in inputs
     )
@@ -179,19 +197,26 @@ class Throughput:
     drained_seconds: float
     cpu_us_per_event: float
     rss_bytes: list[int]
+    events_by_worker: list[float]
+
+
+class Stalled(RuntimeError):
+    """The workers read nothing for a while, with records still to read."""
 
 
 def run_backlog(
     deployment: Deployment,
+    workers: list[WorkerProcess],
     data: Data,
-    count: int,
+    *,
     profile: Path | None = None,
+    publish: bool = False,
     drain_timeout_s: float = 300,
-) -> tuple[Throughput, list[WorkerProcess]]:
-    """Workers started on the pre-loaded topics, timed from their first record to their last."""
+) -> Throughput:
+    """Workers reading the backlog (published now if `publish`), timed from their first
+    record to their last, then until every stage has drained."""
     topics = deployment.settings().topics
     inputs = {topics.touchpoint_events, topics.survey_answers}
-    workers = [deployment.start_worker(f"w{i + 1}") for i in range(count)]
     profilers = (
         []
         if profile is None
@@ -216,17 +241,26 @@ def run_backlog(
             for n, worker in enumerate(workers)
         ]
     )
-    say(f"  {count} worker(s) ready; reading {data.events:,} events and answers")
+    publisher = threading.Thread(target=deployment.publish, args=(data.records,), daemon=True)
+    if publish:
+        publisher.start()
+    say(f"  {len(workers)} worker(s) ready; reading {data.events:,} events and answers")
     started: float | None = None
     cpu = 0.0
     last_report = time.monotonic()
+    progress = (0.0, time.monotonic())
     while True:
-        done = events_read(workers, inputs)
+        done = sum(events_read(worker, inputs) for worker in workers)
         now = time.perf_counter()
         if done and started is None:
             started, cpu = now, sum(cpu_seconds(worker) for worker in workers)
         if started is not None and done >= data.events:
             break
+        if done > progress[0]:
+            progress = (done, time.monotonic())
+        elif time.monotonic() - progress[1] > STALL_S:
+            read = [events_read(worker, inputs) for worker in workers]
+            raise Stalled(f"nothing read for {STALL_S:.0f} s; read by each worker: {read}")
         if time.monotonic() - last_report > 5 and started is not None:
             last_report = time.monotonic()
             say(f"  {done:,.0f} / {data.events:,} read ({done / (now - started):,.0f}/s)")
@@ -251,14 +285,17 @@ def run_backlog(
         for n, worker in enumerate(workers):
             with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics") as page:
                 profile.with_name(f"metrics.w{n + 1}.txt").write_bytes(page.read())
+    if publish:
+        publisher.join()
     return Throughput(
-        count,
+        len(workers),
         data.events / elapsed,
         elapsed,
         drained,
         cpu / data.events * 1e6,
         [rss_bytes(worker) for worker in workers],
-    ), workers
+        [events_read(worker, inputs) for worker in workers],
+    )
 
 
 @dataclass
@@ -388,20 +425,11 @@ class State:
     by_table: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def read_table(deployment: Deployment, name: str) -> dict[bytes, bytes]:
-    """A table from its changelog: the fullest of three reads.
-
-    Reading a topic to its end right after another read comes back empty now and then
-    on the local broker (seen in every run here); no read ever came back partial.
-    """
-    return max((deployment.table(name) for _ in range(3)), key=len)
-
-
 def measure_state(deployment: Deployment) -> State:
     """Every table as its changelog leaves it: keys and bytes (key plus value)."""
     by_table: dict[str, dict[str, int]] = {}
     for name in TABLES:
-        rows = read_table(deployment, name)
+        rows = deployment.table(name)
         by_table[name] = {
             "keys": len(rows),
             "bytes": sum(len(k) + len(v) for k, v in rows.items()),
@@ -413,36 +441,44 @@ def measure_state(deployment: Deployment) -> State:
     )
 
 
-def time_restore(deployment: Deployment) -> dict[str, float]:
-    """A new worker process on an empty data dir: its tables come back from the changelogs."""
-    marks = {
-        "restoring": "Restoring state from changelog topics",
-        "restored": "Done reading from changelog topics",
-    }
+def time_restore(deployment: Deployment, timeout_s: float) -> dict[str, float]:
+    """A new worker process, timed until its in-memory tables are back from the changelogs.
+
+    Given up after `timeout_s`: then how many changelog records were still to read.
+    """
     started = time.perf_counter()
-    worker = deployment.start_worker("w1", ready_timeout_s=600)
-    seen: dict[str, float] = {}
     try:
-        ready = time.perf_counter() - started
-        log = worker.log()
-        for name, text in marks.items():
-            stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
-            if stamp:
-                seen[name] = time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S"))
-                seen[name] += int(stamp.group(2)) / 1000
-    finally:
-        worker.stop()
-    recovery = seen["restored"] - seen["restoring"] if len(seen) == 2 else float("nan")
-    return {"start_to_ready_s": ready, "changelog_read_s": recovery}
+        worker = deployment.start_worker("w1", ready_timeout_s=timeout_s)
+    except TimeoutError:
+        log = (deployment.root / "w1.log").read_text(errors="replace")
+        left = re.findall(r"total remaining=(\d+)", log)
+        return {"gave_up_after_s": timeout_s, "left": int(left[-1]) if left else -1}
+    ready = time.perf_counter() - started
+    worker.stop()
+    seen = [logged_at(worker.log(), text) for text in RESTORE_MARKS]
+    return {"start_to_ready_s": ready, "changelog_read_s": seen[1] - seen[0]}
 
 
-def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) -> dict[str, float]:
-    """A worker whose frequency table holds `keys` customers, restarted on an empty disk.
+def logged_at(log: str, text: str) -> float:
+    """When the worker logged `text` first, in seconds since the epoch; NaN if it did not."""
+    stamp = re.search(rf"^\[(\S+ \S+),(\d+)\].*{text}", log, re.M)
+    if stamp is None:
+        return float("nan")
+    return (
+        time.mktime(time.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")) + int(stamp.group(2)) / 1000
+    )
+
+
+def restore_keys(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[str, float]:
+    """A worker whose frequency table holds `args.restore_keys` customers, restarted.
 
     The table is written as the worker writes it (each customer's state, on the
     partition of its key) with one to three marketing messages a customer.
     """
-    deployment = Deployment(broker.url, root, partitions=partitions, name="bench-restore")
+    keys, partitions = args.restore_keys, args.partitions
+    deployment = Deployment(
+        broker.url, root / "bench-restore", partitions=partitions, name="bench-restore"
+    )
     settings = deployment.settings()
     changelog = f"{deployment.name}-customer-frequency-changelog"
     asyncio.run(ensure_topics(settings, [TopicSpec(changelog, partitions, COMPACTED)]))
@@ -458,7 +494,11 @@ def restore_keys(broker: LocalBroker, root: Path, keys: int, partitions: int) ->
 
     say(f"  writing {keys:,} customers' states to {changelog}")
     asyncio.run(send_all(settings, states(), progress_every=250_000))
-    return time_restore(deployment)
+    restore = time_restore(deployment, args.restore_timeout)
+    if "left" in restore:
+        left = restore["left"]
+        say(f"  gave up after {args.restore_timeout:.0f} s: {left:,} records still to read")
+    return restore
 
 
 @functools.cache
@@ -466,50 +506,48 @@ def catalog() -> Catalog:
     return load_catalog(CATALOG)
 
 
-def in_window(table: str, raw: bytes, now_ms: int) -> object:
-    """What a table value says at `now_ms`: what its window holds, not what waits to expire.
+def apart(one: Observed, two: Observed) -> list[str]:
+    """Two's tables and alert transitions against one's, one in the reference's place."""
+    first, second = transitions(one.alerts), transitions(two.alerts)
+    return [
+        *shown(touchpoint_differences(one.touchpoints, two.touchpoints, catalog())),
+        *shown(customer_differences(one.customers, two.customers, catalog())),
+        *shown(break_differences(one.breaks, two.breaks)),
+        *shown(
+            [f"alert only one worker sent: {describe(t)}" for t in sorted(first - second, key=repr)]
+        ),
+        *shown(
+            [
+                f"alert only two workers sent: {describe(t)}"
+                for t in sorted(second - first, key=repr)
+            ]
+        ),
+    ]
 
-    Both runs expire lazily, when a key is next touched, and judge on the watermark of
-    their own batches; so the windows are compared, not the bookkeeping.
+
+def settled(deployment: Deployment, expected: ReplayResult) -> tuple[Observed, dict[str, Any]]:
+    """The tables and alerts once they equal the reference's, or as they are after SETTLE_S.
+
+    Drained is not yet settled: the last seconds of event time are judged once the idle
+    inputs say again how far they got, up to 15 s after the last record (the worker's
+    IDLE_REPORT_AT_LEAST_EVERY_S).
     """
-    if table == "touchpoint-windows":
-        state = TouchpointState.decode(unwrap(raw)[1])
-        since = now_ms - catalog().scores.window_ms
-        return {start: tally.to_wire() for start, tally in state.buckets.items() if start >= since}
-    if table == "customer-frequency":
-        since = now_ms - catalog().messaging.window_ms
-        return [m for m in CustomerMessages.decode(raw).messages if m.sent_at_ms > since]
-    return raw
+    started = time.monotonic()
+    while True:
+        observed = Observed.of(deployment)
+        found = differences(expected, observed, catalog())
+        waited = time.monotonic() - started
+        if not found or waited > SETTLE_S:
+            return observed, {**verdict(found), "settled_after_s": waited}
+        time.sleep(2)
 
 
-def same_state(one: Deployment, other: Deployment, now_ms: int) -> dict[str, dict[str, int]]:
-    """Two runs over the same input: the keys whose windows differ, and the alert transitions."""
-    result = {}
-    for name in ("touchpoint-windows", "customer-frequency", "identities"):
-        first, second = read_table(one, name), read_table(other, name)
-        differ = [
-            key
-            for key in first.keys() & second.keys()
-            if in_window(name, first[key], now_ms) != in_window(name, second[key], now_ms)
-        ]
-        if differ:
-            key = differ[0]
-            say(f"  {name} {key!r}: {first[key][:300]!r} != {second[key][:300]!r}")
-        result[name] = {
-            "keys": len(first),
-            "differ": len(differ),
-            "only_first": len(first.keys() - second.keys()),
-            "only_second": len(second.keys() - first.keys()),
-        }
-    alerts = [transitions(orjson.loads(value) for _, value, _ in d.read_to_end(d.topics.alerts))
-              for d in (one, other)]  # fmt: skip
-    result["alert transitions"] = {
-        "keys": len(alerts[0]),
-        "differ": len(alerts[0] ^ alerts[1]),
-        "only_first": len(alerts[0] - alerts[1]),
-        "only_second": len(alerts[1] - alerts[0]),
-    }
-    return result
+def verdict(found: list[str]) -> dict[str, Any]:
+    """A comparison as the results keep it: the differences (15 of a kind at most), the first
+    five printed."""
+    for line in found[:5]:
+        say(f"    {line}")
+    return {"same": not found, "differences": found}
 
 
 def stop_workers_left() -> None:
@@ -524,7 +562,7 @@ def stop_workers_left() -> None:
 
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000, help="events and answers")
+    parser.add_argument("--events", type=int, default=50_000, help="events and answers")
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument(
         "--rate", type=float, default=10_000, help="live load, events/s (at most 80%% sustained)"
@@ -534,9 +572,18 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--restore-keys", type=int, default=1_000_000, help="customers in the restore test"
     )
+    parser.add_argument(
+        "--restore-timeout",
+        type=float,
+        default=90,
+        help="seconds the restore test waits (its target is 30), then counts what is left",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
-        "--scale-out", action="store_true", help="also two workers, and compare final state"
+        "--scale-out",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="two workers on the same backlog, their state compared",
     )
     parser.add_argument(
         "--profile", action="store_true", help="py-spy the worker through the backlog"
@@ -546,7 +593,7 @@ def arguments() -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[str, Any]:
-    one = Deployment(broker.url, root, partitions=args.partitions, name="bench1")
+    one = Deployment(broker.url, root / "bench1", partitions=args.partitions, name="bench1")
     say(f"generating {args.events:,} events and answers of {args.customers:,} customers")
     data = backlog(args.events, args.customers, args.seed)
     say(f"publishing {len(data.records):,} records ({data.links:,} identity links)")
@@ -562,25 +609,24 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     say("raw aiokafka consumer, decode only")
     raw = asyncio.run(raw_rate(one.settings(), list(names.values()), len(outgoing)))
     say(f"  {raw.records_per_s:,.0f} records/s, {raw.cpu_us_per_record:.1f} µs CPU a record")
+    say("offline reference: the same records through the pure core, no Kafka")
+    expected = reference(CATALOG, data.records)
 
     say("worker: the backlog")
     profile = args.out.with_name("profile") if args.profile else None
-    throughput, workers = run_backlog(one, data, 1, profile)
+    workers = [one.start_worker()]
+    throughput = run_backlog(one, workers, data, profile=profile)
     say("tables after the backlog, from their changelogs")
     state = measure_state(one)
-    say(f"  {state.keys:,} keys, {state.bytes:,} bytes")
+    say(f"  {state.keys:,} keys, {state.bytes:,} bytes; against the offline reference")
+    after_one, same_as_reference = settled(one, expected)
     say("worker: live load and alert latency")
     # A load the worker cannot sustain times its queue, not its latency: offered at most
     # 80% of what it drained the backlog at, every stage included.
     sustained = data.events / throughput.drained_seconds
-    rate = min(args.rate, 0.8 * sustained)
-    latency = run_latency(one, data, rate, args.live_seconds)
-    live_end_ms = int(time.time() * 1000)
-    one.wait_drained(timeout_s=300, poll_s=0.5)  # the tail of the live load too
+    latency = run_latency(one, data, min(args.rate, 0.8 * sustained), args.live_seconds)
     for worker in workers:
         worker.stop()
-    say("restore: a new worker process recovers every table")
-    restore = time_restore(one)
     results: dict[str, Any] = {
         "data": {
             "events": data.events,
@@ -591,30 +637,70 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         "worker": vars(throughput),
         "project_over_raw": throughput.events_per_s / raw.records_per_s,
         "project_over_raw_by_cpu": raw.cpu_us_per_record / throughput.cpu_us_per_event,
+        "same_as_reference": same_as_reference,
         "latency": vars(latency),
         "state": vars(state),
         "state_bytes_per_active_customer": state.bytes / data.active_customers,
-        "restore": {**restore, "keys": state.keys},
     }
+    if args.scale_out:
+        results["two_workers"] = scale_out(
+            args, broker, root, data, expected=expected, after_one=after_one
+        )
+        if "events_per_s" in results["two_workers"]:
+            two = results["two_workers"]
+            two["speed_up"] = two["events_per_s"] / throughput.events_per_s
+            two["speed_up_drained"] = throughput.drained_seconds / two["drained_seconds"]
     if args.restore_keys:
         say(f"restore: a worker with {args.restore_keys:,} customers in its frequency table")
-        results["restore_large"] = {
-            **restore_keys(broker, root, args.restore_keys, args.partitions),
+        results["restore"] = {
+            **restore_keys(args, broker, root),
             "keys": args.restore_keys,
         }
-    if args.scale_out:
-        two = Deployment(broker.url, root, partitions=args.partitions, name="bench2")
-        for role, name in names.items():
-            two.extra_env[f"CXMON_TOPIC_{role.upper()}"] = name
-        say("two workers: the same backlog")
-        pair, pair_workers = run_backlog(two, data, 2)
-        for worker in pair_workers:
-            worker.stop()
-        results["two_workers"] = {
-            **vars(pair),
-            "same_state_as_one": same_state(one, two, live_end_ms),
-        }
     return results
+
+
+def scale_out(
+    args: argparse.Namespace,
+    broker: LocalBroker,
+    root: Path,
+    data: Data,
+    *,
+    expected: ReplayResult,
+    after_one: Observed,
+) -> dict[str, Any]:
+    """Two workers on topics of their own: they share the partitions, then the same backlog
+    is published; their tables are compared with the reference's and with one worker's.
+
+    Published once both read, so the figure is of two workers, not of a rebalance.
+    """
+    two = Deployment(broker.url, root / "bench2", partitions=args.partitions, name="bench2")
+    say("two workers: the same backlog, published once they share the partitions")
+    with ThreadPoolExecutor(2) as starting:
+        workers = list(starting.map(two.start_worker, ("w1", "w2")))
+    try:
+        wait_for("two workers sharing the input partitions", lambda: sharing(two), 90)
+        pair = run_backlog(two, workers, data, publish=True)
+        read = ", ".join(f"{n:,.0f}" for n in pair.events_by_worker)
+        say(f"  events read by each worker: {read}; tables against the reference, then one's")
+        after_two, same_as_reference = settled(two, expected)
+    except Stalled as exc:
+        say(f"  stalled: {exc}")
+        return {"stalled": str(exc)}
+    finally:
+        for worker in workers:
+            worker.stop()
+    return {
+        **vars(pair),
+        "same_as_reference": same_as_reference,
+        "same_as_one": verdict(apart(after_one, after_two)),
+    }
+
+
+def sharing(deployment: Deployment) -> bool:
+    """Every input partition held, by two workers that each hold some."""
+    members = deployment.members()
+    every = 2 * deployment.partitions  # touchpoint events and survey answers
+    return len(members) == 2 and all(members) and sum(map(len, members)) == every
 
 
 def main() -> None:
@@ -642,8 +728,16 @@ def main() -> None:
     say(f"results: {args.out} ({results['bench_seconds']:.0f} s)")
 
 
+def agreed(comparison: dict[str, Any]) -> str:
+    listed = comparison["differences"]
+    verdict = "yes" if comparison["same"] else f"no ({len(listed)} differences listed)"
+    if "settled_after_s" in comparison:
+        verdict += f", read {comparison['settled_after_s']:.1f} s after drained"
+    return verdict
+
+
 def table(results: dict[str, Any]) -> str:
-    worker, latency, restore = results["worker"], results["latency"], results["restore"]
+    worker, latency = results["worker"], results["latency"]
 
     def seconds(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f} s"
@@ -656,6 +750,7 @@ def table(results: dict[str, Any]) -> str:
         ("  CPU a record, raw", f"{results['raw']['cpu_us_per_record']:.1f} µs"),
         ("project / raw, by rate", f"{results['project_over_raw']:.3f}"),
         ("project / raw, by CPU a record", f"{results['project_over_raw_by_cpu']:.3f}"),
+        ("  tables and alerts as the offline reference", agreed(results["same_as_reference"])),
         (
             f"alert latency p50 at {latency['achieved_per_s']:,.0f}/s offered",
             seconds(latency["p50_s"]),
@@ -668,25 +763,31 @@ def table(results: dict[str, Any]) -> str:
             f"{results['state_bytes_per_active_customer']:,.0f} B "
             f"({results['data']['active_customers']:,} customers)",
         ),
-        (
-            f"restore of {restore['keys']:,} keys: changelogs read in",
-            seconds(restore["changelog_read_s"]),
-        ),
-        ("  new process start to ready", seconds(restore["start_to_ready_s"])),
     ]
-    if "restore_large" in results:
-        large = results["restore_large"]
-        rows.append(
+    if "restore" in results:
+        restore = results["restore"]
+        title = f"restore of {restore['keys']:,} keys: changelogs read in"
+        if "gave_up_after_s" in restore:
+            left = f"> {restore['gave_up_after_s']:.0f} s ({restore['left']:,} records left)"
+            rows.append((title, left))
+        else:
+            rows.append((title, seconds(restore["changelog_read_s"])))
+            rows.append(("  new process start to ready", seconds(restore["start_to_ready_s"])))
+    pair = results.get("two_workers", {})
+    if "stalled" in pair:
+        rows.append(("events/s, two workers together", f"stalled: {pair['stalled']}"))
+    elif pair:
+        split = " + ".join(f"{n:,.0f}" for n in pair["events_by_worker"])
+        rows += [
+            ("events/s, two workers together", f"{pair['events_per_s']:,.0f}"),
             (
-                f"restore of {large['keys']:,} keys: changelogs read in",
-                seconds(large["changelog_read_s"]),
-            )
-        )
-        rows.append(("  new process start to ready", seconds(large["start_to_ready_s"])))
-    if "two_workers" in results:
-        pair = results["two_workers"]
-        rows.append(("events/s, two workers together", f"{pair['events_per_s']:,.0f}"))
-        rows.append(("  same final state as one", str(pair["same_state_as_one"])))
+                "  over one worker, read / drained",
+                f"{pair['speed_up']:.2f}x / {pair['speed_up_drained']:.2f}x",
+            ),
+            ("  events read by each", split),
+            ("  tables and alerts as the offline reference", agreed(pair["same_as_reference"])),
+            ("  tables and alerts as one worker's", agreed(pair["same_as_one"])),
+        ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 

@@ -13,26 +13,27 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from models.decode import Reason, encode_alert, format_timestamp
-from models.records import Alert
 from streams.broker import LocalBroker
-from streams.catalog import Catalog, load_catalog
-from streams.delivery import unwrap
-from streams.journeys import BreakState
-from streams.messaging import CustomerMessages, FrequencyPolicy, Message
+from streams.catalog import load_catalog
 from streams.replay import ReplayResult
-from streams.scores import Tally
 from streams.simulate import SimulatedRecord, SimulationConfig, generate
-from streams.touchpoints import TouchpointState, TouchpointWindows
-from tests.harness import CATALOG, Deployment, Received, free_port, reference, transitions
+from tests.harness import (
+    CATALOG,
+    UNMODELLED,
+    Deployment,
+    Observed,
+    Received,
+    differences,
+    free_port,
+    reference,
+    refusals,
+)
 from tests.services import wait_for
 
 pytestmark = pytest.mark.broker
@@ -56,7 +57,6 @@ SCENARIO = SimulationConfig(
     invalid_ratio=0.005,
 )
 DRAIN_TIMEOUT_S = 45.0
-SHOWN = 15  # differences listed in a failure, per kind
 
 
 @dataclass(frozen=True)
@@ -79,211 +79,6 @@ def scenario() -> Scenario:
     assert expected.duplicates > 0
     assert any(expected.rejected.values())
     return Scenario(records, expected)
-
-
-@dataclass
-class Observed:
-    """What a deployment ended with: its tables as their changelogs hold them, its outputs."""
-
-    touchpoints: dict[str, TouchpointState]
-    customers: dict[str, CustomerMessages]
-    breaks: dict[str, BreakState]
-    alerts: list[dict[str, Any]]
-    dead_letters: list[Received]
-
-    @classmethod
-    def of(cls, deployment: Deployment) -> Observed:
-        topics = deployment.topics
-        return cls(
-            touchpoints={
-                key.decode(): TouchpointState.decode(unwrap(value)[1])
-                for key, value in deployment.table("touchpoint-windows").items()
-            },
-            customers={
-                key.decode(): CustomerMessages.decode(value)
-                for key, value in deployment.table("customer-frequency").items()
-            },
-            breaks={
-                key.decode(): BreakState.decode(value)
-                for key, value in deployment.table("journey-breaks").items()
-            },
-            alerts=[orjson.loads(value) for _, value, _ in deployment.read_to_end(topics.alerts)],
-            dead_letters=deployment.read_to_end(topics.dead_letters),
-        )
-
-    @property
-    def resent_alerts(self) -> int:
-        return len(self.alerts) - len(transitions(self.alerts))
-
-
-def differences(expected: ReplayResult, observed: Observed, catalog: Catalog) -> list[str]:
-    """Everything the worker holds or emitted that the offline reference does not, and back."""
-    return [
-        *shown(touchpoint_differences(expected.touchpoints, observed.touchpoints, catalog)),
-        *shown(customer_differences(expected.customers, observed.customers, catalog)),
-        *shown(break_differences(expected.breaks, observed.breaks)),
-        *shown(alert_differences(expected.alerts, observed.alerts)),
-        *shown(dead_letter_differences(expected, observed.dead_letters)),
-    ]
-
-
-def shown(found: list[str]) -> list[str]:
-    return found if len(found) <= SHOWN else [*found[:SHOWN], f"... and {len(found) - SHOWN} more"]
-
-
-def break_differences(
-    expected: dict[str, BreakState], observed: dict[str, BreakState]
-) -> list[str]:
-    """Each journey break's decided attempts by bucket, and its open incident."""
-    found: list[str] = []
-    for name in sorted(expected.keys() | observed.keys()):
-        want, got = expected.get(name, BreakState()), observed.get(name, BreakState())
-        if got.incident_start_ms != want.incident_start_ms:
-            found.append(
-                f"break {name}: incident open since {at(got.incident_start_ms)}, "
-                f"the reference's since {at(want.incident_start_ms)}"
-            )
-        for start in sorted(want.buckets.keys() | got.buckets.keys()):
-            wanted, held = want.buckets.get(start, {}), got.buckets.get(start, {})
-            if wanted != held:
-                apart = len(wanted.items() ^ held.items())
-                found.append(
-                    f"break {name} bucket {at(start)}: {len(held)} attempts, the reference "
-                    f"{len(wanted)}; {apart} decided differently or only on one side"
-                )
-    return found
-
-
-def touchpoint_differences(
-    expected: dict[str, TouchpointState], observed: dict[str, TouchpointState], catalog: Catalog
-) -> list[str]:
-    found: list[str] = []
-    for name in sorted(expected.keys() | observed.keys()):
-        want, got = expected.get(name), observed.get(name)
-        if want is None or got is None:
-            found.append(f"touchpoint {name}: only the {'worker' if want is None else 'reference'}")
-            continue
-        windows = TouchpointWindows(catalog, name)
-        if windows.moments and got.judged_to_ms != want.judged_to_ms:
-            found.append(
-                f"touchpoint {name}: judged to {at(got.judged_to_ms)}, "
-                f"the reference to {at(want.judged_to_ms)}"
-            )
-        if got.watermark_ms != want.watermark_ms:
-            found.append(
-                f"touchpoint {name}: newest event {at(got.watermark_ms)}, "
-                f"the reference's {at(want.watermark_ms)}"
-            )
-        # The worker moves a touchpoint without key moments on only when its own data
-        # arrives: drop the buckets the reference's last watermark has already expired.
-        windows.advance(got, want.judged_to_ms)
-        for start in sorted(want.buckets.keys() | got.buckets.keys()):
-            if start not in got.buckets or start not in want.buckets:
-                holder = "reference" if start in want.buckets else "worker"
-                found.append(f"touchpoint {name} bucket {at(start)}: only the {holder} holds it")
-                continue
-            fields_apart = tally_differences(want.buckets[start], got.buckets[start])
-            if fields_apart:
-                found.append(f"touchpoint {name} bucket {at(start)}: {fields_apart}")
-        incidents = {m: s.incident_start_ms for m, s in got.moments.items()}
-        expected_incidents = {m: s.incident_start_ms for m, s in want.moments.items()}
-        if incidents != expected_incidents:
-            found.append(
-                f"touchpoint {name}: open incidents {incidents}, "
-                f"the reference's {expected_incidents}"
-            )
-    return found
-
-
-def tally_differences(want: Tally, got: Tally) -> str:
-    """The fields that differ, as 'name worker (reference)'; sums may differ in the last bits."""
-    apart = []
-    for name in (f.name for f in fields(Tally)):
-        mine, theirs = getattr(got, name), getattr(want, name)
-        if isinstance(mine, float) or isinstance(theirs, float):
-            same = math.isclose(mine, theirs, rel_tol=1e-9, abs_tol=1e-9)
-        else:
-            same = mine == theirs
-        if not same:
-            apart.append(f"{name} {mine} ({theirs})")
-    return ", ".join(apart)
-
-
-def customer_differences(
-    expected: dict[str, CustomerMessages], observed: dict[str, CustomerMessages], catalog: Catalog
-) -> list[str]:
-    policy = FrequencyPolicy(catalog.messaging)
-    # The reference judges every customer to the newest message time; the worker stops
-    # revisiting a customer it has judged, so compare what each holds inside that window.
-    ends = [c.judged_to_ms for c in expected.values() if c.judged_to_ms is not None]
-    if not ends:
-        return [f"customer {name}: not in the reference" for name in sorted(observed)]
-    now = max(ends)
-    found: list[str] = []
-    for name in sorted(expected.keys() | observed.keys()):
-        want = expected.get(name, CustomerMessages())
-        got = observed.get(name, CustomerMessages())
-        mine, theirs = Counter(policy.inside(got, now)), Counter(policy.inside(want, now))
-        if mine != theirs:
-            found.append(
-                f"customer {name}: {mine.total()} messages in the window, the reference "
-                f"{theirs.total()}; missing {messages(theirs - mine)}; "
-                f"extra {messages(mine - theirs)}"
-            )
-        if got.incident_start_ms != want.incident_start_ms:
-            found.append(
-                f"customer {name}: incident open since {at(got.incident_start_ms)}, "
-                f"the reference's {at(want.incident_start_ms)}"
-            )
-    return found
-
-
-def messages(counted: Counter[Message]) -> str:
-    listed = sorted(counted.elements(), key=lambda m: (m.sent_at_ms, m.digest))
-    return (
-        "[" + ", ".join(f"{at(m.sent_at_ms)} {m.channel}/{m.category.value}" for m in listed) + "]"
-    )
-
-
-def alert_differences(expected: list[Alert], observed: list[dict[str, Any]]) -> list[str]:
-    want = transitions(orjson.loads(encode_alert(a)) for a in expected)
-    got = transitions(observed)
-    return [
-        *(f"alert missing: {describe(t)}" for t in sorted(want - got, key=repr)),
-        *(f"alert not in the reference: {describe(t)}" for t in sorted(got - want, key=repr)),
-    ]
-
-
-def describe(transition: tuple[object, ...]) -> str:
-    kind, subject, status, _, alert_id, starts_at, ends_at = transition
-    return f"{kind} {status} {subject} from {starts_at} to {ends_at} (alert_id {alert_id})"
-
-
-# Lateness depends on the order within an input partition, futurity on the clock: the
-# reference has neither, so records refused for those are counted apart.
-UNMODELLED = frozenset({Reason.LATE.value, Reason.FUTURE.value})
-
-
-def refusals(dead_letters: list[Received]) -> Counter[str]:
-    """Reasons of the records refused, each record once, known by where it was read."""
-    by_position: dict[tuple[bytes, ...], str] = {}
-    for _, _, headers in dead_letters:
-        named = dict(headers)
-        position = (named["cxmon-topic"], named["cxmon-partition"], named["cxmon-offset"])
-        by_position[position] = named["cxmon-reason"].decode()
-    return Counter(by_position.values())
-
-
-def dead_letter_differences(expected: ReplayResult, dead_letters: list[Received]) -> list[str]:
-    got = Counter({r: n for r, n in refusals(dead_letters).items() if r not in UNMODELLED})
-    want = Counter(reason.value for reasons in expected.rejected.values() for reason in reasons)
-    if got == want:
-        return []
-    return [f"dead letters by reason: {dict(got)}, the reference's {dict(want)}"]
-
-
-def at(ms: int | None) -> str:
-    return "never" if ms is None else format_timestamp(ms)
 
 
 def assert_settles_to(expected: ReplayResult, deployment: Deployment, note: str) -> Observed:
