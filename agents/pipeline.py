@@ -17,7 +17,15 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, StreamT
 
 from agents import metrics
-from agents.streaming import Batches, Event, PartitionedState, Received, opened, payload
+from agents.streaming import (
+    Batches,
+    DueIndex,
+    Event,
+    PartitionedState,
+    Received,
+    opened,
+    payload,
+)
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from models.decode import (
     InvalidRecord,
@@ -136,9 +144,7 @@ class Pipeline:
             topology.contacts.get_topic_name(): [topology.customer_messages],
         }
         self.frequency = PartitionedState(topology.customer_frequency)
-        # Per partition: its customers whose state waits for event time (`waiting`). Kept
-        # in memory, found again from the frequency table when a partition is (re)gained.
-        self.customers_due: dict[int, set[bytes]] = {}
+        self.customers_due = DueIndex(self.frequency, waiting_customer)
         self.dedup_sweeps: dict[str, int] = {}
         self.sources = Sources(topology, settings.partitions)
         self.touchpoint_progress = self._progress(
@@ -152,6 +158,7 @@ class Pipeline:
         self.journey_customers = PartitionedState(topology.journey_customers)
         self.journey_checkpoints = PartitionedState(topology.journey_checkpoints)
         self.journey_breaks = PartitionedState(topology.journey_breaks)
+        self.journeys_due = DueIndex(self.journey_customers, journey_due)
         if core.catalog.breaks:
             # Without breaks nobody reads the visits topic: spare it the progress marks.
             self.downstream[topology.touchpoint_events.get_topic_name()].append(
@@ -166,8 +173,9 @@ class Pipeline:
         self.breaks_by_partition = self._by_partition({j.id for j in core.catalog.breaks})
         self.idle_reported_at = 0.0
         self.judged_to: dict[int, int] = {}
-        watched = set(core.catalog.touchpoints) | {m.touchpoint for m in core.catalog.key_moments}
-        self.watched = frozenset(watched)
+        self.watched = frozenset(core.catalog.touchpoints) | {
+            m.touchpoint for m in core.catalog.key_moments
+        }
         self.key_moment_touchpoints = self._by_partition(
             {m.touchpoint for m in core.catalog.key_moments}
         )
@@ -201,7 +209,6 @@ class Pipeline:
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
         self.app.on_partitions_revoked.connect(self.forget_revoked_touchpoints)
         self.app.on_partitions_revoked.connect(self.forget_revoked_ids)
-        self.app.on_partitions_revoked.connect(self.forget_revoked_customers)
 
     # Stage 1: validate, deduplicate, fold into partial tallies, route outbound messages.
 
@@ -686,10 +693,7 @@ class Pipeline:
                 await self._judge_customers(partition, touched)
             for key, (partition, state) in touched.items():
                 self.frequency.put(partition, key, state.encode())
-                if state.waiting:
-                    self._due(partition).add(key)
-                else:
-                    self._due(partition).discard(key)
+                self.customers_due.set(partition, key, True if state.waiting else None)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
     def _record(self, customer: str, messages: list[OutboundMessage]) -> CustomerMessages:
@@ -710,39 +714,20 @@ class Pipeline:
         if watermark is None or watermark <= self.customers_judged_to.get(partition, -1):
             return
         self.customers_judged_to[partition] = watermark
-        due = self._due(partition)
-        waiting = due | {key for key, (p, _) in touched.items() if p == partition}
+        due = self.customers_due.of(partition)
+        waiting = due.keys() | {key for key, (p, _) in touched.items() if p == partition}
         for key in sorted(waiting):
             if key in touched:
                 state = touched[key][1]
             else:
                 raw = self.frequency.get(key)
                 if raw is None:
-                    due.discard(key)
+                    due.pop(key, None)
                     continue
                 state = CustomerMessages.decode(raw)
                 touched[key] = (partition, state)
             for alert in self.policy.advance(state, key.decode(), watermark):
                 await self._emit(alert)
-
-    def _due(self, partition: int) -> set[bytes]:
-        """The partition's waiting customers; after a restore or a rebalance, from the table."""
-        due = self.customers_due.get(partition)
-        if due is None:
-            due = self.customers_due[partition] = {
-                key
-                for key, raw in self.frequency.items_of(partition)
-                if CustomerMessages.stored_waiting(raw)
-            }
-        return due
-
-    def forget_revoked_customers(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
-        """Customers another worker judges now: found again in the table if they come back."""
-        (revoked,) = cast(tuple[set[TP]], args)
-        topic = self.topology.customer_messages.get_topic_name()
-        for tp in revoked:
-            if tp.topic == topic:
-                self.customers_due.pop(tp.partition, None)
 
     # Journey breaks, stage 2: each customer's attempts, decided behind the watermark.
 
@@ -807,13 +792,12 @@ class Pipeline:
         outcomes: dict[bytes, list[Outcome]] = {}
         if not closing:
             return decided, outcomes
-        # One pass over the customers for every partition that moved on; the header line
-        # tells which are due without decoding them.
-        for key, raw in self.journey_customers.items():
-            owner, due = CustomerJourneys.header(raw)
-            closed = closing.get(owner)
-            if key not in fed and closed is not None and due is not None and due < closed:
-                decided[key] = CustomerJourneys.decode(raw)
+        for partition, closing_at in closing.items():
+            for key, due in self.journeys_due.of(partition).items():
+                if due < closing_at and key not in fed:
+                    raw = self.journey_customers.get(key)
+                    assert raw is not None, "the index follows every write"
+                    decided[key] = CustomerJourneys.decode(raw)
         for states in (fed, decided):
             for key, state in states.items():
                 closed = closing.get(state.partition)
@@ -851,12 +835,15 @@ class Pipeline:
         )
         writes: list[Awaitable[object]] = []
         for customer, raw in checkpoint.customers.items():
+            key = customer.encode()
             if raw is None:
-                deleted = self.journey_customers.delete(partition, customer.encode())
+                self.journeys_due.set(partition, key, None)
+                deleted = self.journey_customers.delete(partition, key)
                 if deleted is not None:
                     writes.append(deleted)
-            else:
-                writes.append(self.journey_customers.put(partition, customer.encode(), raw))
+                continue
+            writes.append(self.journey_customers.put(partition, key, raw))
+            self.journeys_due.set(partition, key, CustomerJourneys.header(raw)[1])
         # On the broker before the checkpoint forgets them: changelogs are separate topics.
         await asyncio.gather(*writes)
         done = JourneyCheckpoint(checkpoint.offset).encode()
@@ -915,6 +902,16 @@ class Pipeline:
         log.info("alert %s %s%s", alert.status.value, alert.kind.value, about)
         topic = self.topology.alerts.get_topic_name()
         await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
+
+
+def waiting_customer(raw: bytes) -> bool | None:
+    """Due for judging: a stored customer whose messages or incident wait for event time."""
+    return True if CustomerMessages.stored_waiting(raw) else None
+
+
+def journey_due(raw: bytes) -> int | None:
+    """When a stored customer has an attempt to decide, read from its header line alone."""
+    return CustomerJourneys.header(raw)[1]
 
 
 def journey_checkpoints(

@@ -37,6 +37,7 @@ class BulkRestoredStore(Store[bytes, bytes]):
         super().__post_init__()
         self.active: set[int] = set()  # the partitions this worker was given
         self.held: dict[int, int] = {}  # partition -> last changelog offset it holds
+        self.recoveries = 0  # rebalances recovered from: what was derived from the data is stale
 
     def put(self, partition: int, key: bytes, value: bytes) -> None:
         self.data[key] = value
@@ -78,6 +79,10 @@ class BulkRestoredStore(Store[bytes, bytes]):
         # moves on: a late acknowledgement after a revoke must not vouch for a copy it lost.
         if tp.partition in self.active and offset > self.held.get(tp.partition, -1):
             self.held[tp.partition] = offset
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self.recoveries += 1
 
     async def on_rebalance(
         self, assigned: Set[TP], revoked: Set[TP], newly_assigned: Set[TP], generation_id: int = 0

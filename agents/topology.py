@@ -48,6 +48,9 @@ def build_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication,
         processing_guarantee="at_least_once",
+        # A standby copy costs each worker the other workers' changelogs all the time; a
+        # worker taking a partition over reads its changelog in bulk instead (agents/tables).
+        table_standby_replicas=settings.standby_replicas,
         consumer_group_instance_id=settings.instance_id,
         broker_session_timeout=30.0,
         broker_heartbeat_interval=3.0,

@@ -110,6 +110,7 @@ class Settings:
     batch_size: int = 2_000
     batch_seconds: float = 0.05
     fetch_interval_ms: int = 10
+    standby_replicas: int = 0
     sentiment: str = "auto"
     log_level: str = "info"
     topics: Topics = Topics()
@@ -216,6 +217,7 @@ class Settings:
             batch_size=integer("BATCH_SIZE", default.batch_size),
             batch_seconds=batch_seconds,
             fetch_interval_ms=integer("FETCH_INTERVAL_MS", default.fetch_interval_ms, minimum=0),
+            standby_replicas=integer("STANDBY_REPLICAS", default.standby_replicas, minimum=0),
             sentiment=text("SENTIMENT", default.sentiment),
             log_level=text("LOG_LEVEL", default.log_level),
             topics=topics,

@@ -62,6 +62,13 @@ def test_the_worker_paces_as_configured_and_zero_turns_it_off(tmp_path: Any) -> 
     assert off.fetch_interval_s == 0
 
 
+def test_standby_copies_are_off_unless_asked_for(tmp_path: Any) -> None:
+    env = {"CXMON_DATA_DIR": str(tmp_path)}
+    assert build_app(Settings.from_env(env)).conf.table_standby_replicas == 0
+    asked = build_app(Settings.from_env({**env, "CXMON_STANDBY_REPLICAS": "1"}))
+    assert asked.conf.table_standby_replicas == 1
+
+
 async def test_a_wait_cancelled_when_the_consumer_closes_ends_quietly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
