@@ -181,10 +181,15 @@ def events_read(worker: WorkerProcess, inputs: set[str]) -> float:
     )
 
 
-def cpu_seconds(worker: WorkerProcess) -> float:
-    """User and system CPU time of the worker process so far."""
-    fields = Path(f"/proc/{worker.process.pid}/stat").read_text().rpartition(")")[2].split()
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pid(broker: LocalBroker) -> int:
+    assert broker.process is not None, "the bench starts its broker first"
+    return broker.process.pid
 
 
 def rss_bytes(worker: WorkerProcess) -> int:
@@ -200,6 +205,7 @@ class Throughput:
     seconds: float
     drained_seconds: float
     cpu_us_per_event: float
+    broker_cpu_us_per_event: float  # the broker shares the machine's cores
     rss_bytes: list[int]
     events_by_worker: list[float]
 
@@ -212,6 +218,7 @@ def run_backlog(
     deployment: Deployment,
     workers: list[WorkerProcess],
     data: Data,
+    broker_pid: int,
     *,
     profile: Path | None = None,
     publish: bool = False,
@@ -250,14 +257,15 @@ def run_backlog(
         publisher.start()
     say(f"  {len(workers)} worker(s) ready; reading {data.events:,} events and answers")
     started: float | None = None
-    cpu = 0.0
+    cpu = broker_cpu = 0.0
     last_report = time.monotonic()
     progress = (0.0, time.monotonic())
     while True:
         done = sum(events_read(worker, inputs) for worker in workers)
         now = time.perf_counter()
         if done and started is None:
-            started, cpu = now, sum(cpu_seconds(worker) for worker in workers)
+            started, broker_cpu = now, cpu_seconds(broker_pid)
+            cpu = sum(cpu_seconds(worker.process.pid) for worker in workers)
         if started is not None and done >= data.events:
             break
         if done > progress[0]:
@@ -281,7 +289,8 @@ def run_backlog(
     except TimeoutError as exc:
         say(f"  not drained: {str(exc)[:300]}")
         drained = float("nan")
-    cpu = sum(cpu_seconds(worker) for worker in workers) - cpu
+    cpu = sum(cpu_seconds(worker.process.pid) for worker in workers) - cpu
+    broker_cpu = cpu_seconds(broker_pid) - broker_cpu
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(30)
@@ -297,6 +306,7 @@ def run_backlog(
         elapsed,
         drained,
         cpu / data.events * 1e6,
+        broker_cpu / data.events * 1e6,
         [rss_bytes(worker) for worker in workers],
         [events_read(worker, inputs) for worker in workers],
     )
@@ -634,7 +644,7 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
     say("worker: the backlog")
     profile = args.out.with_name("profile") if args.profile else None
     workers = [one.start_worker()]
-    throughput = run_backlog(one, workers, data, profile=profile)
+    throughput = run_backlog(one, workers, data, broker_pid(broker), profile=profile)
     say("tables after the backlog, from their changelogs")
     state = measure_state(one)
     say(f"  {state.keys:,} keys, {state.bytes:,} bytes; against the offline reference")
@@ -698,7 +708,7 @@ def scale_out(
         workers = list(starting.map(two.start_worker, ("w1", "w2")))
     try:
         wait_for("two workers sharing the input partitions", lambda: sharing(two), 90)
-        pair = run_backlog(two, workers, data, publish=True)
+        pair = run_backlog(two, workers, data, broker_pid(broker), publish=True)
         read = ", ".join(f"{n:,.0f}" for n in pair.events_by_worker)
         say(f"  events read by each worker: {read}; tables against the reference, then one's")
         after_two, same_as_reference = settled(two, expected)
@@ -765,6 +775,7 @@ def table(results: dict[str, Any]) -> str:
         ("events/s, one worker (read to last record)", f"{worker['events_per_s']:,.0f}"),
         ("  every stage drained after", f"{worker['drained_seconds']:.1f} s"),
         ("  CPU a record, worker (all stages)", f"{worker['cpu_us_per_event']:.0f} µs"),
+        ("  CPU a record, broker", f"{worker['broker_cpu_us_per_event']:.0f} µs"),
         ("raw aiokafka consumer, decode only", f"{results['raw']['records_per_s']:,.0f}/s"),
         ("  CPU a record, raw", f"{results['raw']['cpu_us_per_record']:.1f} µs"),
         ("project / raw, by rate", f"{results['project_over_raw']:.3f}"),
@@ -804,6 +815,10 @@ def table(results: dict[str, Any]) -> str:
                 f"{pair['speed_up']:.2f}x / {pair['speed_up_drained']:.2f}x",
             ),
             ("  events read by each", split),
+            (
+                "  CPU a record, workers / broker",
+                f"{pair['cpu_us_per_event']:.0f} / {pair['broker_cpu_us_per_event']:.0f} µs",
+            ),
             ("  tables and alerts as the offline reference", agreed(pair["same_as_reference"])),
             ("  tables and alerts as one worker's", agreed(pair["same_as_one"])),
         ]
