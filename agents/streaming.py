@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
@@ -85,10 +86,6 @@ class PartitionedState:
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self.values.items())
 
-    def items_of(self, partition: int) -> list[tuple[bytes, bytes]]:
-        """The keys of one changelog partition, with their values."""
-        return [(k, v) for k, v in self.values.items() if self.store.partition_of(k) == partition]
-
 
 V = TypeVar("V")
 
@@ -97,29 +94,29 @@ class DueIndex(Generic[V]):
     """Per partition, the keys of a table waiting for event time, with when or why.
 
     Kept in memory as the stage writes; read again from the table (by `due_of` on each
-    stored value) the first time a partition is asked for after each recovery, when the
-    table may have gained or lost partitions: a revoke alone is no safe moment to forget,
-    as a batch still in flight could index a partition again just before it goes.
+    stored value), in one pass for every partition, the first time it is asked for after
+    each recovery, when the table may have gained or lost partitions: a revoke alone is no
+    safe moment to forget, as a batch still in flight could index a partition again just
+    before it goes.
     """
 
     def __init__(self, state: PartitionedState, due_of: Callable[[bytes], V | None]) -> None:
         self.state = state
         self.due_of = due_of
-        self.partitions: dict[int, dict[bytes, V]] = {}
+        self.partitions: defaultdict[int, dict[bytes, V]] | None = None
         self.recoveries = state.store.recoveries
 
     def of(self, partition: int) -> dict[bytes, V]:
-        if self.recoveries != self.state.store.recoveries:
-            self.recoveries = self.state.store.recoveries
-            self.partitions.clear()
-        due = self.partitions.get(partition)
-        if due is None:
-            due = self.partitions[partition] = {}
-            for key, raw in self.state.items_of(partition):
+        store = self.state.store
+        if self.partitions is None or self.recoveries != store.recoveries:
+            self.recoveries = store.recoveries
+            self.partitions = defaultdict(dict)
+            for key, raw in self.state.values.items():
                 value = self.due_of(raw)
-                if value is not None:
-                    due[key] = value
-        return due
+                owner = store.partition_of(key)
+                if value is not None and owner is not None:
+                    self.partitions[owner][key] = value
+        return self.partitions[partition]
 
     def set(self, partition: int, key: bytes, value: V | None) -> None:
         if value is None:
