@@ -154,6 +154,16 @@ CUSTOMER_WINDOW_MESSAGES = Histogram(
 )
 CONSUMER_LAG = ConsumerLag()
 REGISTRY.register(CONSUMER_LAG)
+GROUP_MEMBERS = Gauge(
+    "cxmon_group_members",
+    "Members the broker lists in the worker's consumer group, live or not.",
+    registry=REGISTRY,
+)
+STALLED_INPUT_PARTITIONS = Gauge(
+    "cxmon_stalled_input_partitions",
+    "Input partitions with records waiting whose group commit has not moved for 60 s.",
+    registry=REGISTRY,
+)
 ALERTMANAGER_PUSHES = Counter(
     "cxmon_alertmanager_pushes_total",
     "Pushes of alerts to Alertmanager, by outcome (a failed push is retried).",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.exceptions import SameNode
@@ -35,6 +35,9 @@ class PressurePage:
 
     def attach(self) -> None:
         async def customer_pressure(view: Any, request: Any, customer: str) -> Any:
+            if not cast(Any, self.app.tables).recovery.completed.is_set():
+                # Served from the worker's start (agents/membership), before its state is.
+                return view.json({"error": "the worker is still restoring its state"}, status=503)
             key = self.table_key(customer)
             try:
                 # Faust's router: the worker owning the key's partition answers, others proxy.

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.membership import GroupWatch, claim_data_dir
 from agents.metrics import REGISTRY
 from agents.notifier import Notifier
 from agents.pipeline import Core, Pipeline
@@ -34,6 +36,7 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
     pipeline.attach()
     Notifier(app, topology, settings, batches).attach()
     PressurePage(app, topology, settings, pipeline.policy).attach()
+    GroupWatch(app, settings, settings.instance_id or "").attach()
     # Faust pauses a stream whenever more than 100 changelog writes wait to be sent;
     # a batch writes up to one per record, so let a whole batch through at once.
     app.producer.buffer.max_messages = settings.batch_size * 4
@@ -47,8 +50,9 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
 
 
 def run(settings: Settings) -> int:
+    claim = claim_data_dir(settings)
+    settings = replace(settings, instance_id=claim.instance_id)
     app, topology, _ = assemble(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     created = asyncio.run(ensure_topics(settings, topology.specs()))
     if created:
         log.info("created %d topics", len(created))

@@ -1,4 +1,5 @@
-"""The `cxmon` command line: broker, worker, publish, simulate, backtest, alerts, webhook, demo."""
+"""The `cxmon` command line: broker, worker, publish, simulate, backtest, alerts, group, webhook,
+demo."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from streams.backtest import (
 )
 from streams.broker import BrokerError, LocalBroker, broker_command
 from streams.catalog import CatalogError, format_duration, load_catalog, parse_duration_ms
+from streams.group import GroupClient, GroupError
 from streams.history import read_history
 from streams.progress_bar import ProgressBar
 from streams.publish import Outgoing, alert_line, follow, numbered_lines, read_lines, send_all
@@ -140,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-exit", type=float, metavar="SECONDS", help="exit after this long idle"
     )
     alerts.set_defaults(run=run_alerts)
+
+    group = commands.add_parser(
+        "group", help="the workers' consumer group: members, what each holds, what waits"
+    )
+    group.add_argument(
+        "--remove",
+        nargs="+",
+        metavar="MEMBER",
+        help="take members that are gone out of the group, by instance id or member id",
+    )
+    group.set_defaults(run=run_group)
 
     webhook = commands.add_parser(
         "webhook", help="receive Alertmanager notifications and print them as JSON lines"
@@ -411,6 +424,37 @@ def run_alerts(settings: Settings, args: argparse.Namespace) -> int:
             print(value.decode() if args.json else alert_line(value), flush=True)
 
     asyncio.run(show())
+    return 0
+
+
+def run_group(settings: Settings, args: argparse.Namespace) -> int:
+    topics = settings.topics
+    inputs = (topics.touchpoint_events, topics.survey_answers, topics.identity_links)
+
+    async def show() -> None:
+        async with GroupClient(settings) as client:
+            if args.remove:
+                for member in await client.remove(args.remove, inputs):
+                    print(f"removed {member.name} ({member.host})")
+            group = await client.describe(inputs)
+            positions = await client.positions(inputs)
+        print(f"group {settings.app_id}: {group.state}, {len(group.members)} members")
+        for member in group.members:
+            held = (
+                ", ".join(f"{t}:{p}" for t, p in sorted(member.partitions)) or "no input partition"
+            )
+            print(f"  {member.name}  host {member.host}  {held}")
+        waiting = {tp: position.waiting for tp, position in positions.items() if position.waiting}
+        print(
+            "records waiting: "
+            + (", ".join(f"{t}:{p} {n:,}" for (t, p), n in sorted(waiting.items())) or "none")
+        )
+
+    try:
+        asyncio.run(show())
+    except GroupError as exc:
+        print(f"cxmon: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import LocalBroker
-from tests.harness import Deployment, WorkerProcess, free_port
+from tests.harness import READY, Deployment, WorkerProcess, free_port
 
 
 @pytest.fixture(scope="session")
@@ -26,8 +26,10 @@ def deployment(broker: LocalBroker, tmp_path: Path) -> Iterator[Deployment]:
     workers: list[WorkerProcess] = []
     original = deployment.start_worker
 
-    def tracked(instance: str = "w1", ready_timeout_s: float = 90.0) -> WorkerProcess:
-        worker = original(instance, ready_timeout_s)
+    def tracked(
+        instance: str = "w1", ready_timeout_s: float = 90.0, until: str = READY
+    ) -> WorkerProcess:
+        worker = original(instance, ready_timeout_s, until)
         workers.append(worker)
         return worker
 

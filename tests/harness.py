@@ -21,15 +21,13 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import AIOKafkaClient, CoordinationType
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
-from aiokafka.protocol.api import Request, RequestStruct, Response
-from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
+from agents.membership import INSTANCE_FILE
 from models.decode import Reason, encode_alert, format_timestamp
 from models.records import Alert
 from streams.catalog import Catalog, load_catalog
 from streams.delivery import unwrap
+from streams.group import GroupClient
 from streams.journeys import BreakState
 from streams.messaging import CustomerMessages, FrequencyPolicy, Message
 from streams.publish import Outgoing, follow, send_all
@@ -52,6 +50,9 @@ WORKER_START_ATTEMPTS = 3
 
 # Every call to the broker is bounded: a test must fail, not hang, when the broker is gone.
 BROKER_CALL_TIMEOUT_S = 30.0
+
+# What a worker logs once it holds its partitions and its state is restored.
+READY = "[^Worker]: Ready"
 
 SHOWN = 15  # differences listed in a failure, per kind
 
@@ -116,9 +117,8 @@ class Deployment:
             "CXMON_APP_ID": self.name,
             "CXMON_PARTITIONS": str(self.partitions),
             "CXMON_CATALOG": str(self.catalog),
-            "CXMON_DATA_DIR": str(self.root / instance),
+            "CXMON_DATA_DIR": str(self.data_dir(instance)),
             "CXMON_WEB_PORT": str(web_port),
-            "CXMON_INSTANCE_ID": self.instance_id(instance),
             "CXMON_TOPIC_TOUCHPOINT_EVENTS": topics.touchpoint_events,
             "CXMON_TOPIC_SURVEY_ANSWERS": topics.survey_answers,
             "CXMON_TOPIC_IDENTITY_LINKS": topics.identity_links,
@@ -127,26 +127,32 @@ class Deployment:
             **self.extra_env,
         }
 
+    def data_dir(self, instance: str) -> Path:
+        return self.root / instance
+
     def instance_id(self, instance: str) -> str:
-        """The worker's static group membership id: the same for every restart of `instance`."""
-        return f"{self.name}-{instance}"
+        """The static group membership id the worker made on its first start and keeps."""
+        return (self.data_dir(instance) / INSTANCE_FILE).read_text().strip()
 
     def settings(self) -> Settings:
         return Settings.from_env(self.env("client", 0))
 
-    def start_worker(self, instance: str = "w1", ready_timeout_s: float = 90.0) -> WorkerProcess:
-        """A worker, ready; started again on another port if its free port was taken meanwhile."""
+    def start_worker(
+        self, instance: str = "w1", ready_timeout_s: float = 90.0, until: str = READY
+    ) -> WorkerProcess:
+        """A worker, once its log says `until` (by default: ready); started again on another
+        port if its free port was taken meanwhile."""
         for _ in range(WORKER_START_ATTEMPTS - 1):
             try:
-                return self._start_worker(instance, ready_timeout_s)
+                return self._start_worker(instance, ready_timeout_s, until)
             except RuntimeError as exc:
                 if "address already in use" not in str(exc):
                     raise
-        return self._start_worker(instance, ready_timeout_s)
+        return self._start_worker(instance, ready_timeout_s, until)
 
-    def _start_worker(self, instance: str, ready_timeout_s: float) -> WorkerProcess:
+    def _start_worker(self, instance: str, ready_timeout_s: float, until: str) -> WorkerProcess:
         port = free_port()
-        (self.root / instance).mkdir(parents=True, exist_ok=True)
+        self.data_dir(instance).mkdir(parents=True, exist_ok=True)
         log_path = self.root / f"{instance}.log"
         # A restarted instance appends to its log: only what this process wrote is its own.
         log_start = log_path.stat().st_size if log_path.exists() else 0
@@ -160,7 +166,7 @@ class Deployment:
             )
         worker = WorkerProcess(process, log_path, port, log_start)
         try:
-            worker.wait_ready(ready_timeout_s)
+            worker.wait_ready(ready_timeout_s, until)
         except TimeoutError:
             worker.stop()  # nobody else holds it: not left running
             raise
@@ -317,33 +323,14 @@ class Deployment:
         return {tp: (committed.get(tp, 0), ends[tp]) for tp in partitions}
 
     async def _members(self) -> list[set[TopicPartition]]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings().bootstrap_servers)
-        await admin.start()
-        try:
-            (response,) = await admin.describe_consumer_groups([self.name])
-        finally:
-            await admin.close()
         inputs = {self.topics.touchpoint_events, self.topics.survey_answers}
-        members: list[set[TopicPartition]] = []
-        for group in response.groups:
-            for member in group[5]:
-                # Empty while a rebalance is under way: the member has nothing yet.
-                raw = member[4]
-                owned = ConsumerProtocolMemberAssignment.decode(raw).partitions() if raw else []
-                members.append({tp for tp in owned if tp.topic in inputs})
-        return members
+        async with GroupClient(self.settings()) as client:
+            group = await client.describe(inputs)
+        return [{TopicPartition(t, p) for t, p in m.partitions} for m in group.members]
 
     async def _remove_member(self, instance_id: str) -> None:
-        client = AIOKafkaClient(bootstrap_servers=self.settings().bootstrap_servers)
-        await client.bootstrap()
-        try:
-            coordinator = await client.coordinator_lookup(CoordinationType.GROUP, self.name)
-            response = await client.send(coordinator, RemoveStaticMembers(self.name, [instance_id]))
-        finally:
-            await client.close()
-        errors = [response.error_code, *(member[2] for member in response.members)]
-        if any(errors):
-            raise RuntimeError(f"removing {instance_id} from {self.name} failed: {response}")
+        async with GroupClient(self.settings()) as client:
+            await client.remove([instance_id], ())
 
 
 @dataclass
@@ -592,47 +579,6 @@ async def _read_to_end(bootstrap_servers: str, topic: str) -> list[Received]:
         await consumer.stop()
 
 
-class LeaveGroupV3Response(Response):  # type: ignore[misc]
-    API_KEY = 13
-    API_VERSION = 3
-    SCHEMA = Schema(
-        ("throttle_time_ms", Int32),
-        ("error_code", Int16),
-        (
-            "members",
-            Array(
-                ("member_id", String("utf-8")),
-                ("group_instance_id", String("utf-8")),
-                ("error_code", Int16),
-            ),
-        ),
-    )
-
-
-class LeaveGroupV3Request(RequestStruct):  # type: ignore[misc]
-    """LeaveGroup v3 (KIP-345), which aiokafka lacks: members named by their instance id."""
-
-    API_KEY = 13
-    API_VERSION = 3
-    RESPONSE_TYPE = LeaveGroupV3Response
-    SCHEMA = Schema(
-        ("group_id", String("utf-8")),
-        ("members", Array(("member_id", String("utf-8")), ("group_instance_id", String("utf-8")))),
-    )
-
-
-class RemoveStaticMembers(Request[LeaveGroupV3Request]):  # type: ignore[misc]
-    API_KEY = 13
-
-    def __init__(self, group: str, instance_ids: list[str]) -> None:
-        self.group = group
-        self.instance_ids = instance_ids
-
-    def build(self, request_struct_class: type[LeaveGroupV3Request]) -> LeaveGroupV3Request:
-        # An empty member id: the broker finds each member by its instance id.
-        return request_struct_class(self.group, [("", i) for i in self.instance_ids])
-
-
 @dataclass
 class WorkerProcess:
     process: subprocess.Popen[bytes]
@@ -646,17 +592,17 @@ class WorkerProcess:
             log.seek(self.log_start)
             return log.read().decode(errors="replace")
 
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
+    def wait_ready(self, timeout_s: float = 90.0, until: str = READY) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}"
                 )
-            if "[^Worker]: Ready" in self.log():
+            if until in self.log():
                 return
             time.sleep(0.25)
-        raise TimeoutError(f"worker not ready in {timeout_s}s:\n{self.log()[-4000:]}")
+        raise TimeoutError(f"worker log without {until!r} in {timeout_s}s:\n{self.log()[-4000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> int:
         if self.process.poll() is None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker import LocalBroker
 from streams.catalog import load_catalog
@@ -127,6 +132,7 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     published: Counter[str] = Counter()
     worker = deployment.start_worker()
     uncommitted_at_kill = []
+    restarts_s: list[float] = []
     for chunk in chunks[:-1]:
         deployment.publish(chunk)
         published += published_per_topic(deployment, chunk)
@@ -135,14 +141,76 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
         time.sleep(moments.uniform(0.1, 1.5))
         uncommitted_at_kill.append(uncommitted_inputs(deployment, published))
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
-        # Same instance id: static membership hands the partitions straight back.
+        # The same command, no instance id set: the one kept in the data dir takes the dead
+        # member's place (static membership), or the worker would wait for it for good.
+        started = time.monotonic()
         worker = deployment.start_worker()
+        restarts_s.append(round(time.monotonic() - started, 1))
+        assert len(deployment.members()) == 1, "the dead member is still in the group"
     deployment.publish(chunks[-1])
 
-    note = f"seed {seed}; input records not committed at each kill: {uncommitted_at_kill}"
+    note = (
+        f"seed {seed}; input records not committed at each kill: {uncommitted_at_kill}; "
+        f"restart to ready: {restarts_s} s"
+    )
     assert any(uncommitted_at_kill), f"no kill caught the worker with work in hand ({note})"
     observed = assert_settles_to(scenario.expected, deployment, note)
     print(f"{note}; alert transitions sent again: {observed.resent_alerts}")
+
+
+@pytest.mark.timeout(240)
+def test_data_dir_deleted_the_lingering_member_is_named_and_once_removed_state_comes_back(
+    deployment: Deployment, scenario: Scenario
+) -> None:
+    """kill -9, the data dir deleted, the same command: a new member, the dead one lingers.
+
+    The local broker never expires a member that stops heartbeating, so the new worker gets
+    no partition; it must say so, name the member and the fix, and export it; once the
+    member is removed with the command it names, the state comes back from the changelogs.
+    """
+    half = len(scenario.records) // 2
+    worker = deployment.start_worker()
+    old = deployment.instance_id("w1")
+    deployment.publish(scenario.records[:half])
+    time.sleep(1.0)  # work in hand, as at a crash
+    assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+    shutil.rmtree(deployment.data_dir("w1"))
+
+    fix = f"cxmon group --remove {old}"
+    worker = deployment.start_worker(until=fix, ready_timeout_s=120)
+    assert deployment.instance_id("w1") != old
+    stalled = scrape(worker.web_port, "cxmon_stalled_input_partitions")
+    assert stalled > 0, "the stall is logged but not exported"
+    assert scrape(worker.web_port, "cxmon_group_members") == 2
+
+    removed = subprocess.run(
+        [sys.executable, "-m", "streams", *fix.split()[1:]],
+        env=deployment.env("client", 0),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    assert f"removed {old}" in removed.stdout
+    worker.wait_ready(60)
+    deployment.publish(scenario.records[half:])
+    assert_settles_to(scenario.expected, deployment, "after the data dir was deleted")
+    assert len(deployment.members()) == 1
+    wait_for(
+        "the stall metric back at 0",
+        lambda: scrape(worker.web_port, "cxmon_stalled_input_partitions") == 0,
+        timeout_s=30,
+    )
+
+
+def scrape(port: int, metric: str) -> float:
+    """One unlabelled sample of the worker's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        for family in text_string_to_metric_families(response.read().decode()):
+            for sample in family.samples:
+                if sample.name == metric:
+                    return float(sample.value)
+    raise AssertionError(f"{metric} is not exported")
 
 
 @pytest.mark.timeout(150)
