@@ -78,6 +78,8 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_customer_window_messages", "histogram", []),
         ("cxmon_alertmanager_pushes_total", "counter", ["outcome"]),
         ("cxmon_alertmanager_active_alerts", "gauge", []),
+        ("cxmon_group_members", "gauge", []),
+        ("cxmon_stalled_input_partitions", "gauge", []),
     ]
 }
 TARGET_LABELS = frozenset({"job", "instance"})
