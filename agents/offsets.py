@@ -77,7 +77,7 @@ class Offsets:
                 tp.partition,
                 offset,
             )
-            await self.app.consumer.seek(tp, offset)
+            await self._seek(tp, offset)
         return taken
 
     def finished(self, events: list[EventT[bytes]]) -> None:
@@ -89,9 +89,21 @@ class Offsets:
         for tp in {event.message.tp for event in events}:
             offset = self.cursors.abandon(tp)
             if offset is not None and not self.app.should_stop:
-                rewind = asyncio.ensure_future(self.app.consumer.seek(tp, offset))
+                rewind = asyncio.ensure_future(self._seek(tp, offset))
                 self.rewinds.add(rewind)
                 rewind.add_done_callback(self.rewinds.discard)
+
+    async def _seek(self, tp: TP, offset: int) -> None:
+        """Move the consumer's position in the consumer's own thread, between its fetches.
+
+        Faust's `Consumer.seek` sets aiokafka's position from the calling (the app's) thread
+        at once, while the consumer's thread may be handing out that partition's fetched
+        records: aiokafka then moves the position past them (`consumed_to`) and the seek is
+        lost. The records the seek was for never come again, and every later one waits for
+        them: the partition is read to its end and nothing more of it is ever processed.
+        `seek_wait` runs the seek in the consumer's thread.
+        """
+        await self.app.consumer.seek_wait({tp: offset})
 
     async def commit_all(self) -> None:
         await self.commit(None)

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from types import SimpleNamespace
+from typing import Any, cast
+
+from faust.types import TP
+
+from agents.offsets import Offsets
 from streams.offsets import Admission, Cursors
 
 TAKE, SEEN, REWIND, STALE = Admission.TAKE, Admission.SEEN, Admission.REWIND, Admission.STALE
@@ -74,3 +82,94 @@ def test_revoked_partitions_are_forgotten_and_commits_never_go_back() -> None:
     cursors.forget(["p"])
     assert cursors.unknown(["p", "q"]) == {"p"}
     assert cursors.due() == {}
+
+
+class ThreadedConsumer:
+    """Faust's consumer for aiokafka: the fetcher and its positions live in a thread of their own.
+
+    `seek` is Faust's `Consumer.seek`, which moves the position from the caller's thread at
+    once; `seek_wait` runs the seek in the consumer's thread, as Faust's `seek_wait` does. A
+    fetch hands its records out as aiokafka's `FetchResult.getall` does: position checked,
+    records read, then the position moved past them (`consumed_to`).
+    """
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.reading = threading.Event()
+        self.read_on = threading.Event()
+
+    def hand_out(self, fetched_from: int, fetched_to: int) -> None:
+        async def getall() -> None:
+            assert self.position == fetched_from
+            self.reading.set()
+            self.read_on.wait(5)  # the app's thread runs meanwhile: the GIL switches
+            self.position = fetched_to
+
+        asyncio.run_coroutine_threadsafe(getall(), self.loop)
+        assert self.reading.wait(5)
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.position = offset
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        async def seek() -> None:
+            for offset in partitions.values():
+                self.position = offset
+
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(seek(), self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+PARTITION = TP("t", 0)
+
+
+def events_at(tp: TP, offsets: list[int]) -> list[Any]:
+    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o)) for o in offsets]
+
+
+async def test_a_rewind_is_not_lost_to_records_the_consumer_thread_is_handing_out() -> None:
+    # 149..273 were dropped before the agent saw them, 274 arrives: read again from 149.
+    # Meanwhile the consumer's thread hands out 274..299 from a fetch; were the seek done
+    # from this thread, that fetch would move the position on to 300 after it, 149..273
+    # would never come again and every later record would wait for them: the partition stuck.
+    consumer = ThreadedConsumer(position=274)
+    app = SimpleNamespace(consumer=consumer, should_stop=False)
+    offsets = Offsets(cast(Any, app), cast(Any, None))
+    offsets.cursors.start(PARTITION, 142)
+    assert [e.message.offset for e in await offsets.admit(events_at(PARTITION, [*range(142, 149)]))]
+    try:
+        consumer.hand_out(274, 300)
+        admitting = asyncio.ensure_future(offsets.admit(events_at(PARTITION, [274, 275])))
+        await asyncio.sleep(0.05)
+        consumer.read_on.set()
+        assert await asyncio.wait_for(admitting, 5) == []
+        await asyncio.sleep(0.05)
+        assert consumer.position == 149, "the partition is read again from the hole"
+    finally:
+        consumer.read_on.set()
+        consumer.close()
+
+
+async def test_an_abandoned_batch_is_read_again_even_while_the_consumer_thread_hands_out() -> None:
+    consumer = ThreadedConsumer(position=12)
+    app = SimpleNamespace(consumer=consumer, should_stop=False)
+    offsets = Offsets(cast(Any, app), cast(Any, None))
+    offsets.cursors.start(PARTITION, 10)
+    batch = await offsets.admit(events_at(PARTITION, [10, 11]))
+    try:
+        consumer.hand_out(12, 20)
+        offsets.abandon(batch)
+        await asyncio.sleep(0.05)
+        consumer.read_on.set()
+        await asyncio.wait_for(asyncio.gather(*offsets.rewinds), 5)
+        await asyncio.sleep(0.05)
+        assert consumer.position == 10, "the abandoned records are read again"
+    finally:
+        consumer.read_on.set()
+        consumer.close()
