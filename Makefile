@@ -50,8 +50,9 @@ BENCH_ARGS ?=
 bench: venv
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# The 15 slowest tests are listed at the end of every run, so their cost stays in view.
 test: lint typecheck ops-tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) .cxmon .mypy_cache .ruff_cache .pytest_cache
