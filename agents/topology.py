@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import faust
-from mode.utils.queues import FlowControlQueue
 
 from agents.fetching import use_paced_fetches
 from agents.tables import BulkRestoredTable, ChangelogLoader
@@ -26,23 +24,6 @@ RAW: dict[str, Any] = {
 PRODUCER_MAX_REQUEST_BYTES = 1_048_576
 
 
-def poll_records(stream_buffer: int, partitions: int) -> int:
-    """The most records one poll may hand Faust, so that a poll cannot fill a stream's buffer.
-
-    Faust's fetcher delivers every record of a poll before it polls again, and when a
-    stream's buffer is full it waits for that one stream: no partition of any other topic
-    is read meanwhile. Faust stops fetching a partition only once its stream's buffer is
-    past the pressure mark (`pressure_high_size`, 80 %), and only for later polls, so each
-    partition of the topic may still bring one whole poll above it. Unbounded, a poll is
-    1 MB a partition: after a broker restart the worker fetched a burst of input in two
-    polls (3,805 and 2,528 events) that overfilled the 4,096 buffer; the fetcher then sat
-    behind the ingest stage for 40 s while our internal topics, which the ingest stage
-    itself writes, waited unread (their stages starved, the group never drained).
-    """
-    high = math.floor(stream_buffer / FlowControlQueue.pressure_high_ratio)
-    return max(1, (stream_buffer - high) // partitions)
-
-
 def build_app(settings: Settings) -> faust.App:
     # Faust hands its credentials to aiokafka: built from the same options as our own
     # clients, so the worker's producer and consumers connect exactly as `publish` does.
@@ -57,7 +38,6 @@ def build_app(settings: Settings) -> faust.App:
         )
     elif security["ssl_context"] is not None:
         credentials = faust.SSLCredentials(security["ssl_context"])
-    stream_buffer = max(4_096, settings.batch_size * 2)
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
@@ -76,8 +56,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=3.0,
         producer_linger_ms=5,
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-        stream_buffer_maxsize=stream_buffer,
-        broker_max_poll_records=poll_records(stream_buffer, settings.partitions),
+        stream_buffer_maxsize=max(4_096, settings.batch_size * 2),
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

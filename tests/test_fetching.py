@@ -7,7 +7,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from agents.fetching import PacedTransport, pace_fetches
 from agents.topology import build_app
@@ -61,29 +60,6 @@ def test_the_worker_paces_as_configured_and_zero_turns_it_off(tmp_path: Any) -> 
     off = build_app(Settings.from_env({**env, "CXMON_FETCH_INTERVAL_MS": "0"})).transport
     assert isinstance(off, PacedTransport)
     assert off.fetch_interval_s == 0
-
-
-@pytest.mark.parametrize(("batch_size", "partitions"), [("2000", "4"), ("5000", "12"), ("10", "1")])
-def test_no_poll_can_fill_a_stream_buffer_past_where_faust_stops_fetching(
-    tmp_path: Any, batch_size: str, partitions: str
-) -> None:
-    """A full stream buffer stalls Faust's fetcher for every topic (agents/topology.py).
-
-    Faust stops fetching a partition once its stream's buffer is past the pressure mark,
-    for later polls only: every partition of the topic may still bring one whole poll.
-    """
-    env = {
-        "CXMON_DATA_DIR": str(tmp_path),
-        "CXMON_BATCH_SIZE": batch_size,
-        "CXMON_PARTITIONS": partitions,
-    }
-    conf = build_app(Settings.from_env(env)).conf
-    buffer: FlowControlQueue[object] = FlowControlQueue(
-        conf.stream_buffer_maxsize, flow_control=FlowControlEvent()
-    )
-    assert conf.broker_max_poll_records is not None, "an unbounded poll is 1 MB a partition"
-    worst = buffer.pressure_high_size + int(partitions) * conf.broker_max_poll_records
-    assert worst <= conf.stream_buffer_maxsize
 
 
 def test_standby_copies_are_off_unless_asked_for(tmp_path: Any) -> None:
