@@ -131,6 +131,15 @@ class Offsets:
     async def on_shutdown(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         await self.commit(None)
 
+    def finished_to(self, tp: TP) -> int | None:
+        """Every offset of `tp` below this is processed; None while this worker knows nothing."""
+        cursor = self.cursors.cursors.get(tp)
+        return None if cursor is None else cursor.done
+
+    async def learn(self, tps: set[TP]) -> None:
+        """Where the partitions not read yet start, as if their first records had come."""
+        await self._learn(tps)
+
     async def _learn(self, tps: set[TP]) -> None:
         """Where newly assigned partitions start: the group's commit, else the log's start."""
         if not self.cursors.unknown(tps):

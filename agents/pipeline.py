@@ -463,10 +463,18 @@ class Pipeline:
 
     async def _report_progress(self, events: list[Event]) -> None:
         """One message per downstream partition for the whole batch, whatever it touched."""
-        touched = sorted({(e.message.topic, e.message.partition) for e in events})
-        for topic in sorted({topic for topic, _ in touched}):
+        # Its sends are out: the batch counts as finished, though its offsets are not yet.
+        read_to: dict[TP, int] = {}
+        for event in events:
+            tp = event.message.tp
+            read_to[tp] = max(read_to.get(tp, 0), event.message.offset + 1)
+        for tp, offset in read_to.items():
+            read_to[tp] = max(offset, self.batches.offsets.finished_to(tp) or 0)
+        for topic in sorted({tp.topic for tp in read_to}):
             marks = [
-                self.sources.mark(self.app, t, partition) for t, partition in touched if t == topic
+                self.sources.mark(self.app, tp.topic, tp.partition, offset)
+                for tp, offset in sorted(read_to.items())
+                if tp.topic == topic
             ]
             await self._send_marks(marks, topic)
 
@@ -480,16 +488,26 @@ class Pipeline:
         reading = now - self.sources.read_at < IDLE_REPORT_WHILE_READING_S
         if not reading and now - self.idle_reported_at < IDLE_REPORT_AT_LEAST_EVERY_S:
             return
+        offsets = self.batches.offsets
         try:
-            assigned = self.app.consumer.assignment()
+            inputs = {
+                tp for tp in self.app.consumer.assignment() if self.sources.is_input(tp.topic)
+            }
+            # An input this worker has read nothing of yet (all of it committed before a
+            # restart or a rebalance) is read to the group's commit, and may well be idle.
+            await offsets.learn(inputs)
         except ConsumerNotStarted:
             return
+        except Exception:
+            # Asked again on the next tick; what is known is reported meanwhile.
+            log.warning("where the inputs not read yet start is unknown", exc_info=True)
         self.idle_reported_at = now
         idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
-        for tp in sorted(assigned):
-            if not self.sources.is_input(tp.topic):
+        for tp in sorted(inputs):
+            read_to = offsets.finished_to(tp)
+            if read_to is None:
                 continue
-            mark = self.sources.mark(self.app, tp.topic, tp.partition)
+            mark = self.sources.mark(self.app, tp.topic, tp.partition, read_to)
             if mark.idle:
                 idle[tp.topic].append(mark)
         for topic, marks in idle.items():
@@ -986,7 +1004,6 @@ class Sources:
             )
         )
         self.watermarks: dict[str, int] = {}
-        self.offsets: dict[str, int] = {}
         self.read_at = 0.0  # when a record of any input was last read, monotonic
 
     def expected(self, *topics: faust.TopicT) -> set[str]:
@@ -1001,7 +1018,6 @@ class Sources:
 
     def saw(self, topic: str, partition: int, offset: int, occurred_at_ms: int | None) -> None:
         source = source_name(topic, partition)
-        self.offsets[source] = offset
         self.read_at = time.monotonic()
         if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = occurred_at_ms
@@ -1011,13 +1027,14 @@ class Sources:
         if watermark_ms is not None and watermark_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = watermark_ms
 
-    def mark(self, app: faust.App, topic: str, partition: int) -> SourceMark:
+    def mark(self, app: faust.App, topic: str, partition: int, read_to: int) -> SourceMark:
+        """Idle once what the agents finished (`read_to`: every offset below it, its sends
+        out) reaches the end: not what they were handed, which may not be sent yet."""
         source = source_name(topic, partition)
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
         except ConsumerNotStarted:
             # Between rebalances nothing is known of the end: not idle, to be safe.
             highwater = None
-        read_to = self.offsets.get(source, -1) + 1
         idle = highwater is not None and read_to >= highwater
         return SourceMark(source, self.watermarks.get(source), idle)

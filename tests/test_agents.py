@@ -706,3 +706,50 @@ def test_journey_checkpoints_keep_fed_customers_first_and_each_within_the_limit(
         assert len(chunk.encode()) < PRODUCER_MAX_REQUEST_BYTES // 2
         assert JourneyCheckpoint.decode(chunk.encode()) == chunk
     assert list(journey_checkpoints(2, 9, fed, decided, {})) == [], "nothing changed there"
+
+
+async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
+    harness: Harness,
+) -> None:
+    """A worker (re)started after the group committed an input to its end reads none of it,
+    yet must say it is idle, or every stage it feeds waits for it for good; an input read
+    only partly by what was committed, or handed to an agent but not finished, is not."""
+    topology, offsets = harness.topology, harness.pipeline.batches.offsets
+    events, answers = (
+        topology.touchpoint_events.get_topic_name(),
+        topology.survey_answers.get_topic_name(),
+    )
+    done, behind = TP(events, 0), TP(answers, 1)
+    consumer: Any = harness.app.consumer
+    consumer.assignment = lambda: {done, behind}
+    consumer.highwater = lambda tp: 40
+
+    async def committed(tps: set[TP]) -> dict[TP, int]:
+        return {tp: offset for tp, offset in {done: 40, behind: 25}.items() if tp in tps}
+
+    offsets._committed = committed  # type: ignore[method-assign]
+    await harness.pipeline.report_idle_inputs()
+    marks = [
+        m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
+    ]
+    assert marks == [SourceMark(source_name(events, 0), None, True)] * PARTITIONS
+    assert offsets.finished_to(behind) == 25
+
+    # Taken up to the end but not finished (its sends may not be out): not idle yet.
+    assert offsets.cursors.admit(behind, 25) is not None
+    offsets.cursors.cursors[behind].next_offset = 40
+    harness.sent.clear()
+    harness.pipeline.idle_reported_at = 0.0
+    await harness.pipeline.report_idle_inputs()
+    marks = [
+        m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
+    ]
+    assert source_name(answers, 1) not in {m.source for m in marks}
+    offsets.cursors.finished(behind, 39)
+    harness.sent.clear()
+    harness.pipeline.idle_reported_at = 0.0
+    await harness.pipeline.report_idle_inputs()
+    marks = [
+        m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
+    ]
+    assert SourceMark(source_name(answers, 1), None, True) in marks
