@@ -7,6 +7,7 @@ the window, and the set of alert transitions (a crash may send one again: at-lea
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import shutil
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.broker import LocalBroker
@@ -295,6 +297,78 @@ def test_broker_stopped_and_restarted_keeps_data_and_the_worker_carries_on(
         print(f"alert transitions sent again: {observed.resent_alerts}")
     finally:
         worker.stop()
+
+
+TEN_MB = 10 * 1024 * 1024
+
+
+@pytest.mark.timeout(150)
+def test_10_mb_and_non_utf_8_records_on_each_input_are_dead_letters_and_nothing_else_is_lost(
+    deployment: Deployment, scenario: Scenario
+) -> None:
+    """Topics that allow 20 MB records (a producer elsewhere may need them) get a 10 MB
+    record and a record that is not UTF-8 on each input, mid-stream. Each is a dead letter
+    with its reason (the 10 MB one cut to what a produce request takes, its size in a
+    header), the worker carries on, and everything else equals the reference."""
+    asyncio.run(create_inputs(deployment, {"max.message.bytes": str(2 * TEN_MB)}))
+    half = len(scenario.records) // 2
+    bad = [
+        SimulatedRecord(role, b"c-bad", value, START_MS)
+        for role in ("touchpoint_events", "survey_answers", "identity_links")
+        for value in (b"x" * TEN_MB, b'{"customer_id": "c-\xff\xfe"}')
+    ]
+    worker = deployment.start_worker()
+    deployment.publish(scenario.records[:half])
+    asyncio.run(publish_large(deployment, bad))
+    deployment.publish(scenario.records[half:])
+
+    expected = reference(
+        deployment.catalog, [*scenario.records[:half], *bad, *scenario.records[half:]]
+    )
+    observed = assert_settles_to(expected, deployment, "with 10 MB and non-UTF-8 records")
+    refused = [headers for key, _, headers in observed.dead_letters if key == b"c-bad"]
+    assert len(refused) == len(bad)
+    sizes = sorted(dict(h).get("cxmon-original-size", b"") for h in refused)
+    assert sizes == [b"", b"", b"", *[str(TEN_MB).encode()] * 3]
+    assert {dict(h)["cxmon-reason"] for h in refused} == {b"invalid_json"}
+    assert worker.process.poll() is None, worker.log()[-3000:]
+
+
+async def create_inputs(deployment: Deployment, config: dict[str, str]) -> None:
+    """The input topics, made before the worker makes them its way, with `config`."""
+    topics = deployment.topics
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.settings().bootstrap_servers)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [
+                NewTopic(name, deployment.partitions, 1, topic_configs=config)
+                for name in (topics.touchpoint_events, topics.survey_answers)
+            ]
+            + [
+                NewTopic(
+                    topics.identity_links,
+                    deployment.partitions,
+                    1,
+                    topic_configs={**config, "cleanup.policy": "compact"},
+                )
+            ]
+        )
+    finally:
+        await admin.close()
+
+
+async def publish_large(deployment: Deployment, records: list[SimulatedRecord]) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=deployment.settings().bootstrap_servers, max_request_size=3 * TEN_MB
+    )
+    await producer.start()
+    try:
+        for record in records:
+            topic = getattr(deployment.topics, record.role)
+            await producer.send_and_wait(topic, record.value, key=record.key)
+    finally:
+        await producer.stop()
 
 
 def stored_inputs(deployment: Deployment) -> dict[str, list[Received]]:
