@@ -57,7 +57,7 @@ class Offsets:
 
     async def admit(self, events: list[EventT[bytes]]) -> list[EventT[bytes]]:
         """The events to process: each partition's next ones in order, none skipped unseen."""
-        await self._learn({event.message.tp for event in events})
+        await self.learn({event.message.tp for event in events})
         taken: list[EventT[bytes]] = []
         rewinds: dict[TP, int] = {}
         for event in events:
@@ -137,11 +137,7 @@ class Offsets:
         return None if cursor is None else cursor.done
 
     async def learn(self, tps: set[TP]) -> None:
-        """Where the partitions not read yet start, as if their first records had come."""
-        await self._learn(tps)
-
-    async def _learn(self, tps: set[TP]) -> None:
-        """Where newly assigned partitions start: the group's commit, else the log's start."""
+        """Where partitions not read yet start: the group's commit, else the log's start."""
         if not self.cursors.unknown(tps):
             return
         async with self.lookup:
