@@ -343,3 +343,47 @@ def test_budget_says_what_one_more_message_would_break(policy: FrequencyPolicy) 
     assert late.would_break == ("max_messages", "max_per_channel", "quiet_hours")
     # A day later the window is empty again, quiet hours aside.
     assert policy.budget(state, ten_am + DAY + HOUR, "sms").would_break == ()
+
+
+def test_a_customer_is_due_at_its_first_message_not_judged_and_at_once_while_firing(
+    policy: FrequencyPolicy,
+) -> None:
+    state = CustomerMessages()
+    assert state.due_ms is None
+    for minute in (10, 20):
+        policy.record(state, message(at(9, minute), "sms"))
+    assert state.due_ms == at(9, 10)
+    policy.advance(state, CUSTOMER, at(9, 15))
+    assert state.due_ms == at(9, 20)
+    assert CustomerMessages.stored_due_ms(state.encode()) == at(9, 20)
+    policy.advance(state, CUSTOMER, at(9, 30))
+    assert state.due_ms is None
+    for minute in (31, 32):
+        policy.record(state, message(at(9, minute), "sms"))
+    assert [a.status for a in policy.advance(state, CUSTOMER, at(9, 40))] == [AlertStatus.FIRING]
+    # Firing, it may resolve at any instant: due on the next step of event time.
+    assert state.due_ms == at(9, 40) + 1
+    assert CustomerMessages.stored_due_ms(state.encode()) == at(9, 40) + 1
+
+
+def test_judging_only_when_due_gives_the_verdicts_of_judging_at_every_step(
+    policy: FrequencyPolicy,
+) -> None:
+    sent = [at(9, 0), at(9, 5), at(9, 7), at(9, 9), at(12, 0), at(12, 1), at(9, 30, day=23)]
+    channels = ["sms", "sms", "email", "sms", "wechat", "wechat", "sms"]
+    steps = [at(8, 0) + n * 7 * MINUTE for n in range(300)] + [at(11, 0, day=24)]
+    every, when_due = CustomerMessages(), CustomerMessages()
+    alerts: dict[str, list[tuple[AlertStatus, int]]] = {"every": [], "due": []}
+    for instant in steps:
+        for state in (every, when_due):
+            for sent_at, channel in zip(sent, channels, strict=True):
+                if instant - 10 * MINUTE < sent_at <= instant:
+                    policy.record(state, Message(sent_at, channel, MARKETING, sent_at))
+        judged = policy.advance(every, CUSTOMER, instant)
+        alerts["every"] += [(a.status, a.starts_at_ms) for a in judged]
+        due = when_due.due_ms
+        if due is not None and due <= instant:
+            judged = policy.advance(when_due, CUSTOMER, instant)
+            alerts["due"] += [(a.status, a.starts_at_ms) for a in judged]
+    assert alerts["every"] == alerts["due"]
+    assert [status for status, _ in alerts["every"]] == [AlertStatus.FIRING, AlertStatus.RESOLVED]
