@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from models.decode import InvalidRecord, parse_timestamp_ms
+from models.decode import InvalidRecord, parse_timestamp_ms, parse_timestamp_text
 from streams.backtest import (
     Backtest,
     Span,
@@ -250,9 +250,8 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
 
 def timestamp_argument(text: str) -> int:
     """RFC 3339 with an offset, or epoch milliseconds, as the contract writes times."""
-    value: object = int(text) if text.isascii() and text.isdigit() else text
     try:
-        return parse_timestamp_ms(value, "time")
+        return parse_timestamp_text(text, "time")
     except InvalidRecord as exc:
         raise argparse.ArgumentTypeError(exc.detail.removeprefix("time: ")) from None
 
