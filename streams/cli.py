@@ -26,7 +26,14 @@ from streams.backtest import (
     render_text,
 )
 from streams.broker import BrokerError, LocalBroker, broker_command
-from streams.catalog import CatalogError, format_duration, load_catalog, parse_duration_ms
+from streams.catalog import (
+    Catalog,
+    CatalogError,
+    describe_catalog,
+    format_duration,
+    load_catalog,
+    parse_duration_ms,
+)
 from streams.group import GroupClient, GroupError
 from streams.history import read_history
 from streams.progress_bar import ProgressBar
@@ -281,18 +288,14 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_catalog(settings: Settings, args: argparse.Namespace) -> int:
     path = args.path or settings.catalog
     catalog = load_catalog(path)
-    print(
-        f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments, "
-        f"{len(catalog.breaks)} journey breaks"
-    )
-    for moment in catalog.key_moments:
-        print(f"  {moment.id}: degraded when {moment.standard()}, min {moment.min_samples} samples")
-    for journey in catalog.breaks:
-        print(
-            f"  {journey.id}: broken when more than {journey.max_rate:g} of customers do not "
-            f"go on within {format_duration(journey.within_ms)}, min {journey.min_samples} samples"
-        )
+    warn_of(catalog)
+    print("\n".join(describe_catalog(catalog, str(path))))
     return 0
+
+
+def warn_of(catalog: Catalog) -> None:
+    for warning in catalog.warnings:
+        print(f"cxmon: {warning}", file=sys.stderr)
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -362,6 +365,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     catalog_path = args.catalog or settings.catalog
     catalog = load_catalog(catalog_path)
+    warn_of(catalog)
     warmup = default_warmup_ms(catalog) if args.warmup is None else args.warmup
     backtest = Backtest(
         catalog, build_scorer(settings.sentiment), Span(args.from_ms, args.to_ms, warmup)

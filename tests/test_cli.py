@@ -129,8 +129,36 @@ def test_check_catalog_lists_the_journey_breaks() -> None:
     assert "5 key moments, 1 journey breaks" in done.stdout
     assert (
         "  app.cart -> checkout.payment: broken when more than 0.5 of customers do not go on "
-        "within 10m, min 100 samples"
+        "within 10m, 30m windows every 5m, min 100 samples, recovers at 0.45; severity critical"
     ) in done.stdout.splitlines()
+    assert done.stdout.splitlines()[-1].startswith("messaging: at most 5 marketing messages")
+
+
+def test_check_catalog_refuses_an_empty_file(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("# to do\n")
+    done = cxmon("check-catalog", str(catalog))
+    assert done.returncode == 2
+    assert done.stderr == f"cxmon: {catalog}: the catalog is empty: declare touchpoints, " \
+        "key_moments, breaks or messaging (see deploy/catalog.example.yaml)\n"  # fmt: skip
+    assert done.stdout == ""
+
+
+def test_check_catalog_warns_of_an_undeclared_touchpoint_naming_the_nearest(
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "touchpoints:\n  app.login: {stage: intent}\n"
+        "key_moments:\n  - {touchpoint: app.logn, metric: duration_ms, above: 3000}\n"
+    )
+    done = cxmon("check-catalog", str(catalog))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        f"cxmon: {catalog}:4: warning: key moment app.logn: touchpoint 'app.logn' is not "
+        "declared in touchpoints (the nearest declared is 'app.login')\n"
+    )
+    assert "  app.logn/duration_ms: degraded when above 3000" in done.stdout
 
 
 @pytest.mark.parametrize(
