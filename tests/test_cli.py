@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from streams.cli import add_simulation_options, simulation_config
 from streams.publish import Outgoing, read_lines
-from streams.settings import Topics
+from streams.settings import Settings, Topics
+from streams.topics import TopologyError, ensure_topics, input_topics
 from tests.harness import Deployment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -197,3 +201,40 @@ def test_a_bad_duration_is_refused_by_name_not_with_a_traceback(flag: str) -> No
     assert done.returncode == 2
     assert f"argument {flag}: '3x' is not a duration such as 30s, 5m, 1h or 7d" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+CLOSED = "kafka://127.0.0.1:1"
+
+
+async def test_waiting_for_a_broker_says_so_once_then_names_the_failure(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(broker_url=CLOSED)
+    with pytest.raises(TopologyError, match=r"^no broker answers at 127\.0\.0\.1:1: "):
+        await ensure_topics(settings, input_topics(settings), timeout_s=1.5)
+    assert capsys.readouterr().err == (
+        "cxmon: no broker answers at 127.0.0.1:1 yet; trying again for up to 1.5 s\n"
+    )
+    # aiokafka logs each of the 4 attempts at ERROR; none of them reaches a handler.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
+    assert logging.getLogger("aiokafka").filters == []  # quiet only while waiting
+
+
+def test_publish_with_no_broker_prints_one_line_while_it_waits(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.jsonl"
+    lines.write_bytes(b'{"event_id": "e1", "customer_id": "c1"}\n')
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "streams", "publish", str(lines)],
+        env={"PATH": "", "CXMON_BROKER_URL": CLOSED},
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert waiting.stderr is not None
+    first = waiting.stderr.readline()
+    time.sleep(3)  # six more attempts: six more lines of aiokafka's before
+    waiting.send_signal(signal.SIGINT)
+    _, rest = waiting.communicate(timeout=30)
+    assert first == "cxmon: no broker answers at 127.0.0.1:1 yet; trying again for up to 60 s\n"
+    assert rest == ""
+    assert waiting.returncode == 130
