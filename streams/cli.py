@@ -467,37 +467,53 @@ def run_webhook(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything on one machine: a fresh local broker, a worker, the simulator, the alerts."""
+    """Everything on one machine: a fresh local broker, a worker, the simulator, the alerts.
+
+    Ctrl-C (or SIGTERM) is how a demo ends: everything stops and the exit is 0, so `make
+    run` reports no error. Only a worker that stops on its own is a failure (exit 1).
+    """
     url = urlparse(settings.broker_url)
     data_dir = settings.data_dir / "demo"
     broker = LocalBroker(url.hostname or "127.0.0.1", url.port or 9092, data_dir / "broker")
-    print(f"starting the local broker on {broker.bootstrap_servers} ...", file=sys.stderr)
-    with broker.start(fresh=True), _worker(data_dir) as worker:
-        print("worker started; publishing simulated journeys ...", file=sys.stderr)
-        config = simulation_config(args)
-        sent, _ = asyncio.run(
-            send_all(settings, simulated_messages(settings, generate(config), args.speed))
-        )
-        print(
-            f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr
-        )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print(f"starting the local broker on {broker.bootstrap_servers} ...", file=sys.stderr)
+        with broker.start(fresh=True), _worker(data_dir) as worker:
+            return _demo(settings, args, worker)
+    except KeyboardInterrupt:
+        print(f"stopped; the broker's and the worker's logs are in {data_dir}", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        broker.stop()  # stopped already, unless Ctrl-C came while it was starting
 
-        async def show() -> None:
-            alerts = follow(
-                settings,
-                settings.topics.alerts,
-                from_beginning=True,
-                stop=lambda: worker.poll() is not None,
-            )
-            async for _, value, _ in alerts:
-                print(alert_line(value), flush=True)
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(show())
-        if worker.poll() is not None:
-            print(f"the worker stopped (exit {worker.returncode}); see its log", file=sys.stderr)
-            return 1
-    return 0
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _demo(settings: Settings, args: argparse.Namespace, worker: subprocess.Popen[bytes]) -> int:
+    print("worker started; publishing simulated journeys ...", file=sys.stderr)
+    config = simulation_config(args)
+    sent, _ = asyncio.run(
+        send_all(settings, simulated_messages(settings, generate(config), args.speed))
+    )
+    print(f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr)
+
+    async def show() -> None:
+        alerts = follow(
+            settings,
+            settings.topics.alerts,
+            from_beginning=True,
+            stop=lambda: worker.poll() is not None,
+        )
+        async for _, value, _ in alerts:
+            print(alert_line(value), flush=True)
+
+    asyncio.run(show())
+    # The follower ends by itself only when the worker has stopped: nobody asked it to.
+    print(f"the worker stopped (exit {worker.returncode}); see its log", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager
@@ -505,18 +521,26 @@ def _worker(data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "CXMON_DATA_DIR": str(data_dir)}
     log_path = data_dir / "worker.log"
     with log_path.open("ab") as log:
+        # In a session of its own, as the broker: Ctrl-C reaches the demo alone, which stops
+        # the worker here. Reached by it too, the worker stopped first, and the demo took
+        # that for the worker failing.
         process = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     print(f"worker log: {log_path}", file=sys.stderr)
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
+        if process.poll() is None:
+            print("stopping the worker and the broker ...", file=sys.stderr)
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(20)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            # Too slow to stop, or Ctrl-C again: killed, so that none is left behind.
             process.kill()
+            process.wait()

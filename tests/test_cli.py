@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from streams.cli import add_simulation_options, simulation_config
 from streams.publish import Outgoing, read_lines
 from streams.settings import Settings, Topics
 from streams.topics import TopologyError, ensure_topics, input_topics
-from tests.harness import Deployment
+from tests.harness import Deployment, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -238,3 +239,71 @@ def test_publish_with_no_broker_prints_one_line_while_it_waits(tmp_path: Path) -
     assert first == "cxmon: no broker answers at 127.0.0.1:1 yet; trying again for up to 60 s\n"
     assert rest == ""
     assert waiting.returncode == 130
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def running(text: str) -> list[int]:
+    """Processes whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode():
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+@pytest.mark.broker
+def test_the_demo_follows_without_spinning_and_ctrl_c_stops_everything_with_exit_0(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CXMON_DATA_DIR": str(tmp_path),
+        "CXMON_BROKER_URL": f"kafka://127.0.0.1:{free_port()}",
+        "CXMON_WEB_PORT": str(free_port()),
+        "CXMON_SENTIMENT": "none",
+    }
+    small = ["--customers", "40", "--span", "20m", "--journeys-per-hour", "600"]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "streams", "demo", *small],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        assert demo.stderr is not None
+        said: list[str] = []
+        while not said or "alerts as they fire" not in said[-1]:
+            said.append(demo.stderr.readline())
+            assert said[-1], "".join(said)
+        lock = tmp_path / "demo" / "worker.lock"  # "pid N on host", once the worker is up
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker_pid = int(lock.read_text().split()[1])
+        # Following the alerts, with little or nothing to read: it must wait, not spin
+        # (it used 0.7-0.9 of a core).
+        before, started = cpu_seconds(demo.pid), time.monotonic()
+        time.sleep(4)
+        share = (cpu_seconds(demo.pid) - before) / (time.monotonic() - started)
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        _, rest = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert share < 0.25, f"the follower used {share:.2f} of a core"
+    assert demo.returncode == 0, rest
+    assert "the worker stopped" not in rest
+    assert "stopped; the broker's and the worker's logs are in" in rest
+    assert not Path(f"/proc/{worker_pid}").exists()
+    assert running(str(tmp_path / "demo" / "broker")) == []
