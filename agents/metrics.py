@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from models.records import CHANNELS
 from streams.catalog import Catalog, JourneyBreak, KeyMoment, ScoreMetric
 from streams.messaging import Message
 from streams.scores import Tally
@@ -178,10 +179,7 @@ ALERTMANAGER_ACTIVE = Gauge(
 
 
 # Channels a label may carry; any other id a producer invents is counted as "other".
-CHANNEL_LABELS = frozenset(
-    {"sms", "email", "wechat", "app_push", "in_app", "web", "app", "mini_program", "store",
-     "call_center", "social"}
-)  # fmt: skip
+CHANNEL_LABELS = frozenset(CHANNELS)
 
 
 def declare_catalog(catalog: Catalog) -> None:

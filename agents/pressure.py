@@ -11,10 +11,10 @@ from faust.web.exceptions import ServiceUnavailable
 
 from agents.streaming import PartitionedState
 from agents.topology import Topology
-from models.decode import InvalidRecord, format_timestamp, parse_timestamp_ms
-from models.records import Category
+from models.decode import format_timestamp
 from streams.catalog import format_duration
 from streams.messaging import Budget, CustomerMessages, FrequencyPolicy
+from streams.pressure import QueryError, read_question
 from streams.privacy import state_pseudonym
 from streams.settings import Settings
 
@@ -35,6 +35,11 @@ class PressurePage:
 
     def attach(self) -> None:
         async def customer_pressure(view: Any, request: Any, customer: str) -> Any:
+            try:
+                # Read by whichever worker is asked: a bad query is refused without a hop.
+                question = read_question(request.query.items(), int(time.time() * 1000))
+            except QueryError as exc:
+                return view.json(exc.as_json(), status=400)
             if not cast(Any, self.app.tables).recovery.completed.is_set():
                 # Served from the worker's start (agents/membership), before its state is.
                 return view.json({"error": "the worker is still restoring its state"}, status=503)
@@ -46,15 +51,10 @@ class PressurePage:
                 pass
             except ServiceUnavailable:
                 return view.json({"error": "no worker owns this customer yet"}, status=503)
-            try:
-                channel, category, at_ms = self.question(request.query)
-            except ValueError as exc:
-                return view.json({"error": str(exc)}, status=400)
             raw = self.frequency.get(key)
             state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
-            return view.json(
-                self.answer(customer, self.policy.budget(state, at_ms, channel, category))
-            )
+            budget = self.policy.budget(state, question.at_ms, question.channel, question.category)
+            return view.json(self.answer(customer, budget))
 
         self.app.page(PATH)(customer_pressure)
 
@@ -62,24 +62,6 @@ class PressurePage:
         if self.settings.pseudonymise_ids:
             return state_pseudonym(customer, self.settings.pseudonym_key).encode()
         return customer.encode()
-
-    @staticmethod
-    def question(query: Any) -> tuple[str | None, Category | None, int]:
-        """`channel`, `category` and `at` (RFC 3339; default now) from the query string."""
-        channel = query.get("channel") or None
-        category_text = query.get("category")
-        try:
-            category = Category(category_text) if category_text else None
-        except ValueError:
-            allowed = ", ".join(c.value for c in Category)
-            raise ValueError(f"category: {category_text!r} is not one of {allowed}") from None
-        at_text = query.get("at")
-        if not at_text:
-            return channel, category, int(time.time() * 1000)
-        try:
-            return channel, category, parse_timestamp_ms(at_text, "at")
-        except InvalidRecord as exc:
-            raise ValueError(str(exc)) from None
 
     def answer(self, customer: str, budget: Budget) -> dict[str, Any]:
         policy, pressure = self.policy.policy, budget.pressure

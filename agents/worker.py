@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
     """The app with its agents and web pages; refuses a bad catalog before anything starts."""
-    core = Core(catalog=load_catalog(settings.catalog), scorer=build_scorer(settings.sentiment))
+    catalog = load_catalog(settings.catalog)
+    for warning in catalog.warnings:
+        log.warning("%s", warning)
+    core = Core(catalog=catalog, scorer=build_scorer(settings.sentiment))
     app = build_app(settings)
     topology = Topology(app, settings)
     batches = Batches(app, settings)

@@ -103,6 +103,12 @@ def parse_timestamp_ms(value: object, name: str) -> int:
     return millis
 
 
+def parse_timestamp_text(text: str, name: str) -> int:
+    """A time written as text, on a command line or in a URL: RFC 3339 with an offset, or
+    epoch milliseconds, as the contract writes times."""
+    return parse_timestamp_ms(int(text) if text.isascii() and text.isdigit() else text, name)
+
+
 def format_timestamp(millis: int) -> str:
     return datetime.fromtimestamp(millis / 1000, tz=UTC).isoformat(timespec="milliseconds")
 

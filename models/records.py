@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+# The channels the contract names, in its order. Events may carry "another short id" too,
+# but metric labels keep to these (bounded series), and so does the pressure endpoint: a
+# misspelt channel there would be answered "allowed" about a channel nobody sends on.
+CHANNELS = (
+    "sms", "email", "wechat", "app_push", "in_app", "web", "app", "mini_program", "store",
+    "call_center", "social",
+)  # fmt: skip
+
 
 class Direction(StrEnum):
     INBOUND = "inbound"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -51,6 +52,18 @@ class CatalogError(ValueError):
         super().__init__(f"{where}: {reason}")
         self.line = line
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogWarning:
+    """Something the worker accepts but that is probably a mistake, with its file and line."""
+
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: warning: {self.reason}"
 
 
 def parse_duration_ms(text: str) -> int:
@@ -235,6 +248,7 @@ class Catalog:
     messaging: MessagingPolicy = field(default_factory=MessagingPolicy)
     scores: ScoreWindow = field(default_factory=ScoreWindow)
     breaks: tuple[JourneyBreak, ...] = ()
+    warnings: tuple[CatalogWarning, ...] = field(default=(), compare=False)
 
     def key_moments_for(self, touchpoint: str) -> tuple[KeyMoment, ...]:
         return self._moments_by_touchpoint().get(touchpoint, ())
@@ -276,6 +290,73 @@ def _one_of(names: tuple[str, ...]) -> str:
     return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
+def describe_catalog(catalog: Catalog, source: str) -> list[str]:
+    """What the catalog was understood to say, a line each, as `check-catalog` prints it."""
+    lines = [
+        f"{source}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key "
+        f"moments, {len(catalog.breaks)} journey breaks",
+        f"scores: {_windows(catalog.scores.window_ms, catalog.scores.step_ms)}, judged "
+        f"{format_duration(catalog.scores.grace_ms)} after a window ends, so late events "
+        "still count",
+    ]
+    if catalog.touchpoints:
+        lines.append("touchpoints by stage:")
+        for stage in Stage:
+            names = [name for name, of in catalog.touchpoints.items() if of is stage]
+            if names:
+                lines.append(f"  {stage.value}: {', '.join(names)}")
+    if catalog.key_moments:
+        lines.append("key moments:")
+        lines += [f"  {_describe_moment(moment)}" for moment in catalog.key_moments]
+    if catalog.breaks:
+        lines.append("journey breaks:")
+        lines += [f"  {_describe_break(journey)}" for journey in catalog.breaks]
+    policy = catalog.messaging
+    categories = " or ".join(sorted(category.value for category in policy.categories))
+    quiet = policy.quiet_hours
+    lines.append(
+        f"messaging: at most {policy.max_messages} {categories} messages a customer in any "
+        f"{format_duration(policy.window_ms)}, {policy.max_per_channel} on any one channel, "
+        + (f"none in quiet hours {quiet.describe()}" if quiet else "no quiet hours")
+        + f"; severity {policy.severity.value}"
+    )
+    return lines
+
+
+def _windows(window_ms: int, step_ms: int) -> str:
+    return f"{format_duration(window_ms)} windows every {format_duration(step_ms)}"
+
+
+def _describe_moment(moment: KeyMoment) -> str:
+    parts = [f"degraded when {moment.standard()}"]
+    if moment.confidence is not None:
+        parts.append(f"with {moment.confidence:g} confidence")
+    if moment.drift is not None:
+        parts.append(f"by {moment.drift.detector.value} (limit {moment.drift.limit:g})")
+    parts += [_windows(moment.window_ms, moment.step_ms), f"min {moment.min_samples} samples"]
+    if moment.for_ms:
+        parts.append(f"for {format_duration(moment.for_ms)}")
+    if moment.recover_at is not None:
+        parts.append(f"recovers at {moment.recover_at:g}")
+    if moment.keep_firing_for_ms:
+        parts.append(f"keeps firing for {format_duration(moment.keep_firing_for_ms)}")
+    if moment.no_data_after_ms is not None:
+        parts.append(f"no_data after {format_duration(moment.no_data_after_ms)}")
+    return f"{moment.id}: {', '.join(parts)}; severity {moment.severity.value}"
+
+
+def _describe_break(journey: JourneyBreak) -> str:
+    parts = [
+        f"broken when more than {journey.max_rate:g} of customers do not go on within "
+        f"{format_duration(journey.within_ms)}",
+        _windows(journey.window_ms, journey.step_ms),
+        f"min {journey.min_samples} samples",
+    ]
+    if journey.recover_at is not None:
+        parts.append(f"recovers at {journey.recover_at:g}")
+    return f"{journey.id}: {', '.join(parts)}; severity {journey.severity.value}"
+
+
 def load_catalog(path: str | Path) -> Catalog:
     source = str(path)
     try:
@@ -293,18 +374,31 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise CatalogError(source, line, f"not valid YAML: {problem}") from None
-    if root is None:
-        return Catalog()
     reader = _Reader(source)
+    if root is None or (isinstance(root, yaml.MappingNode) and not root.value):
+        # An empty file is a wrong path or a truncated copy far more often than a choice:
+        # on the defaults alone the worker would watch no key moment and say nothing.
+        line = None if root is None else root.start_mark.line + 1
+        raise CatalogError(
+            source,
+            line,
+            "the catalog is empty: declare touchpoints, key_moments, breaks or messaging "
+            "(see deploy/catalog.example.yaml)",
+        )
     sections = reader.mapping(root, "the catalog")
     reader.only(sections, {"touchpoints", "key_moments", "breaks", "messaging", "scores"}, root)
     scores = reader.score_window(sections.get("scores"))
+    touchpoints = reader.touchpoints(sections.get("touchpoints"))
+    key_moments = reader.key_moments(sections.get("key_moments"), scores)
+    breaks = reader.breaks(sections.get("breaks"), scores)
+    reader.check_declared()
     return Catalog(
-        touchpoints=reader.touchpoints(sections.get("touchpoints")),
-        key_moments=reader.key_moments(sections.get("key_moments"), scores),
+        touchpoints=touchpoints,
+        key_moments=key_moments,
         messaging=reader.messaging(sections.get("messaging")),
         scores=scores,
-        breaks=reader.breaks(sections.get("breaks"), scores),
+        breaks=breaks,
+        warnings=tuple(reader.warnings),
     )
 
 
@@ -356,6 +450,10 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.declared: list[str] = []
+        # Touchpoints the key moments and breaks name, with their node and what names them.
+        self.named: list[tuple[str, yaml.Node, str]] = []
+        self.warnings: list[CatalogWarning] = []
 
     def fail(self, node: yaml.Node, reason: str) -> CatalogError:
         return CatalogError(self.source, node.start_mark.line + 1, reason)
@@ -389,6 +487,28 @@ class _Reader:
                 raise self.fail(
                     key_node, f"unknown key {key!r}; expected one of {', '.join(sorted(allowed))}"
                 )
+
+    def check_declared(self) -> None:
+        """Warn of a key moment or break on a touchpoint the catalog does not declare.
+
+        Only a warning: such a touchpoint is judged all the same (it is only not exported as
+        metrics), and refusing it would stop workers that started on this catalog before.
+        A catalog that declares no touchpoint has nothing to check against.
+        """
+        if not self.declared:
+            return
+        for name, node, what in self.named:
+            if name in self.declared:
+                continue
+            (nearest,) = difflib.get_close_matches(name, self.declared, n=1, cutoff=0)
+            self.warnings.append(
+                CatalogWarning(
+                    self.source,
+                    node.start_mark.line + 1,
+                    f"{what}: touchpoint {name!r} is not declared in touchpoints "
+                    f"(the nearest declared is {nearest!r})",
+                )
+            )
 
     def number(self, node: yaml.Node, what: str) -> float:
         text = self.scalar(node, what)
@@ -448,6 +568,7 @@ class _Reader:
             return {}
         stages: dict[str, Stage] = {}
         for name, entry in self.mapping(node, "touchpoints").items():
+            self.declared.append(name)
             fields = self.mapping(entry, f"touchpoint {name}")
             self.only(fields, {"stage"}, entry)
             if "stage" in fields:
@@ -475,6 +596,7 @@ class _Reader:
                 raise self.fail(node, f"a key moment needs {required!r}")
         touchpoint = self.scalar(fields["touchpoint"], "touchpoint")
         what = f"key moment {touchpoint}"
+        self.named.append((touchpoint, fields["touchpoint"], what))
         metric: ScoreMetric = self.choice(fields["metric"], f"{what}: metric", ScoreMetric)
         given = [key for key in STANDARD_KEYS if key in fields]
         if len(given) != 1:
@@ -575,6 +697,7 @@ class _Reader:
         source = self.scalar(fields["from"], "break: from")
         target = self.scalar(fields["to"], "break: to")
         what = f"break {source} -> {target}"
+        self.named += [(source, fields["from"], what), (target, fields["to"], what)]
         for required in ("within", "max_rate"):
             if required not in fields:
                 raise self.fail(node, f"{what} needs {required!r}")

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from models.decode import InvalidRecord, parse_timestamp_ms
+from models.decode import InvalidRecord, parse_timestamp_ms, parse_timestamp_text
 from streams.backtest import (
     Backtest,
     Span,
@@ -26,7 +26,14 @@ from streams.backtest import (
     render_text,
 )
 from streams.broker import BrokerError, LocalBroker, broker_command
-from streams.catalog import CatalogError, format_duration, load_catalog, parse_duration_ms
+from streams.catalog import (
+    Catalog,
+    CatalogError,
+    describe_catalog,
+    format_duration,
+    load_catalog,
+    parse_duration_ms,
+)
 from streams.group import GroupClient, GroupError
 from streams.history import read_history
 from streams.progress_bar import ProgressBar
@@ -250,9 +257,8 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
 
 def timestamp_argument(text: str) -> int:
     """RFC 3339 with an offset, or epoch milliseconds, as the contract writes times."""
-    value: object = int(text) if text.isascii() and text.isdigit() else text
     try:
-        return parse_timestamp_ms(value, "time")
+        return parse_timestamp_text(text, "time")
     except InvalidRecord as exc:
         raise argparse.ArgumentTypeError(exc.detail.removeprefix("time: ")) from None
 
@@ -282,18 +288,14 @@ def run_broker(settings: Settings, args: argparse.Namespace) -> int:
 def run_check_catalog(settings: Settings, args: argparse.Namespace) -> int:
     path = args.path or settings.catalog
     catalog = load_catalog(path)
-    print(
-        f"{path}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key moments, "
-        f"{len(catalog.breaks)} journey breaks"
-    )
-    for moment in catalog.key_moments:
-        print(f"  {moment.id}: degraded when {moment.standard()}, min {moment.min_samples} samples")
-    for journey in catalog.breaks:
-        print(
-            f"  {journey.id}: broken when more than {journey.max_rate:g} of customers do not "
-            f"go on within {format_duration(journey.within_ms)}, min {journey.min_samples} samples"
-        )
+    warn_of(catalog)
+    print("\n".join(describe_catalog(catalog, str(path))))
     return 0
+
+
+def warn_of(catalog: Catalog) -> None:
+    for warning in catalog.warnings:
+        print(f"cxmon: {warning}", file=sys.stderr)
 
 
 def run_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -363,6 +365,7 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     catalog_path = args.catalog or settings.catalog
     catalog = load_catalog(catalog_path)
+    warn_of(catalog)
     warmup = default_warmup_ms(catalog) if args.warmup is None else args.warmup
     backtest = Backtest(
         catalog, build_scorer(settings.sentiment), Span(args.from_ms, args.to_ms, warmup)
@@ -464,37 +467,53 @@ def run_webhook(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_demo(settings: Settings, args: argparse.Namespace) -> int:
-    """Everything on one machine: a fresh local broker, a worker, the simulator, the alerts."""
+    """Everything on one machine: a fresh local broker, a worker, the simulator, the alerts.
+
+    Ctrl-C (or SIGTERM) is how a demo ends: everything stops and the exit is 0, so `make
+    run` reports no error. Only a worker that stops on its own is a failure (exit 1).
+    """
     url = urlparse(settings.broker_url)
     data_dir = settings.data_dir / "demo"
     broker = LocalBroker(url.hostname or "127.0.0.1", url.port or 9092, data_dir / "broker")
-    print(f"starting the local broker on {broker.bootstrap_servers} ...", file=sys.stderr)
-    with broker.start(fresh=True), _worker(data_dir) as worker:
-        print("worker started; publishing simulated journeys ...", file=sys.stderr)
-        config = simulation_config(args)
-        sent, _ = asyncio.run(
-            send_all(settings, simulated_messages(settings, generate(config), args.speed))
-        )
-        print(
-            f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr
-        )
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print(f"starting the local broker on {broker.bootstrap_servers} ...", file=sys.stderr)
+        with broker.start(fresh=True), _worker(data_dir) as worker:
+            return _demo(settings, args, worker)
+    except KeyboardInterrupt:
+        print(f"stopped; the broker's and the worker's logs are in {data_dir}", file=sys.stderr)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        broker.stop()  # stopped already, unless Ctrl-C came while it was starting
 
-        async def show() -> None:
-            alerts = follow(
-                settings,
-                settings.topics.alerts,
-                from_beginning=True,
-                stop=lambda: worker.poll() is not None,
-            )
-            async for _, value, _ in alerts:
-                print(alert_line(value), flush=True)
 
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(show())
-        if worker.poll() is not None:
-            print(f"the worker stopped (exit {worker.returncode}); see its log", file=sys.stderr)
-            return 1
-    return 0
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _demo(settings: Settings, args: argparse.Namespace, worker: subprocess.Popen[bytes]) -> int:
+    print("worker started; publishing simulated journeys ...", file=sys.stderr)
+    config = simulation_config(args)
+    sent, _ = asyncio.run(
+        send_all(settings, simulated_messages(settings, generate(config), args.speed))
+    )
+    print(f"published {sent:,} messages; alerts as they fire (Ctrl-C to stop):", file=sys.stderr)
+
+    async def show() -> None:
+        alerts = follow(
+            settings,
+            settings.topics.alerts,
+            from_beginning=True,
+            stop=lambda: worker.poll() is not None,
+        )
+        async for _, value, _ in alerts:
+            print(alert_line(value), flush=True)
+
+    asyncio.run(show())
+    # The follower ends by itself only when the worker has stopped: nobody asked it to.
+    print(f"the worker stopped (exit {worker.returncode}); see its log", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager
@@ -502,18 +521,26 @@ def _worker(data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "CXMON_DATA_DIR": str(data_dir)}
     log_path = data_dir / "worker.log"
     with log_path.open("ab") as log:
+        # In a session of its own, as the broker: Ctrl-C reaches the demo alone, which stops
+        # the worker here. Reached by it too, the worker stopped first, and the demo took
+        # that for the worker failing.
         process = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     print(f"worker log: {log_path}", file=sys.stderr)
     try:
         yield process
     finally:
-        process.send_signal(signal.SIGTERM)
+        if process.poll() is None:
+            print("stopping the worker and the broker ...", file=sys.stderr)
+            process.send_signal(signal.SIGTERM)
         try:
             process.wait(20)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            # Too slow to stop, or Ctrl-C again: killed, so that none is left behind.
             process.kill()
+            process.wait()

@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaError
 
 from streams.replay import Role
 from streams.settings import Settings
-from streams.topics import TopologyError
+from streams.topics import TopologyError, quiet_connect_failures
 
 
 def input_roles(settings: Settings) -> dict[str, Role]:
@@ -38,7 +38,8 @@ async def read_history(
         **settings.broker_security.client_options(),
     )
     try:
-        await consumer.start()
+        with quiet_connect_failures():
+            await consumer.start()
     except KafkaError as exc:
         await consumer.stop()
         raise TopologyError(f"no broker answers at {settings.bootstrap_servers}: {exc}") from exc

@@ -94,8 +94,9 @@ CONTACT_TYPE_BY_CHANNEL: dict[str, str] = {
     "wechat": "wechat_openid",
 }
 _MARKETING_CHANNELS = tuple(MARKETING_TOUCHPOINT_BY_CHANNEL)
-# The hand-off a broken journey loses (seed 002: the customer has to start again), and the
-# share of customers who would have gone on and do not while it is broken.
+# The hand-off a broken journey loses (the next channel does not know what the customer did
+# in the last, so the customer has to start again), and the share of customers who would
+# have gone on and do not while it is broken.
 BROKEN_JOURNEY = ("app.cart", "checkout.payment")
 _BROKEN_SHARE = 0.5
 _CONTACT_ONLY_SHARE = 0.15  # outbound messages that carry only a contact

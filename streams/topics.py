@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -15,6 +18,9 @@ log = logging.getLogger(__name__)
 
 # Tables of current state and identity links need only the latest value per key.
 COMPACTED = {"cleanup.policy": "compact"}
+# What aiokafka logs for every failed attempt to reach a bootstrap server, at ERROR: twice
+# a second while a broker is awaited, 121 lines before the one that says what is wrong.
+CONNECT_FAILURES = ('Unable connect to "', 'Unable to request metadata from "')
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,15 +54,25 @@ async def ensure_topics(
         **settings.broker_security.client_options(),
     )
     deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        try:
-            await admin.start()
-            break
-        except KafkaError as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TopologyError(
-                    f"no broker answers at {settings.bootstrap_servers}: {exc}"
-                ) from exc
+    with quiet_connect_failures():
+        waiting = False
+        while True:
+            try:
+                await admin.start()
+                break
+            except KafkaError as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TopologyError(
+                        f"no broker answers at {settings.bootstrap_servers}: {exc}"
+                    ) from exc
+                if not waiting:
+                    waiting = True
+                    print(
+                        f"cxmon: no broker answers at {settings.bootstrap_servers} yet; "
+                        f"trying again for up to {timeout_s:g} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             await asyncio.sleep(0.5)
     try:
         existing = await _partition_counts(admin)
@@ -87,6 +103,26 @@ async def ensure_topics(
         return [spec.name for spec in missing]
     finally:
         await admin.close()
+
+
+class _ConnectFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(CONNECT_FAILURES)
+
+
+@contextlib.contextmanager
+def quiet_connect_failures() -> Iterator[None]:
+    """Drop aiokafka's line per failed connection attempt while a broker is awaited.
+
+    Only while awaited: a worker that loses its broker later still logs each failure.
+    """
+    logger = logging.getLogger("aiokafka")  # aiokafka/client.py logs under this name
+    quiet = _ConnectFailures()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:

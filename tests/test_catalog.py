@@ -11,7 +11,6 @@ import pytest
 
 from models.records import Category, Severity, Stage
 from streams.catalog import (
-    Catalog,
     CatalogError,
     Detector,
     Drift,
@@ -22,6 +21,7 @@ from streams.catalog import (
     Relative,
     ScoreMetric,
     ScoreWindow,
+    describe_catalog,
     load_catalog,
     parse_catalog,
     parse_duration_ms,
@@ -157,9 +157,18 @@ def test_example_bucket_and_retention() -> None:
     assert catalog.retention_ms("call_center.support") == 61 * MINUTE
 
 
-def test_empty_catalog_is_the_defaults() -> None:
-    assert parse_catalog("") == Catalog()
-    assert parse_catalog("# nothing configured yet\n") == Catalog()
+@pytest.mark.parametrize("text", ["", "# nothing configured yet\n", "\n\n", "{}\n"])
+def test_an_empty_catalog_is_refused(text: str) -> None:
+    # A wrong path or a truncated copy: on the defaults alone nothing would ever fire.
+    refused = refusal(text)
+    assert refused.reason.startswith("the catalog is empty: declare touchpoints, key_moments")
+    assert str(refused).startswith("ops/catalog.yaml" + (":1: " if "{}" in text else ": "))
+
+
+def test_a_catalog_of_messaging_alone_is_not_empty() -> None:
+    catalog = parse_catalog("messaging: {max_messages: 3}\n")
+    assert catalog.messaging.max_messages == 3
+    assert catalog.key_moments == ()
 
 
 def test_minimal_key_moment_takes_its_defaults() -> None:
@@ -892,3 +901,88 @@ def test_a_break_declared_twice_is_refused_on_the_second() -> None:
     error = refusal(text)
     assert error.line == line_of(text, "20m")
     assert "break app.cart -> checkout.payment is declared twice" in error.reason
+
+
+# --- touchpoints not declared, and what check-catalog prints -----------------------------
+
+UNDECLARED = """
+    touchpoints:
+      app.login: {stage: intent}
+      app.cart: {stage: intent}
+      checkout.payment: {}
+    key_moments:
+      - {touchpoint: app.logn, metric: csat, below: 4}
+      - {touchpoint: checkout.payment, metric: nps, below: 10}
+    breaks:
+      - from: app.cart
+        to: checkout.pay
+        within: 10m
+        max_rate: 0.5
+    """
+
+
+def test_a_touchpoint_not_declared_is_warned_of_on_its_line_with_the_nearest() -> None:
+    text = catalog_text(UNDECLARED)
+    catalog = parse_catalog(text, "ops/catalog.yaml")
+    assert [str(warning) for warning in catalog.warnings] == [
+        f"ops/catalog.yaml:{line_of(text, 'app.logn')}: warning: key moment app.logn: "
+        "touchpoint 'app.logn' is not declared in touchpoints (the nearest declared is "
+        "'app.login')",
+        f"ops/catalog.yaml:{line_of(text, 'to: checkout.pay')}: warning: break app.cart -> "
+        "checkout.pay: touchpoint 'checkout.pay' is not declared in touchpoints (the nearest "
+        "declared is 'checkout.payment')",
+    ]
+    # Still loaded whole: a key moment on any touchpoint is judged, declared or not.
+    assert [m.id for m in catalog.key_moments] == ["app.logn/csat", "checkout.payment/nps"]
+
+
+def test_without_declared_touchpoints_there_is_nothing_to_warn_of() -> None:
+    undeclared = parse_catalog("key_moments:\n  - {touchpoint: x, metric: csat, below: 4}\n")
+    assert undeclared.warnings == ()
+    assert load_catalog(EXAMPLE).warnings == ()
+
+
+def test_check_catalog_prints_what_it_understood() -> None:
+    assert describe_catalog(load_catalog(EXAMPLE), "example.yaml") == [
+        "example.yaml: 15 touchpoints, 5 key moments, 1 journey breaks",
+        "scores: 1h windows every 5m, judged 1m after a window ends, so late events still count",
+        "touchpoints by stage:",
+        "  awareness: douyin.ad, xiaohongshu.note",
+        "  interest: web.product_page, mini_program.product",
+        "  intent: app.login, app.cart",
+        "  purchase: checkout.payment, store.visit, order.confirmation",
+        "  use: delivery.tracking",
+        "  service: call_center.support",
+        "  retention: marketing.sms, marketing.email, marketing.push, wechat.official_account",
+        "key moments:",
+        "  checkout.payment/nps: degraded when below 10, 30m windows every 5m, min 30 samples; "
+        "severity critical",
+        "  checkout.payment/failure_rate: degraded when above 0.15, 30m windows every 5m, "
+        "min 50 samples; severity critical",
+        "  app.login/duration_ms: degraded when above 3000, 30m windows every 5m, "
+        "min 50 samples; severity warning",
+        "  call_center.support/csat: degraded when below 3.5, 1h windows every 10m, "
+        "min 20 samples; severity warning",
+        "  call_center.support/ces: degraded when above 4.5, 1h windows every 10m, "
+        "min 20 samples; severity warning",
+        "journey breaks:",
+        "  app.cart -> checkout.payment: broken when more than 0.5 of customers do not go on "
+        "within 10m, 30m windows every 5m, min 100 samples, recovers at 0.45; severity critical",
+        "messaging: at most 5 marketing messages a customer in any 24h, 3 on any one channel, "
+        "none in quiet hours 22:00-08:00 Asia/Shanghai; severity warning",
+    ]
+
+
+def test_check_catalog_prints_every_guard_of_a_key_moment() -> None:
+    lines = describe_catalog(parse_catalog(catalog_text(GUARDED)), "guarded.yaml")
+    assert (
+        "  checkout.payment/nps: degraded when more than 15 worse than its 7d baseline, "
+        "with 0.95 confidence, 30m windows every 5m, min 30 samples, for 10m, recovers at 5, "
+        "keeps firing for 15m, no_data after 1h; severity critical"
+    ) in lines
+    assert any(line.startswith("  app.cart/abandon_rate: ") and "by cusum (limit 5)" in line
+               for line in lines)  # fmt: skip
+    assert lines[-1] == (
+        "messaging: at most 5 marketing messages a customer in any 24h, 3 on any one channel, "
+        "no quiet hours; severity warning"
+    )

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import io
+import logging
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from streams.cli import add_simulation_options, simulation_config
 from streams.publish import Outgoing, read_lines
-from streams.settings import Topics
-from tests.harness import Deployment
+from streams.settings import Settings, Topics
+from streams.topics import TopologyError, ensure_topics, input_topics
+from tests.harness import Deployment, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,8 +134,36 @@ def test_check_catalog_lists_the_journey_breaks() -> None:
     assert "5 key moments, 1 journey breaks" in done.stdout
     assert (
         "  app.cart -> checkout.payment: broken when more than 0.5 of customers do not go on "
-        "within 10m, min 100 samples"
+        "within 10m, 30m windows every 5m, min 100 samples, recovers at 0.45; severity critical"
     ) in done.stdout.splitlines()
+    assert done.stdout.splitlines()[-1].startswith("messaging: at most 5 marketing messages")
+
+
+def test_check_catalog_refuses_an_empty_file(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("# to do\n")
+    done = cxmon("check-catalog", str(catalog))
+    assert done.returncode == 2
+    assert done.stderr == f"cxmon: {catalog}: the catalog is empty: declare touchpoints, " \
+        "key_moments, breaks or messaging (see deploy/catalog.example.yaml)\n"  # fmt: skip
+    assert done.stdout == ""
+
+
+def test_check_catalog_warns_of_an_undeclared_touchpoint_naming_the_nearest(
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "touchpoints:\n  app.login: {stage: intent}\n"
+        "key_moments:\n  - {touchpoint: app.logn, metric: duration_ms, above: 3000}\n"
+    )
+    done = cxmon("check-catalog", str(catalog))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        f"cxmon: {catalog}:4: warning: key moment app.logn: touchpoint 'app.logn' is not "
+        "declared in touchpoints (the nearest declared is 'app.login')\n"
+    )
+    assert "  app.logn/duration_ms: degraded when above 3000" in done.stdout
 
 
 @pytest.mark.parametrize(
@@ -169,3 +202,108 @@ def test_a_bad_duration_is_refused_by_name_not_with_a_traceback(flag: str) -> No
     assert done.returncode == 2
     assert f"argument {flag}: '3x' is not a duration such as 30s, 5m, 1h or 7d" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+CLOSED = "kafka://127.0.0.1:1"
+
+
+async def test_waiting_for_a_broker_says_so_once_then_names_the_failure(
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(broker_url=CLOSED)
+    with pytest.raises(TopologyError, match=r"^no broker answers at 127\.0\.0\.1:1: "):
+        await ensure_topics(settings, input_topics(settings), timeout_s=1.5)
+    assert capsys.readouterr().err == (
+        "cxmon: no broker answers at 127.0.0.1:1 yet; trying again for up to 1.5 s\n"
+    )
+    # aiokafka logs each of the 4 attempts at ERROR; none of them reaches a handler.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
+    assert logging.getLogger("aiokafka").filters == []  # quiet only while waiting
+
+
+def test_publish_with_no_broker_prints_one_line_while_it_waits(tmp_path: Path) -> None:
+    lines = tmp_path / "lines.jsonl"
+    lines.write_bytes(b'{"event_id": "e1", "customer_id": "c1"}\n')
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "streams", "publish", str(lines)],
+        env={"PATH": "", "CXMON_BROKER_URL": CLOSED},
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert waiting.stderr is not None
+    first = waiting.stderr.readline()
+    time.sleep(3)  # six more attempts: six more lines of aiokafka's before
+    waiting.send_signal(signal.SIGINT)
+    _, rest = waiting.communicate(timeout=30)
+    assert first == "cxmon: no broker answers at 127.0.0.1:1 yet; trying again for up to 60 s\n"
+    assert rest == ""
+    assert waiting.returncode == 130
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def running(text: str) -> list[int]:
+    """Processes whose command line mentions `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode():
+                found.append(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+@pytest.mark.broker
+def test_the_demo_follows_without_spinning_and_ctrl_c_stops_everything_with_exit_0(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "CXMON_DATA_DIR": str(tmp_path),
+        "CXMON_BROKER_URL": f"kafka://127.0.0.1:{free_port()}",
+        "CXMON_WEB_PORT": str(free_port()),
+        "CXMON_SENTIMENT": "none",
+    }
+    small = ["--customers", "40", "--span", "20m", "--journeys-per-hour", "600"]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "streams", "demo", *small],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    try:
+        assert demo.stderr is not None
+        said: list[str] = []
+        while not said or "alerts as they fire" not in said[-1]:
+            said.append(demo.stderr.readline())
+            assert said[-1], "".join(said)
+        lock = tmp_path / "demo" / "worker.lock"  # "pid N on host", once the worker is up
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker_pid = int(lock.read_text().split()[1])
+        # Following the alerts, with little or nothing to read: it must wait, not spin
+        # (it used 0.7-0.9 of a core).
+        before, started = cpu_seconds(demo.pid), time.monotonic()
+        time.sleep(4)
+        share = (cpu_seconds(demo.pid) - before) / (time.monotonic() - started)
+        os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        _, rest = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert share < 0.25, f"the follower used {share:.2f} of a core"
+    assert demo.returncode == 0, rest
+    assert "the worker stopped" not in rest
+    assert "stopped; the broker's and the worker's logs are in" in rest
+    assert not Path(f"/proc/{worker_pid}").exists()
+    assert running(str(tmp_path / "demo" / "broker")) == []
