@@ -222,7 +222,6 @@ def run_backlog(
     *,
     profile: Path | None = None,
     publish: bool = False,
-    drain_timeout_s: float = 300,
 ) -> Throughput:
     """Workers reading the backlog (published now if `publish`), timed from their first
     record to their last, then until every stage has drained."""
@@ -284,7 +283,7 @@ def run_backlog(
     elapsed = time.perf_counter() - started
     say(f"  read in {elapsed:.1f} s ({data.events / elapsed:,.0f}/s); waiting for every stage")
     try:
-        deployment.wait_drained(timeout_s=drain_timeout_s, poll_s=0.5)
+        deployment.wait_drained(poll_s=0.5)
         drained = time.perf_counter() - started - 0.5
     except TimeoutError as exc:
         say(f"  not drained: {str(exc)[:300]}")

@@ -53,6 +53,9 @@ BROKER_CALL_TIMEOUT_S = 30.0
 
 # What a worker logs once it holds its partitions and its state is restored.
 READY = "[^Worker]: Ready"
+# A group none of whose commits moves for this long while records wait has stalled: the
+# worker's own stall watch says so after 60 s too. Slow progress is waited for.
+STALL_S = 60.0
 
 SHOWN = 15  # differences listed in a failure, per kind
 
@@ -213,9 +216,14 @@ class Deployment:
         return asyncio.run(collect())
 
     def alerts_equal_to(
-        self, expected: list[dict[str, Any]], timeout_s: float
+        self, expected: list[dict[str, Any]], timeout_s: float = 60.0
     ) -> list[dict[str, Any]]:
-        """The worker's alerts, once as many as `expected`: the same transitions, each once."""
+        """The worker's alerts, once as many as `expected`: the same transitions, each once.
+
+        Read once the group has drained (however long that takes while it makes progress),
+        then for at most `timeout_s`: the last windows close on idle reports after it.
+        """
+        self.wait_drained()
         alerts = self.read(
             self.topics.alerts, until=lambda seen: len(seen) >= len(expected), timeout_s=timeout_s
         )
@@ -246,13 +254,16 @@ class Deployment:
             totals[tp.topic] += offset
         return totals
 
-    def wait_drained(self, timeout_s: float, poll_s: float = 2.0) -> None:
+    def wait_drained(self, stall_s: float = STALL_S, poll_s: float = 2.0) -> None:
         """Until the group has committed every record of every topic it reads, twice in a row.
 
         Two identical readings `poll_s` apart: nothing left to commit, nothing new arriving.
+        A slow machine only makes this wait longer; it fails when no commit of the group has
+        moved for `stall_s` while records wait: a stall, which no amount of waiting ends.
         """
-        deadline = time.monotonic() + timeout_s
         previous: dict[TopicPartition, tuple[int, int]] | None = None
+        commits: dict[TopicPartition, int] | None = None
+        moved_at = time.monotonic()
         while True:
             reading = asyncio.run(_bounded(self._positions()))
             behind = {
@@ -262,10 +273,13 @@ class Deployment:
             }
             if not behind and reading == previous:
                 return
-            if time.monotonic() > deadline:
+            now = {tp: committed for tp, (committed, _) in reading.items()}
+            if now != commits:
+                commits, moved_at = now, time.monotonic()
+            elif time.monotonic() - moved_at > stall_s:
                 raise TimeoutError(
-                    f"group {self.name} not drained in {timeout_s}s; records not committed: "
-                    f"{behind or 'none, but the topics were still growing'}"
+                    f"group {self.name}: no commit moved for {stall_s:.0f} s; records not "
+                    f"committed: {behind or 'none, but the topics were still growing'}"
                 )
             previous = None if behind else reading
             time.sleep(poll_s)

@@ -99,7 +99,7 @@ def test_guarded_and_silent_key_moments_match_the_reference(
 
     deployment.start_worker()
     assert deployment.publish(records) == len(records)
-    received = deployment.alerts_equal_to(expected, timeout_s=180)
+    received = deployment.alerts_equal_to(expected)
 
     by_key = {(a["kind"], a.get("metric"), a["status"]): a for a in received}
     nps = by_key[("key_moment_degraded", "nps", "firing")]

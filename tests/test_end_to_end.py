@@ -42,7 +42,7 @@ def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deploym
 
     deployment.start_worker()
     assert deployment.publish(records) == len(records)
-    received = deployment.alerts_equal_to(expected_alerts, timeout_s=120)
+    received = deployment.alerts_equal_to(expected_alerts)
     for alert in received:
         parse_timestamp_ms(alert["starts_at"], "starts_at")
         assert alert["summary"]
@@ -77,7 +77,8 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     first = deployment.start_worker()
     deployment.publish(records[:half])
     topics = deployment.topics
-    deployment.read(topics.alerts, until=lambda seen: len(seen) >= 1, timeout_s=90)
+    deployment.wait_drained()
+    deployment.read(topics.alerts, until=lambda seen: len(seen) >= 1, timeout_s=60)
     assert first.stop() == 0, first.log()[-3000:]
     committed = deployment.committed_offsets()
     published = Counter(record.role for record in records[:half])
@@ -87,7 +88,7 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     second = deployment.start_worker()
     assert "Restore complete" in second.log()
     deployment.publish(records[half:])
-    deployment.alerts_equal_to(expected, timeout_s=120)
+    deployment.alerts_equal_to(expected)
 
 
 def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(
@@ -117,7 +118,7 @@ def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(
 
     deployment.start_worker()
     assert deployment.publish(records) == len(records)
-    received = deployment.alerts_equal_to(expected, timeout_s=120)
+    received = deployment.alerts_equal_to(expected)
     figures = ("observed", "samples", "broken", "converted", "window_end")
     assert [[a[f] for f in figures] for a in received] == [
         [a[f] for f in figures] for a in expected

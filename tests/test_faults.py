@@ -64,7 +64,6 @@ SCENARIO = SimulationConfig(
     duplicate_ratio=0.02,
     invalid_ratio=0.005,
 )
-DRAIN_TIMEOUT_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def scenario() -> Scenario:
 def assert_settles_to(expected: ReplayResult, deployment: Deployment, note: str) -> Observed:
     """Once the worker has committed everything, its tables and outputs equal `expected`."""
     try:
-        deployment.wait_drained(DRAIN_TIMEOUT_S)
+        deployment.wait_drained()
         found = []
     except TimeoutError as exc:
         # Compared all the same: what the tables hold says more than the lag alone.
@@ -124,7 +123,6 @@ def published_per_topic(deployment: Deployment, records: list[SimulatedRecord]) 
     return Counter(getattr(deployment.topics, record.role) for record in records)
 
 
-@pytest.mark.timeout(150)
 def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     deployment: Deployment, scenario: Scenario
 ) -> None:
@@ -161,7 +159,7 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     print(f"{note}; alert transitions sent again: {observed.resent_alerts}")
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(400)
 def test_data_dir_deleted_the_lingering_member_is_named_and_once_removed_state_comes_back(
     deployment: Deployment, scenario: Scenario
 ) -> None:
@@ -216,7 +214,6 @@ def scrape(port: int, metric: str) -> float:
     raise AssertionError(f"{metric} is not exported")
 
 
-@pytest.mark.timeout(150)
 def test_sigterm_restart_and_a_rebalance_to_two_workers_and_back(
     deployment: Deployment, scenario: Scenario
 ) -> None:
@@ -266,7 +263,6 @@ def own_broker(tmp_path: Path) -> Iterator[LocalBroker]:
         yield running
 
 
-@pytest.mark.timeout(150)
 def test_broker_stopped_and_restarted_keeps_data_and_the_worker_carries_on(
     own_broker: LocalBroker, tmp_path: Path, scenario: Scenario
 ) -> None:
@@ -282,7 +278,7 @@ def test_broker_stopped_and_restarted_keeps_data_and_the_worker_carries_on(
     worker = deployment.start_worker()
     try:
         deployment.publish(scenario.records[:half])
-        deployment.wait_drained(DRAIN_TIMEOUT_S)
+        deployment.wait_drained()
         published = published_per_topic(deployment, scenario.records[:half])
         committed = deployment.committed_offsets()
         own_broker.stop()
@@ -303,7 +299,6 @@ def test_broker_stopped_and_restarted_keeps_data_and_the_worker_carries_on(
 TEN_MB = 10 * 1024 * 1024
 
 
-@pytest.mark.timeout(150)
 def test_10_mb_and_non_utf_8_records_on_each_input_are_dead_letters_and_nothing_else_is_lost(
     deployment: Deployment, scenario: Scenario
 ) -> None:
@@ -378,7 +373,6 @@ def stored_inputs(deployment: Deployment) -> dict[str, list[Received]]:
     return {name: deployment.read_to_end(name) for name in names}
 
 
-@pytest.mark.timeout(150)
 def test_the_same_input_published_twice_is_counted_once(
     deployment: Deployment, scenario: Scenario
 ) -> None:
