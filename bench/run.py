@@ -398,14 +398,14 @@ def run_latency(deployment: Deployment, data: Data, rate: float, seconds: float)
 
     async def collect() -> None:
         # Paced as the worker is, so the follower adds no more than the worker to a latency.
-        async for _, value, _ in follow(
+        async for record in follow(
             settings,
             deployment.topics.alerts,
             from_beginning=False,
             stop=stop.is_set,
             fetch_interval_s=settings.fetch_interval_ms / 1000,
         ):
-            alert = orjson.loads(value)
+            alert = orjson.loads(record.value)
             subject = str(alert.get("subject", ""))
             if subject.startswith("bench-probe-") and alert.get("status") == "firing":
                 received.setdefault(subject, time.time())

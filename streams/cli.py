@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
-from models.decode import InvalidRecord, parse_timestamp_ms, parse_timestamp_text
+from models.decode import InvalidRecord, Reason, parse_timestamp_ms, parse_timestamp_text
 from streams.backtest import (
     Backtest,
     Span,
@@ -34,6 +34,7 @@ from streams.catalog import (
     load_catalog,
     parse_duration_ms,
 )
+from streams.dead_letters import DeadLetter
 from streams.group import GroupClient, GroupError
 from streams.history import read_history
 from streams.progress_bar import ProgressBar
@@ -149,6 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-exit", type=float, metavar="SECONDS", help="exit after this long idle"
     )
     alerts.set_defaults(run=run_alerts)
+
+    dead = commands.add_parser(
+        "dead-letters", help="records the worker refused: where from, why, and their bytes"
+    )
+    dead.add_argument(
+        "--from-beginning", action="store_true", help="those already there, from the oldest"
+    )
+    dead.add_argument("--follow", action="store_true", help="keep waiting for new ones")
+    dead.add_argument(
+        "--reason",
+        action="append",
+        choices=[reason.value for reason in Reason],
+        help="only this reason (again for several)",
+    )
+    dead.add_argument("--json", action="store_true", help="one JSON object a line")
+    dead.set_defaults(run=run_dead_letters)
 
     group = commands.add_parser(
         "group", help="the workers' consumer group: members, what each holds, what waits"
@@ -418,15 +435,50 @@ def run_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_alerts(settings: Settings, args: argparse.Namespace) -> int:
     async def show() -> None:
-        async for _, value, _ in follow(
+        async for alert in follow(
             settings,
             settings.topics.alerts,
             from_beginning=args.from_beginning,
             idle_timeout_s=args.idle_exit,
         ):
-            print(value.decode() if args.json else alert_line(value), flush=True)
+            print(alert.value.decode() if args.json else alert_line(alert.value), flush=True)
 
     asyncio.run(show())
+    return 0
+
+
+# How long the topic must stay quiet for what is there to have been read.
+CAUGHT_UP_S = 2.0
+
+
+def run_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    wanted = set(args.reason or ())
+    shown = 0
+
+    async def show() -> None:
+        nonlocal shown
+        async for record in follow(
+            settings,
+            settings.topics.dead_letters,
+            from_beginning=args.from_beginning,
+            idle_timeout_s=None if args.follow else CAUGHT_UP_S,
+        ):
+            letter = DeadLetter.of(record.timestamp_ms, record.key, record.value, record.headers)
+            if wanted and letter.reason not in wanted:
+                continue
+            shown += 1
+            print(letter.json().decode() if args.json else letter.line(), flush=True)
+
+    asyncio.run(show())
+    if not shown and not args.follow:
+        topic = settings.topics.dead_letters
+        if args.from_beginning:
+            print(f"cxmon: no dead letters on {topic}", file=sys.stderr)
+        else:
+            print(
+                f"cxmon: no new dead letters on {topic} (--from-beginning shows those there)",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -507,8 +559,8 @@ def _demo(settings: Settings, args: argparse.Namespace, worker: subprocess.Popen
             from_beginning=True,
             stop=lambda: worker.poll() is not None,
         )
-        async for _, value, _ in alerts:
-            print(alert_line(value), flush=True)
+        async for alert in alerts:
+            print(alert_line(alert.value), flush=True)
 
     asyncio.run(show())
     # The follower ends by itself only when the worker has stopped: nobody asked it to.

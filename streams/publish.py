@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -156,6 +156,15 @@ async def _aiter(
             yield item
 
 
+class Followed(NamedTuple):
+    """One record of a followed topic."""
+
+    key: bytes | None
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int
+
+
 async def follow(
     settings: Settings,
     topic: str,
@@ -164,7 +173,7 @@ async def follow(
     idle_timeout_s: float | None = None,
     stop: Callable[[], bool] | None = None,
     fetch_interval_s: float = FOLLOW_FETCH_INTERVAL_S,
-) -> AsyncIterator[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]:
+) -> AsyncIterator[Followed]:
     """Every message of a topic, without joining a group; ends when idle too long or `stop()`.
 
     At most one fetch every `fetch_interval_s`: with nothing to read, it waits rather than
@@ -205,7 +214,12 @@ async def follow(
             idle_since = time.monotonic()
             for records in batches.values():
                 for record in records:
-                    yield record.key, record.value or b"", list(record.headers or [])
+                    yield Followed(
+                        record.key,
+                        record.value or b"",
+                        list(record.headers or []),
+                        record.timestamp,
+                    )
     finally:
         await consumer.stop()
 

@@ -204,7 +204,7 @@ class Deployment:
                 async for message in follow(
                     self.settings(), topic, from_beginning=True, idle_timeout_s=settle_s
                 ):
-                    seen.append(message)
+                    seen.append((message.key, message.value, message.headers))
 
             while time.monotonic() < deadline:
                 seen.clear()

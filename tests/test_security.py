@@ -355,10 +355,8 @@ async def round_trip(through: Deployment, direct: Deployment) -> None:
 
 async def read_back(settings: Settings, topic: str, value: bytes) -> bool:
     seen: list[bytes] = []
-    async for _, message, _ in follow(
-        settings, topic, from_beginning=True, stop=lambda: value in seen
-    ):
-        seen.append(message)
+    async for message in follow(settings, topic, from_beginning=True, stop=lambda: value in seen):
+        seen.append(message.value)
     return value in seen
 
 
