@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import LocalBroker
-from tests.harness import READY, Deployment, WorkerProcess, free_port
+from tests.harness import Deployment, free_port
 
 
 @pytest.fixture(scope="session")
@@ -23,17 +23,6 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 @pytest.fixture
 def deployment(broker: LocalBroker, tmp_path: Path) -> Iterator[Deployment]:
     deployment = Deployment(broker.url, tmp_path)
-    workers: list[WorkerProcess] = []
-    original = deployment.start_worker
-
-    def tracked(
-        instance: str = "w1", ready_timeout_s: float = 90.0, until: str = READY
-    ) -> WorkerProcess:
-        worker = original(instance, ready_timeout_s, until)
-        workers.append(worker)
-        return worker
-
-    deployment.start_worker = tracked  # type: ignore[method-assign]
     yield deployment
-    for worker in workers:
+    for worker in deployment.started:
         worker.stop()

@@ -101,6 +101,8 @@ class Deployment:
     catalog: Path = CATALOG
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Every worker process this deployment started, stopped or not: their logs explain a failure.
+    started: list[WorkerProcess] = field(default_factory=list)
 
     @property
     def topics(self) -> Topics:
@@ -137,6 +139,15 @@ class Deployment:
         """The static group membership id the worker made on its first start and keeps."""
         return (self.data_dir(instance) / INSTANCE_FILE).read_text().strip()
 
+    def warnings(self, most: int = 25) -> list[str]:
+        """The last distinct warnings and errors its workers logged, oldest first."""
+        seen: dict[str, None] = {}
+        for worker in self.started:
+            for line in worker.log().splitlines():
+                if "[WARNING]" in line or "[ERROR]" in line:
+                    seen[line.split("] ", 3)[-1][:300]] = None
+        return list(seen)[-most:]
+
     def settings(self) -> Settings:
         return Settings.from_env(self.env("client", 0))
 
@@ -168,6 +179,7 @@ class Deployment:
                 cwd=REPO,
             )
         worker = WorkerProcess(process, log_path, port, log_start)
+        self.started.append(worker)
         try:
             worker.wait_ready(ready_timeout_s, until)
         except TimeoutError:

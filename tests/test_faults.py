@@ -101,7 +101,10 @@ def assert_settles_to(expected: ReplayResult, deployment: Deployment, note: str)
     unmodelled = {r: n for r, n in refusals(observed.dead_letters).items() if r in UNMODELLED}
     assert not found, (
         f"{note}; refused as late or future (not in the reference): {unmodelled}\n"
-        "the worker differs from the offline reference:\n" + "\n".join(found)
+        "the worker differs from the offline reference:\n"
+        + "\n".join(found)
+        + "\nwhat its workers warned of, last first:\n"
+        + "\n".join(reversed(deployment.warnings()))
     )
     return observed
 
