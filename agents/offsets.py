@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from streams.offsets import Admission, Cursors
@@ -30,6 +31,8 @@ T = TypeVar("T")
 
 # Faust's own default commit interval.
 COMMIT_INTERVAL_S = 2.8
+# How often partitions read past records that never reached an agent are looked for.
+LOOK_INTERVAL_S = 10.0
 
 
 class Offsets:
@@ -52,6 +55,7 @@ class Offsets:
         consumer._acked = Forgetful[list[int]](list)
         consumer._acked_index = Forgetful[set[int]](set)
         self.app.timer(COMMIT_INTERVAL_S, name="commit_finished_offsets")(self.commit_all)
+        self.app.timer(LOOK_INTERVAL_S, name="read_again_what_never_came")(self.read_again_lost)
         self.app.on_partitions_revoked.connect(self.on_partitions_revoked)
         self.app.on_before_shutdown.connect(self.on_shutdown)
 
@@ -104,6 +108,37 @@ class Offsets:
         `seek_wait` runs the seek in the consumer's thread.
         """
         await self.app.consumer.seek_wait({tp: offset})
+
+    async def read_again_lost(self) -> None:
+        """Read again what the consumer fetched and never delivered, at a partition's end.
+
+        Faust skips records fetched in a generation that a rebalance has since ended (seen
+        after a broker restart): taken out of the consumer, they never reach an agent, and
+        with nothing after them no hole shows. Not during a rebalance, which seeks itself.
+        """
+        if self.app.rebalancing:
+            return
+        consumer = self.app.consumer
+        positions: dict[TP, int] = {}
+        for tp in list(self.cursors.cursors):
+            try:
+                # Bounded: a partition whose position is being reset has none to compare.
+                position = await asyncio.wait_for(consumer.position(tp), LOOK_INTERVAL_S / 10)
+            except (KafkaError, TimeoutError):
+                continue  # revoked meanwhile, or no position yet: nothing to say of it
+            if position is not None:
+                positions[tp] = position
+        if self.app.rebalancing:
+            return
+        for tp, offset in self.cursors.undelivered(positions).items():
+            log.warning(
+                "%s:%d: the consumer read past offset %d and nothing from there came; "
+                "reading again from there",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+            await self._seek(tp, offset)
 
     async def commit_all(self) -> None:
         await self.commit(None)

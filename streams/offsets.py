@@ -39,6 +39,10 @@ class Cursors(Generic[Key]):
 
     def __init__(self) -> None:
         self.cursors: dict[Key, Cursor] = {}
+        # Where each partition's next record was expected when last looked at, and where
+        # it was read again from for lack of it, with how far the consumer had got then.
+        self.looked: dict[Key, int] = {}
+        self.rewound: dict[Key, tuple[int, int]] = {}
 
     def unknown(self, keys: Iterable[Key]) -> set[Key]:
         return {key for key in keys if key not in self.cursors}
@@ -93,3 +97,33 @@ class Cursors(Generic[Key]):
         """Partitions revoked: whoever reads them next starts from what the group committed."""
         for key in keys:
             self.cursors.pop(key, None)
+            self.looked.pop(key, None)
+            self.rewound.pop(key, None)
+
+    def undelivered(self, positions: dict[Key, int]) -> dict[Key, int]:
+        """Partitions the consumer has read past their next record, which has not come since
+        the last look: where each must be read again from.
+
+        A hole is found when a record after it arrives. Records dropped on the way at the
+        end of what a partition holds leave nothing after them to show it, and the partition
+        waits for them for good. Between two looks a partition working through a backlog
+        takes records; one that takes none while the consumer is past it lost them. If read
+        again it ends at the same place with nothing delivered, the gap is the log's own
+        (compacted away, or a transaction marker): the partition is done up to there.
+        """
+        lost: dict[Key, int] = {}
+        for key, position in positions.items():
+            cursor = self.cursors.get(key)
+            if cursor is None:
+                continue
+            expected = cursor.next_offset
+            if position > expected and self.looked.get(key) == expected:
+                if self.rewound.get(key) != (expected, position):
+                    lost[key] = expected
+                    self.rewound[key] = (expected, position)
+                    cursor.hole_end = None
+                elif cursor.done == expected:
+                    cursor.next_offset = cursor.done = position
+                    expected = position
+            self.looked[key] = expected
+        return lost

@@ -84,6 +84,60 @@ def test_revoked_partitions_are_forgotten_and_commits_never_go_back() -> None:
     assert cursors.due() == {}
 
 
+def test_a_partition_read_past_its_next_record_with_nothing_delivered_is_read_again() -> None:
+    cursors: Cursors[str] = Cursors()
+    cursors.start("p", 10)
+    cursors.start("busy", 0)
+    assert cursors.undelivered({"p": 12, "busy": 500}) == {}, "one look shows no stall"
+    admitted(cursors, [10])
+    cursors.admit("busy", 0)
+    # p took 10, then 11 never came although the consumer is past it; busy takes records.
+    assert cursors.undelivered({"p": 12, "busy": 900}) == {}
+    cursors.admit("busy", 1)
+    assert cursors.undelivered({"p": 12, "busy": 900}) == {"p": 11}
+    assert admitted(cursors, [11]) == [TAKE], "read again, 11 is taken in order"
+
+
+def test_a_gap_at_the_end_that_reading_again_does_not_fill_is_the_logs_own() -> None:
+    cursors: Cursors[str] = Cursors()
+    cursors.start("p", 10)
+    cursors.undelivered({"p": 13})
+    # 10-12 are not in the log (compacted away, or a transaction's marker at 12).
+    assert cursors.undelivered({"p": 13}) == {"p": 10}
+    assert cursors.undelivered({"p": 13}) == {}, "read again, the same gap: the log's"
+    assert cursors.due() == {"p": 13}, "done up to the end of the gap, and committed so"
+    assert cursors.undelivered({"p": 13}) == {}
+
+
+class FetchedPastConsumer:
+    """A consumer whose position is past records that never reached an agent."""
+
+    def __init__(self, position: int) -> None:
+        self.at = position
+        self.seeks: list[dict[TP, int]] = []
+
+    async def position(self, tp: TP) -> int:
+        return self.at
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.append(dict(partitions))
+
+
+async def test_the_worker_reads_again_what_its_consumer_fetched_and_never_delivered() -> None:
+    consumer = FetchedPastConsumer(position=7)
+    app = SimpleNamespace(consumer=consumer, should_stop=False, rebalancing=False)
+    offsets = Offsets(cast(Any, app), cast(Any, None))
+    offsets.cursors.start(PARTITION, 5)
+    await offsets.read_again_lost()
+    assert consumer.seeks == []
+    app.rebalancing = True
+    await offsets.read_again_lost()
+    assert consumer.seeks == [], "a rebalance seeks by itself"
+    app.rebalancing = False
+    await offsets.read_again_lost()
+    assert consumer.seeks == [{PARTITION: 5}]
+
+
 class ThreadedConsumer:
     """Faust's consumer for aiokafka: the fetcher and its positions live in a thread of their own.
 
