@@ -144,7 +144,7 @@ class Pipeline:
             topology.contacts.get_topic_name(): [topology.customer_messages],
         }
         self.frequency = PartitionedState(topology.customer_frequency)
-        self.customers_due = DueIndex(self.frequency, CustomerMessages.stored_due_ms)
+        self.customers_due = DueIndex(self.frequency, waiting_customer)
         self.dedup_sweeps: dict[str, int] = {}
         self.sources = Sources(topology, settings.partitions)
         self.touchpoint_progress = self._progress(
@@ -711,7 +711,7 @@ class Pipeline:
                 await self._judge_customers(partition, touched)
             for key, (partition, state) in touched.items():
                 self.frequency.put(partition, key, state.encode())
-                self.customers_due.set(partition, key, state.due_ms)
+                self.customers_due.set(partition, key, True if state.waiting else None)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
     def _record(self, customer: str, messages: list[OutboundMessage]) -> CustomerMessages:
@@ -733,10 +733,7 @@ class Pipeline:
             return
         self.customers_judged_to[partition] = watermark
         due = self.customers_due.of(partition)
-        # A customer whose next message is past the watermark has nothing to judge: left
-        # unread and unwritten, not rewritten for a new judged_to on every step of event time.
-        waiting = {key for key, at in due.items() if at <= watermark}
-        waiting |= {key for key, (p, _) in touched.items() if p == partition}
+        waiting = due.keys() | {key for key, (p, _) in touched.items() if p == partition}
         for key in sorted(waiting):
             if key in touched:
                 state = touched[key][1]
@@ -923,6 +920,11 @@ class Pipeline:
         log.info("alert %s %s%s", alert.status.value, alert.kind.value, about)
         topic = self.topology.alerts.get_topic_name()
         await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
+
+
+def waiting_customer(raw: bytes) -> bool | None:
+    """Due for judging: a stored customer whose messages or incident wait for event time."""
+    return True if CustomerMessages.stored_waiting(raw) else None
 
 
 def journey_due(raw: bytes) -> int | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -30,21 +29,6 @@ def message_digest(event_id: str) -> int:
     return zlib.crc32(event_id.encode())
 
 
-def due_from(
-    incident_start_ms: int | None, judged_to_ms: int | None, sent_at_ms: Iterable[int]
-) -> int | None:
-    """The first message not judged yet; an open incident is due at once, as it may resolve
-    at any instant. A watermark short of this changes nothing but `judged_to_ms`, so a
-    customer need not be read, judged or written again until event time reaches it.
-    """
-    if incident_start_ms is not None and judged_to_ms is not None:
-        return judged_to_ms + 1
-    for at in sent_at_ms:
-        if judged_to_ms is None or at > judged_to_ms:
-            return at
-    return None
-
-
 @dataclass(slots=True)
 class CustomerMessages:
     """Messages still inside the window, oldest first, the open incident, how far it is judged."""
@@ -54,17 +38,21 @@ class CustomerMessages:
     judged_to_ms: int | None = None
 
     @property
-    def due_ms(self) -> int | None:
-        """From which watermark there is something to judge here; None when nothing waits."""
-        return due_from(
-            self.incident_start_ms, self.judged_to_ms, (m.sent_at_ms for m in self.messages)
+    def waiting(self) -> bool:
+        """Messages not judged yet, or an incident still open: event time must come back here."""
+        if self.incident_start_ms is not None:
+            return True
+        return bool(self.messages) and (
+            self.judged_to_ms is None or self.messages[-1].sent_at_ms > self.judged_to_ms
         )
 
     @staticmethod
-    def stored_due_ms(raw: bytes) -> int | None:
-        """`due_ms` of a stored state, read without building its messages."""
+    def stored_waiting(raw: bytes) -> bool:
+        """`waiting` of a stored state, read without building its messages."""
         incident, messages, judged_to = orjson.loads(raw)
-        return due_from(incident, judged_to, (m[0] for m in messages))
+        if incident is not None:
+            return True
+        return bool(messages) and (judged_to is None or messages[-1][0] > judged_to)
 
     def encode(self) -> bytes:
         return orjson.dumps(

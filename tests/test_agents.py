@@ -529,8 +529,8 @@ async def test_restored_customers_still_waiting_are_judged_when_event_time_moves
     restored.put(0, b"c-waits", CustomerMessages(list(messages)).encode())
     judged = CustomerMessages(list(messages), judged_to_ms=START_MS + 3_600_000)
     restored.put(0, b"c-judged", judged.encode())
-    assert CustomerMessages.stored_due_ms(restored.data[b"c-waits"]) == START_MS
-    assert CustomerMessages.stored_due_ms(restored.data[b"c-judged"]) is None
+    assert CustomerMessages.stored_waiting(restored.data[b"c-waits"])
+    assert not CustomerMessages.stored_waiting(restored.data[b"c-judged"])
     marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
     alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
