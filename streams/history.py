@@ -37,12 +37,14 @@ async def read_history(
         enable_auto_commit=False,
         **settings.broker_security.client_options(),
     )
-    try:
-        with quiet_connect_failures():
+    with quiet_connect_failures() as failures:
+        try:
             await consumer.start()
-    except KafkaError as exc:
-        await consumer.stop()
-        raise TopologyError(f"no broker answers at {settings.bootstrap_servers}: {exc}") from exc
+        except KafkaError as exc:
+            await consumer.stop()
+            raise TopologyError(
+                f"no broker answers at {settings.bootstrap_servers}: {failures.said(exc)}"
+            ) from exc
     try:
         roles = input_roles(settings)
         existing = await consumer.topics()

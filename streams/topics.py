@@ -54,7 +54,7 @@ async def ensure_topics(
         **settings.broker_security.client_options(),
     )
     deadline = asyncio.get_running_loop().time() + timeout_s
-    with quiet_connect_failures():
+    with quiet_connect_failures() as failures:
         waiting = False
         while True:
             try:
@@ -63,7 +63,7 @@ async def ensure_topics(
             except KafkaError as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     raise TopologyError(
-                        f"no broker answers at {settings.bootstrap_servers}: {exc}"
+                        f"no broker answers at {settings.bootstrap_servers}: {failures.said(exc)}"
                     ) from exc
                 if not waiting:
                     waiting = True
@@ -105,22 +105,36 @@ async def ensure_topics(
         await admin.close()
 
 
-class _ConnectFailures(logging.Filter):
+class ConnectFailures(logging.Filter):
+    """Drops aiokafka's line per failed connection attempt, keeping the last one's words:
+    the reason (a certificate not trusted, a password refused) belongs in the refusal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = ""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(CONNECT_FAILURES)
+        if str(record.msg).startswith(CONNECT_FAILURES):
+            self.last = record.getMessage()
+            return False
+        return True
+
+    def said(self, error: BaseException) -> str:
+        """The error, and what the last attempt was refused with if that says more."""
+        return f"{error}; the last attempt: {self.last}" if self.last else str(error)
 
 
 @contextlib.contextmanager
-def quiet_connect_failures() -> Iterator[None]:
+def quiet_connect_failures() -> Iterator[ConnectFailures]:
     """Drop aiokafka's line per failed connection attempt while a broker is awaited.
 
     Only while awaited: a worker that loses its broker later still logs each failure.
     """
     logger = logging.getLogger("aiokafka")  # aiokafka/client.py logs under this name
-    quiet = _ConnectFailures()
+    quiet = ConnectFailures()
     logger.addFilter(quiet)
     try:
-        yield
+        yield quiet
     finally:
         logger.removeFilter(quiet)
 
