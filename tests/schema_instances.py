@@ -10,6 +10,7 @@ candidates are only a proposal: jsonschema's own validator keeps those the schem
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from hypothesis import strategies as st
@@ -135,7 +136,8 @@ class _Generator:
         if kind == "boolean":
             return st.booleans()
         if kind == "integer":
-            return st.integers(schema.get("minimum"), schema.get("maximum"))
+            low, high = schema.get("minimum"), schema.get("maximum")
+            return _with_edges(st.integers(low, high), low, high)
         if kind == "number":
             low, high = schema.get("minimum"), schema.get("maximum")
             low = schema.get("exclusiveMinimum", low)
@@ -157,16 +159,25 @@ class _Generator:
                 last -= 1
             if first is not None and last is not None and first > last:
                 return floats
-            return floats | st.integers(first, last)
+            return _with_edges(floats | st.integers(first, last), first, last)
         if kind == "string":
-            size = {"min_size": schema.get("minLength", 0), "max_size": schema.get("maxLength")}
+            low, high = schema.get("minLength", 0), schema.get("maxLength")
             if "pattern" in schema:
                 # JSON Schema patterns search, as from_regex does without fullmatch.
-                low, high = size["min_size"], size["max_size"]
-                return st.from_regex(schema["pattern"]).filter(
+                pattern = re.compile(schema["pattern"])
+                texts = st.from_regex(pattern).filter(
                     lambda text: low <= len(text) and (high is None or len(text) <= high)
                 )
-            return st.text(**size)
+            else:
+                pattern = re.compile("")
+                texts = st.text(min_size=low, max_size=high)
+            if high is None:
+                return texts
+            # The longest text allowed, first: where a limit that differs would show.
+            # Repeated from a short one: Hypothesis gives up on drawing hundreds of
+            # characters for each of several fields.
+            longest = texts.map(lambda text: (text * high)[:high])
+            return longest.filter(lambda text: len(text) == high and pattern.search(text)) | texts
         if kind == "array":
             return st.lists(
                 self.of(schema.get("items", True)),
@@ -233,3 +244,12 @@ def _merge(base: Schema, more: Schema) -> Schema:
 
 def _kinds(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else value
+
+
+def _with_edges(
+    values: st.SearchStrategy[Any], low: float | None, high: float | None
+) -> st.SearchStrategy[Any]:
+    """The bounds themselves too, where a limit that differs would show; first, since
+    Hypothesis draws the first of its alternatives most (and the upper bound of these)."""
+    edges = [edge for edge in (high, low) if edge is not None]
+    return st.sampled_from(edges) | values if edges else values
