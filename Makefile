@@ -55,4 +55,4 @@ test: lint typecheck ops-tools
 	$(BIN)/pytest -q --durations=15
 
 clean:
-	rm -rf $(VENV) .cxmon .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cxmon .mypy_cache .ruff_cache .pytest_cache tests/asyncapi/node_modules
