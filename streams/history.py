@@ -42,9 +42,7 @@ async def read_history(
             await consumer.start()
         except KafkaError as exc:
             await consumer.stop()
-            raise TopologyError(
-                f"no broker answers at {settings.bootstrap_servers}: {failures.said(exc)}"
-            ) from exc
+            raise failures.no_broker(settings.bootstrap_servers, exc) from exc
     try:
         roles = input_roles(settings)
         existing = await consumer.topics()

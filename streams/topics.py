@@ -62,9 +62,7 @@ async def ensure_topics(
                 break
             except KafkaError as exc:
                 if asyncio.get_running_loop().time() > deadline:
-                    raise TopologyError(
-                        f"no broker answers at {settings.bootstrap_servers}: {failures.said(exc)}"
-                    ) from exc
+                    raise failures.no_broker(settings.bootstrap_servers, exc) from exc
                 if not waiting:
                     waiting = True
                     print(
@@ -119,9 +117,10 @@ class ConnectFailures(logging.Filter):
             return False
         return True
 
-    def said(self, error: BaseException) -> str:
-        """The error, and what the last attempt was refused with if that says more."""
-        return f"{error}; the last attempt: {self.last}" if self.last else str(error)
+    def no_broker(self, servers: str, error: BaseException) -> TopologyError:
+        """The refusal: the error, and what the last attempt was refused with if anything."""
+        said = f"{error}; the last attempt: {self.last}" if self.last else str(error)
+        return TopologyError(f"no broker answers at {servers}: {said}")
 
 
 @contextlib.contextmanager
