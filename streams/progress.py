@@ -86,10 +86,11 @@ class SourceProgress:
 
     def _reach(self) -> int | None:
         """The slowest partition still sending, or the newest time when all are idle."""
-        active = [
-            m.watermark_ms for m in self.marks.values() if not m.idle and m.watermark_ms is not None
-        ]
+        active = [m.watermark_ms for m in self.marks.values() if not m.idle]
+        if None in active:
+            # Still sending, but not yet able to say how far: anything may follow, however old.
+            return None
         if active:
-            return min(active)
+            return min(m for m in active if m is not None)
         known = [m.watermark_ms for m in self.marks.values() if m.watermark_ms is not None]
         return max(known) if known else None

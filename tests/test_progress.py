@@ -50,3 +50,12 @@ def test_a_partition_idle_before_anything_was_known_says_so_again_first() -> Non
     assert tracked.watermark() is None
     tracked.report(SourceMark("b", None, True))
     assert tracked.watermark() == 10 * MIN
+
+
+def test_a_partition_still_sending_without_a_time_holds_the_watermark_back() -> None:
+    # A stage whose own inputs have not all reported yet forwards its mark with no time:
+    # what it sends next may be older than anything the other partitions have reached.
+    tracked = progress(("a", 40 * MIN, False), ("b", None, False))
+    assert tracked.watermark() is None
+    tracked.report(SourceMark("b", 2 * MIN, False))
+    assert tracked.watermark() == 2 * MIN
