@@ -15,11 +15,15 @@ pytestmark = pytest.mark.broker
 
 START_MS = 1_795_305_600_000  # 2026-11-22T00:00:00+08:00... a fixed past day, so runs agree
 HOUR_MS = 3_600_000
+# A third of the simulator's default: every verdict below still rests on enough samples,
+# and a test waits on behaviour, not on how fast a worker drains (that is the bench's).
+JOURNEYS_PER_HOUR = 2_000
 
 
 def test_replay_of_three_hours_matches_the_offline_reference(deployment: Deployment) -> None:
     config = SimulationConfig(
         start_ms=START_MS,
+        journeys_per_hour=JOURNEYS_PER_HOUR,
         duration_ms=3 * HOUR_MS,
         degrade_touchpoint="checkout.payment",
         degrade_from_ms=START_MS + 3 * HOUR_MS // 2,
@@ -55,6 +59,7 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     """Half the journeys, a clean stop, a new worker, the other half: as if never stopped."""
     config = SimulationConfig(
         start_ms=START_MS,
+        journeys_per_hour=JOURNEYS_PER_HOUR,
         duration_ms=2 * HOUR_MS,
         degrade_touchpoint="checkout.payment",
         degrade_from_ms=START_MS + HOUR_MS,
@@ -92,6 +97,7 @@ def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(
     """An hour in which half the customers who fill the cart do not go on to pay."""
     config = SimulationConfig(
         start_ms=START_MS,
+        journeys_per_hour=JOURNEYS_PER_HOUR,
         duration_ms=3 * HOUR_MS,
         break_from_ms=START_MS + HOUR_MS,
         break_until_ms=START_MS + 2 * HOUR_MS,

@@ -47,13 +47,14 @@ pytestmark = pytest.mark.broker
 
 START_MS = 1_795_305_600_000  # a fixed past day, so runs agree
 MINUTE_MS = 60_000
-# An hour, ~13,500 records: checkout.payment degrades for 25 minutes (incidents on two
-# metrics that fire and resolve), carts stop reaching it for as long (a journey break that
-# fires: each attempt decided once, whatever the crash) and flooded customers (incidents
-# that fire).
+# An hour, ~6,600 records at half the simulator's default rate: checkout.payment degrades
+# for 25 minutes (incidents on two metrics that fire and resolve), carts stop reaching it
+# for as long (a journey break that fires: each attempt decided once, whatever the crash)
+# and flooded customers (incidents that fire).
 SCENARIO = SimulationConfig(
     start_ms=START_MS,
     duration_ms=60 * MINUTE_MS,
+    journeys_per_hour=3_000,
     degrade_touchpoint="checkout.payment",
     degrade_from_ms=START_MS + 15 * MINUTE_MS,
     degrade_until_ms=START_MS + 40 * MINUTE_MS,
