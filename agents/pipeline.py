@@ -60,7 +60,6 @@ from streams.progress import (
     PROGRESS_KEY,
     SourceMark,
     SourceProgress,
-    decode_marks,
     encode_marks,
     source_name,
 )
@@ -83,9 +82,10 @@ MAX_ENVELOPE_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
 RECORD_HEADER = "cxmon-record"
 LINK_RECORD = b"identity-link"
 
-# Idle inputs are reported every tick while this worker has read input lately (a burst may
-# be reaching its partitions one after another), and at least this often otherwise: an
-# input of another worker may be moving, and ours vouch only for what they reported.
+# Idle inputs are reported every tick while the group has read input lately, here or (as
+# their marks say) on another worker: a burst may be reaching the partitions one after
+# another, and ours vouch only for what the others had reached when they said so. At least
+# this often otherwise.
 IDLE_REPORT_WHILE_READING_S = 5.0
 IDLE_REPORT_AT_LEAST_EVERY_S = 15.0
 
@@ -513,6 +513,10 @@ class Pipeline:
         for topic, marks in idle.items():
             await self._send_marks(marks, topic)
 
+    def _take_marks(self, progress: SourceProgress, raw: bytes) -> None:
+        if progress.take(raw):
+            self.sources.read_at = time.monotonic()
+
     async def _send_marks(self, marks: list[SourceMark], origin: str) -> None:
         """Every partition of every topic fed from `origin` learns how far it has got."""
         value = encode_marks(marks)
@@ -528,8 +532,7 @@ class Pipeline:
             for record in opened(events):
                 partition, key = record.partition, record.key
                 if key == PROGRESS_KEY:
-                    for mark in decode_marks(record.value):
-                        self.contact_progress[partition].report(mark)
+                    self._take_marks(self.contact_progress[partition], record.value)
                     progressed.add(partition)
                 elif (RECORD_HEADER, LINK_RECORD) in record.headers:
                     links = add_link(self.identities.get(key), record.value)
@@ -595,7 +598,7 @@ class Pipeline:
             started = time.perf_counter()
             grouped = by_subject(
                 opened(events),
-                self.touchpoint_progress,
+                lambda partition, raw: self._take_marks(self.touchpoint_progress[partition], raw),
                 TouchpointPartial.decode,
                 lambda p: p.touchpoint,
             )
@@ -695,8 +698,7 @@ class Pipeline:
             for record in opened(events):
                 partitions.add(record.partition)
                 if record.key == PROGRESS_KEY:
-                    for mark in decode_marks(record.value):
-                        self.customer_progress[record.partition].report(mark)
+                    self._take_marks(self.customer_progress[record.partition], record.value)
                     continue
                 outbound = OutboundMessage.decode(record.value)
                 assert outbound.customer_id is not None
@@ -761,8 +763,7 @@ class Pipeline:
                 for record in opened(batch):
                     if record.key == PROGRESS_KEY:
                         # Marks only ever raise the watermark: read twice, they change nothing.
-                        for mark in decode_marks(record.value):
-                            self.journey_progress[partition].report(mark)
+                        self._take_marks(self.journey_progress[partition], record.value)
                         progressed.add(partition)
                     elif record.offset > done:
                         entry = CustomerVisits.decode(record.value)
@@ -876,7 +877,10 @@ class Pipeline:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
             grouped = by_subject(
-                opened(events), self.break_progress, Outcome.decode, lambda o: o.break_id
+                opened(events),
+                lambda partition, raw: self._take_marks(self.break_progress[partition], raw),
+                Outcome.decode,
+                lambda o: o.break_id,
             )
             for partition, by_break in grouped.items():
                 await self._judge_breaks(partition, by_break)
@@ -962,7 +966,7 @@ def journey_checkpoints(
 
 def by_subject(
     received: list[Received],
-    progress: defaultdict[int, SourceProgress],
+    take_marks: Callable[[int, bytes], None],
     decode: Callable[[bytes], T],
     subject_of: Callable[[T], str],
 ) -> dict[int, dict[str, list[T]]]:
@@ -974,8 +978,7 @@ def by_subject(
     for record in received:
         records = grouped.setdefault(record.partition, {})
         if record.key == PROGRESS_KEY:
-            for mark in decode_marks(record.value):
-                progress[record.partition].report(mark)
+            take_marks(record.partition, record.value)
             continue
         decoded = decode(record.value)
         records.setdefault(subject_of(decoded), []).append(decoded)
@@ -1004,7 +1007,8 @@ class Sources:
             )
         )
         self.watermarks: dict[str, int] = {}
-        self.read_at = 0.0  # when a record of any input was last read, monotonic
+        # When input was last read, here or by another worker of the group, monotonic.
+        self.read_at = 0.0
 
     def expected(self, *topics: faust.TopicT) -> set[str]:
         return {

@@ -63,6 +63,14 @@ class SourceProgress:
             vouched = self.idle_through.get(mark.source, reached)
             self.idle_through[mark.source] = max(reached, vouched)
 
+    def take(self, raw: bytes) -> bool:
+        """Report every mark of one progress record; True if one is of a partition still read."""
+        moving = False
+        for mark in decode_marks(raw):
+            self.report(mark)
+            moving = moving or not mark.idle
+        return moving
+
     def all_idle(self) -> bool:
         return self.expected <= self.marks.keys() and all(m.idle for m in self.marks.values())
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.progress import SourceMark, SourceProgress
+from streams.progress import SourceMark, SourceProgress, encode_marks
 
 MIN = 60_000
 
@@ -59,3 +59,10 @@ def test_a_partition_still_sending_without_a_time_holds_the_watermark_back() -> 
     assert tracked.watermark() is None
     tracked.report(SourceMark("b", 2 * MIN, False))
     assert tracked.watermark() == 2 * MIN
+
+
+def test_a_progress_record_says_whether_a_partition_is_still_being_read() -> None:
+    tracked = SourceProgress({"a", "b"})
+    assert tracked.take(encode_marks([SourceMark("a", 5 * MIN, True)])) is False
+    assert tracked.take(encode_marks([SourceMark("a", 5 * MIN, True), SourceMark("b", MIN, False)]))
+    assert tracked.watermark() == MIN
