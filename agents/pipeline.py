@@ -507,11 +507,24 @@ class Pipeline:
             read_to = offsets.finished_to(tp)
             if read_to is None:
                 continue
+            self._restore_watermark(source_name(tp.topic, tp.partition))
             mark = self.sources.mark(self.app, tp.topic, tp.partition, read_to)
             if mark.idle:
                 idle[tp.topic].append(mark)
         for topic, marks in idle.items():
             await self._send_marks(marks, topic)
+
+    def _restore_watermark(self, source: str) -> None:
+        """The event time an input had reached, from its checkpoint, if not read here since.
+
+        Without it, a worker given a partition with nothing new to read (all of it done
+        before a restart or a rebalance) calls it idle at an unknown time, and the stages
+        it feeds take the newest time of the others for the end of the input.
+        """
+        if source not in self.sources.watermarks:
+            raw = self.checkpoints.get(source.encode())
+            if raw is not None:
+                self.sources.restore(source, Checkpoint.decode(raw).watermark_ms)
 
     def _take_marks(self, progress: SourceProgress, raw: bytes) -> None:
         if progress.take(raw):

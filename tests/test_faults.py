@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -251,6 +252,45 @@ def test_sigterm_restart_and_a_rebalance_to_two_workers_and_back(
     observed = assert_settles_to(scenario.expected, deployment, "after SIGTERM and a rebalance")
     assert observed.resent_alerts == 0, "clean stops and rebalances send each transition once"
     assert first.process.poll() is None, first.log()[-3000:]
+
+
+@pytest.mark.timeout(240)
+def test_a_rolling_restart_of_two_workers_while_events_flow_loses_nothing_and_repeats_nothing(
+    deployment: Deployment, scenario: Scenario
+) -> None:
+    """Two workers share the partitions; while the scenario streams in, a chunk a second,
+    each is stopped (SIGTERM) and started again in turn, as a deployment rolls out."""
+    inputs = {deployment.topics.touchpoint_events, deployment.topics.survey_answers}
+    every_input = deployment.partitions * len(inputs)
+    workers = {name: deployment.start_worker(name) for name in ("w1", "w2")}
+    wait_for(
+        "two workers sharing the input partitions",
+        lambda: shared_by_two(deployment.members(), every_input),
+        timeout_s=60,
+    )
+    chunks = split(scenario.records, 8)
+    deployment.publish(chunks[0])
+    publisher = threading.Thread(target=publish_paced, args=(deployment, chunks[1:], 1.0))
+    publisher.start()
+    try:
+        for name in ("w1", "w2"):
+            time.sleep(1.5)
+            assert workers[name].stop() == 0, workers[name].log()[-3000:]
+            workers[name] = deployment.start_worker(name)
+    finally:
+        publisher.join()
+
+    observed = assert_settles_to(scenario.expected, deployment, "after a rolling restart")
+    assert observed.resent_alerts == 0, "clean stops send each transition once"
+    assert shared_by_two(deployment.members(), every_input)
+
+
+def publish_paced(
+    deployment: Deployment, chunks: list[list[SimulatedRecord]], gap_s: float
+) -> None:
+    for chunk in chunks:
+        deployment.publish(chunk)
+        time.sleep(gap_s)
 
 
 def shared_by_two(members: list[set[TopicPartition]], every_input: int) -> bool:
