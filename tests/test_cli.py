@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -221,6 +222,16 @@ async def test_waiting_for_a_broker_says_so_once_then_names_the_failure(
     assert logging.getLogger("aiokafka").filters == []  # quiet only while waiting
 
 
+@pytest.fixture
+def interruptible() -> Iterator[None]:
+    """Ctrl-C reaches the commands a test starts, as in a terminal: a shell that runs the
+    tests in the background has them ignore SIGINT, and the commands would inherit that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interruptible")
 def test_publish_with_no_broker_prints_one_line_while_it_waits(tmp_path: Path) -> None:
     lines = tmp_path / "lines.jsonl"
     lines.write_bytes(b'{"event_id": "e1", "customer_id": "c1"}\n')
@@ -260,6 +271,7 @@ def running(text: str) -> list[int]:
 
 
 @pytest.mark.broker
+@pytest.mark.usefixtures("interruptible")
 def test_the_demo_follows_without_spinning_and_ctrl_c_stops_everything_with_exit_0(
     tmp_path: Path,
 ) -> None:
