@@ -63,6 +63,12 @@ LATE_RECORDS = Counter(
     "or older than every window still open when they reached their touchpoint.",
     registry=REGISTRY,
 )
+EVENT_TIME_JUDGED = Gauge(
+    "cxmon_event_time_judged_seconds",
+    "Event time up to which this worker has judged the windows of its touchpoints (the "
+    "lowest over its partitions), Unix seconds; older records are refused as late.",
+    registry=REGISTRY,
+)
 UNRESOLVED_CONTACTS = Counter(
     "cxmon_unresolved_contact_messages_total",
     "Outbound messages whose contact had no identity link; counted under the contact itself.",

@@ -344,13 +344,14 @@ class Pipeline:
         """The records that decode and keep to time; the others become `dead_letters`."""
         valid = []
         now_ms = int(time.time() * 1000)
+        judged_ms = min(self.judged_to.values(), default=None)
         for event in events:
             message = event.message
             metrics.RECORDS.labels(message.topic).inc()
             newest_ms = self.sources.watermarks.get(source_name(message.topic, message.partition))
             try:
                 record = decode(payload(event))
-                self.timeliness.check(record, newest_ms, now_ms)
+                self.timeliness.check(record, newest_ms, now_ms, judged_ms)
                 if self.settings.pseudonymise_ids:
                     record = pseudonymised(record, self.settings.pseudonym_key)
             except InvalidRecord as exc:
@@ -627,6 +628,7 @@ class Pipeline:
         if advanced:
             assert watermark is not None
             self.judged_to[partition] = watermark
+            metrics.EVENT_TIME_JUDGED.set(min(self.judged_to.values()) / 1000)
         due = set(by_touchpoint)
         if advanced:
             due.update(self.key_moment_touchpoints.get(partition, ()))
@@ -671,6 +673,8 @@ class Pipeline:
         (revoked,) = cast(tuple[set[TP]], args)
         topic = self.topology.touchpoint_partials.get_topic_name()
         gone = {tp.partition for tp in revoked if tp.topic == topic}
+        for partition in gone:
+            self.judged_to.pop(partition, None)
         outcomes = self.topology.journey_outcomes.get_topic_name()
         for partition in {tp.partition for tp in revoked if tp.topic == outcomes}:
             for break_id in self.breaks_by_partition.get(partition, ()):

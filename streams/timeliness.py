@@ -31,9 +31,12 @@ class Timeliness:
     """The bounds a record's event time must keep to be counted.
 
     `grace_ms`: a record may be at most this much older than the newest record before it
-    in its input partition; windows stay open that long past their end, so every record
-    within it still lands in its own window. An older one could only land in a window
-    already judged, so it is refused as `late` rather than silently moved or dropped.
+    in its input partition, and than the event time the windows have been judged to;
+    windows stay open that long past their end, so every record within it still lands in
+    its own window. An older one could only land in a window already judged, so it is
+    refused as `late` rather than silently moved or dropped. The second bound catches a
+    partition that fell silent while the others moved on and then delivers its backlog:
+    on its own partition each of those records is in time.
     `max_future_ms`: a record stamped further ahead of the worker's clock comes from a
     wrong clock; counting it would close every window early.
     """
@@ -41,8 +44,14 @@ class Timeliness:
     grace_ms: int
     max_future_ms: int
 
-    def check(self, record: Timed, newest_ms: int | None, now_ms: int) -> None:
-        """Raise InvalidRecord when the record's time is out of bounds."""
+    def check(
+        self, record: Timed, newest_ms: int | None, now_ms: int, judged_ms: int | None = None
+    ) -> None:
+        """Raise InvalidRecord when the record's time is out of bounds.
+
+        `newest_ms`: the newest record before it on its partition; `judged_ms`: how far in
+        event time the windows it would land in have been judged.
+        """
         at_ms, field = record.at_ms, time_field(record)
         if at_ms > now_ms + self.max_future_ms:
             raise InvalidRecord(
@@ -60,4 +69,11 @@ class Timeliness:
                 f"older than the newest record before it on its partition "
                 f"({format_timestamp(newest_ms)}), more than the grace of "
                 f"{span(self.grace_ms)}",
+            )
+        if judged_ms is not None and at_ms < judged_ms - self.grace_ms:
+            raise InvalidRecord(
+                Reason.LATE,
+                f"{field}: {format_timestamp(at_ms)} is {span(judged_ms - at_ms)} older "
+                f"than the event time already judged ({format_timestamp(judged_ms)}), more "
+                f"than the grace of {span(self.grace_ms)}: its partition fell behind the others",
             )

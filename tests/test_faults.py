@@ -27,6 +27,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
+from agents.pipeline import partition_of
+from models.decode import InvalidRecord, decode_touchpoint_event
 from streams.broker import LocalBroker
 from streams.catalog import load_catalog
 from streams.replay import ReplayResult
@@ -431,3 +433,56 @@ def test_the_same_input_published_twice_is_counted_once(
     expected = reference(deployment.catalog, scenario.records + scenario.records)
     observed = assert_settles_to(expected, deployment, "the whole scenario published twice")
     assert observed.resent_alerts == 0, "without a fault each transition is sent once"
+
+
+def test_one_partition_an_hour_behind_in_one_burst_is_refused_as_late_the_rest_is_exact(
+    deployment: Deployment, scenario: Scenario
+) -> None:
+    """One input partition falls silent while the others go through the hour, then
+    delivers its hour in one burst: on its own partition every record is in time, but
+    the windows it would land in have been judged without it. What is older than the
+    judged time less the grace is refused as late, each record a dead letter saying why;
+    the rest counts, and the tables and alerts are those of the records taken in."""
+    behind = {
+        index
+        for index, record in enumerate(scenario.records)
+        if record.role == "touchpoint_events"
+        and partition_of(record.key, deployment.partitions) == 0
+    }
+    on_time = [r for i, r in enumerate(scenario.records) if i not in behind]
+    worker = deployment.start_worker()
+    deployment.publish(on_time)
+    deployment.wait_drained()
+    newest = max(r.occurred_at_ms for r in on_time if r.role != "identity_links")
+    wait_for(
+        "the windows judged to the newest record of the others",
+        lambda: scrape(worker.web_port, "cxmon_event_time_judged_seconds") * 1000 >= newest,
+        timeout_s=30,
+    )
+    assert scrape(worker.web_port, "cxmon_late_records_total") == 0, "the others are in time"
+    deployment.publish([scenario.records[i] for i in sorted(behind)])
+
+    grace = load_catalog(deployment.catalog).scores.grace_ms
+    # By the time in the record: a publisher's duplicate is stamped when it was sent again.
+    late = {
+        i
+        for i in behind
+        if (at := event_time(scenario.records[i])) is not None and at < newest - grace
+    }
+    assert 0 < len(late) < len(behind), "most of the hour is late, its last minute is not"
+    taken = [r for i, r in enumerate(scenario.records) if i not in late]
+    observed = assert_settles_to(
+        reference(deployment.catalog, taken), deployment, "one partition an hour behind"
+    )
+    assert refusals(observed.dead_letters)["late"] == len(late)
+    reasons = [dict(h) for _, _, h in observed.dead_letters if dict(h)["cxmon-reason"] == b"late"]
+    assert all(b"its partition fell behind the others" in r["cxmon-error"] for r in reasons)
+    assert scrape(worker.web_port, "cxmon_late_records_total") == len(late)
+
+
+def event_time(record: SimulatedRecord) -> int | None:
+    """When a touchpoint event says it occurred; None if the monitor refuses it anyway."""
+    try:
+        return decode_touchpoint_event(record.value).occurred_at_ms
+    except InvalidRecord:
+        return None

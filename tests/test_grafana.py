@@ -60,6 +60,7 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_duplicates_total", "counter", ["topic"]),
         ("cxmon_dead_letters_total", "counter", ["topic", "reason"]),
         ("cxmon_late_records_total", "counter", []),
+        ("cxmon_event_time_judged_seconds", "gauge", []),
         ("cxmon_unresolved_contact_messages_total", "counter", []),
         ("cxmon_alerts_total", "counter", ["kind", "status"]),
         ("cxmon_batch_processing_seconds", "histogram", ["stage"]),

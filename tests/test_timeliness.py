@@ -48,6 +48,21 @@ def test_within_grace_is_counted_beyond_it_is_late() -> None:
     )
 
 
+def test_older_than_what_was_judged_is_late_even_when_first_on_its_partition() -> None:
+    # A partition silent while the others moved on to 10:00 delivers its backlog: on its
+    # own partition each record is in time, but its windows were judged without it.
+    judged = NOW - 10 * MINUTE
+    BOUNDS.check(event(judged - MINUTE), None, NOW, judged)  # exactly the grace: still in
+    BOUNDS.check(event(judged + MINUTE), None, NOW, judged)
+    with pytest.raises(InvalidRecord) as caught:
+        BOUNDS.check(event(judged - 45 * MINUTE), None, NOW, judged)
+    assert f"{caught.value.reason.value}: {caught.value}" == (
+        "late: occurred_at: 2026-11-21T23:05:00.000+00:00 is 45m0s older than the event time "
+        "already judged (2026-11-21T23:50:00.000+00:00), more than the grace of 1m0s: its "
+        "partition fell behind the others"
+    )
+
+
 def test_beyond_the_clock_bound_is_from_the_future() -> None:
     BOUNDS.check(event(NOW + 5 * MINUTE), None, NOW)
     answer = SurveyAnswer(
