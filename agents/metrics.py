@@ -129,6 +129,13 @@ KEY_MOMENT_THRESHOLD = Gauge(
     ["touchpoint", "metric", "breaks"],
     registry=REGISTRY,
 )
+MESSAGING_LIMIT = Gauge(
+    "cxmon_messaging_limit_messages",
+    "The messaging policy: counted messages a customer may get in its window, in all "
+    "(scope window) and on one channel (scope channel).",
+    ["scope"],
+    registry=REGISTRY,
+)
 JOURNEY_BROKEN = Gauge(
     "cxmon_journey_broken",
     "1 while a journey break of the catalog has an open incident, else 0.",
@@ -189,9 +196,12 @@ CHANNEL_LABELS = frozenset(CHANNELS)
 
 
 def declare_catalog(catalog: Catalog) -> None:
-    """Series that exist from the start: touchpoint stages, key moment states and standards."""
+    """Series that exist from the start: touchpoint stages, key moment states and standards,
+    the messaging policy's limits."""
     for touchpoint, stage in catalog.touchpoints.items():
         TOUCHPOINT_INFO.labels(touchpoint, stage.value).set(1)
+    MESSAGING_LIMIT.labels("window").set(catalog.messaging.max_messages)
+    MESSAGING_LIMIT.labels("channel").set(catalog.messaging.max_per_channel)
     for journey in catalog.breaks:
         JOURNEY_BROKEN.labels(journey.source, journey.target, journey.severity.value).set(0)
     for moment in catalog.key_moments:

@@ -61,6 +61,7 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_dead_letters_total", "counter", ["topic", "reason"]),
         ("cxmon_late_records_total", "counter", []),
         ("cxmon_event_time_judged_seconds", "gauge", []),
+        ("cxmon_messaging_limit_messages", "gauge", ["scope"]),
         ("cxmon_unresolved_contact_messages_total", "counter", []),
         ("cxmon_alerts_total", "counter", ["kind", "status"]),
         ("cxmon_batch_processing_seconds", "histogram", ["stage"]),
@@ -93,6 +94,7 @@ LABEL_VALUES: dict[str, frozenset[str]] = {
     "status": frozenset({"firing", "resolved"}),
     "outcome": frozenset({"sent", "failed"}),
     "breaks": frozenset({"below", "above"}),
+    "scope": frozenset({"window", "channel"}),
     # of cxmon_batch_processing_seconds
     "stage": frozenset({"ingest", "score", "frequency", "journeys", "breaks"}),
 }
