@@ -489,14 +489,19 @@ async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: H
     sms_before = sample("cxmon_outbound_messages_total", channel="sms", category="marketing")
     six_or_fewer = sample("cxmon_customer_window_messages_bucket", le="6.0")
     five_or_fewer = sample("cxmon_customer_window_messages_bucket", le="5.0")
+    batches_before = sample("cxmon_batch_processing_seconds_count", stage="frequency")
     # Delivered twice, as after a crash of the stage before: counted once.
     await harness.feed("count_customer_messages", items + items)
     assert harness.to(topology.alerts) == [], "no verdict before the watermark passes"
     sms = sample("cxmon_outbound_messages_total", channel="sms", category="marketing")
     assert sms - sms_before == 2
-    # One batch for the customer: one observation of the six counted messages.
-    assert sample("cxmon_customer_window_messages_bucket", le="6.0") - six_or_fewer == 1
-    assert sample("cxmon_customer_window_messages_bucket", le="5.0") - five_or_fewer == 0
+    # One observation a batch, however many messages it brought the customer; how the
+    # twelve records fall into batches depends on timing (a batch closes after 10 ms).
+    batches = sample("cxmon_batch_processing_seconds_count", stage="frequency") - batches_before
+    observed = sample("cxmon_customer_window_messages_bucket", le="6.0") - six_or_fewer
+    assert observed == batches >= 1
+    if batches == 1:
+        assert sample("cxmon_customer_window_messages_bucket", le="5.0") - five_or_fewer == 0
     marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
     alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import os
@@ -310,12 +311,16 @@ def test_the_demo_follows_without_spinning_and_ctrl_c_stops_everything_with_exit
         share = (cpu_seconds(demo.pid) - before) / (time.monotonic() - started)
         os.killpg(demo.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
         _, rest = demo.communicate(timeout=90)
+        worker_left = Path(f"/proc/{worker_pid}").exists()
+        broker_left = running(str(tmp_path / "demo" / "broker"))
     finally:
-        if demo.poll() is None:
-            demo.kill()
+        # The whole group: a worker and a broker left behind would load every later test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
     assert share < 0.25, f"the follower used {share:.2f} of a core"
     assert demo.returncode == 0, rest
     assert "the worker stopped" not in rest
     assert "stopped; the broker's and the worker's logs are in" in rest
-    assert not Path(f"/proc/{worker_pid}").exists()
-    assert running(str(tmp_path / "demo" / "broker")) == []
+    assert not worker_left
+    assert broker_left == []
