@@ -1054,8 +1054,11 @@ class Sources:
         source = source_name(topic, partition)
         try:
             highwater = app.consumer.highwater(TP(topic, partition))
-        except ConsumerNotStarted:
-            # Between rebalances nothing is known of the end: not idle, to be safe.
+        except (ConsumerNotStarted, AssertionError):
+            # Between rebalances nothing is known of the end, and a partition revoked while
+            # the caller awaited is no longer assigned (aiokafka asserts): not idle, to be
+            # safe. Uncaught, it crashed the worker in a rebalance (a timer's error stops
+            # the app).
             highwater = None
         idle = highwater is not None and read_to >= highwater
         return SourceMark(source, self.watermarks.get(source), idle)

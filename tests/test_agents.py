@@ -6,7 +6,8 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -758,3 +759,15 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
     assert SourceMark(source_name(answers, 1), None, True) in marks
+
+
+def test_a_partition_revoked_meanwhile_is_reported_not_idle_instead_of_crashing(
+    harness: Harness,
+) -> None:
+    def revoked(tp: TP) -> int:
+        raise AssertionError("Partition is not assigned")  # aiokafka's words
+
+    app = SimpleNamespace(consumer=SimpleNamespace(highwater=revoked))
+    events = harness.topology.touchpoint_events.get_topic_name()
+    mark = harness.pipeline.sources.mark(cast(Any, app), events, 0, 10)
+    assert mark.idle is False
