@@ -23,9 +23,9 @@ import faust
 from mode import Service
 
 from agents import metrics
-from streams.group import GroupClient
+from streams.kafka.group import GroupClient
+from streams.kafka.stall import StallWatch, describe, diagnose
 from streams.settings import Settings, SettingsError
-from streams.stall import StallWatch, describe, diagnose
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from prometheus_client.registry import Collector
 
 from models.records import CHANNELS
 from streams.catalog import Catalog, JourneyBreak, KeyMoment, ScoreMetric
-from streams.messaging import Message
-from streams.scores import Tally
+from streams.core.messaging import Message
+from streams.core.scores import Tally
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

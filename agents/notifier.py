@@ -18,7 +18,7 @@ from agents.streaming import Batches, PartitionedState, payload
 from agents.topology import Topology
 from models.decode import InvalidRecord, parse_json_object
 from models.records import AlertStatus
-from streams.notify import NotifyLinks, backoff_delays, to_alertmanager
+from streams.core.notify import NotifyLinks, backoff_delays, to_alertmanager
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

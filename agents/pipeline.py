@@ -37,13 +37,9 @@ from models.decode import (
 )
 from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
-from streams.dedup import SeenBatch, SeenIds, batch_key, batch_prefix, id_digest
-from streams.dedup import newest_ms as stored_newest_ms
-from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
-from streams.envelope import ENVELOPE_KEY, Record, pack
-from streams.identity import HeldMessages, add_link, customer_at, encode_link
-from streams.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
-from streams.journeys import (
+from streams.core.identity import HeldMessages, add_link, customer_at, encode_link
+from streams.core.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
+from streams.core.journeys import (
     BreakState,
     BreakWindows,
     CustomerJourneys,
@@ -53,20 +49,24 @@ from streams.journeys import (
     Outcome,
     VisitBatch,
 )
-from streams.messaging import CustomerMessages, FrequencyPolicy
-from streams.notify import is_customer_kind
-from streams.privacy import pseudonymised
-from streams.progress import (
+from streams.core.messaging import CustomerMessages, FrequencyPolicy
+from streams.core.notify import is_customer_kind
+from streams.core.privacy import pseudonymised
+from streams.core.sentiment import SentimentScorer
+from streams.core.timeliness import Timeliness
+from streams.core.touchpoints import TouchpointState, TouchpointWindows
+from streams.settings import Settings
+from streams.state.dedup import SeenBatch, SeenIds, batch_key, batch_prefix, id_digest
+from streams.state.dedup import newest_ms as stored_newest_ms
+from streams.state.delivery import Applied, Checkpoint, Send, unwrap, wrap
+from streams.state.envelope import ENVELOPE_KEY, Record, pack
+from streams.state.watermarks import (
     PROGRESS_KEY,
     SourceMark,
     SourceProgress,
     encode_marks,
     source_name,
 )
-from streams.sentiment import SentimentScorer
-from streams.settings import Settings
-from streams.timeliness import Timeliness
-from streams.touchpoints import TouchpointState, TouchpointWindows
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from agents.streaming import PartitionedState
 from agents.topology import Topology
 from models.decode import format_timestamp
 from streams.catalog import format_duration
-from streams.messaging import Budget, CustomerMessages, FrequencyPolicy
-from streams.pressure import QueryError, read_question
-from streams.privacy import state_pseudonym
+from streams.core.messaging import Budget, CustomerMessages, FrequencyPolicy
+from streams.core.pressure import QueryError, read_question
+from streams.core.privacy import state_pseudonym
 from streams.settings import Settings
 
 PATH = "/customers/{customer}/pressure"

@@ -12,10 +12,10 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, EventT, StreamT
 
 from agents import metrics
-from agents.offsets import Offsets
+from agents.commits import Offsets
 from agents.tables import BulkRestoredTable
-from streams.envelope import ENVELOPE_KEY, unpack
 from streams.settings import Settings
+from streams.state.envelope import ENVELOPE_KEY, unpack
 
 Stream = faust.Stream[bytes]
 Event = EventT[bytes]

@@ -6,10 +6,10 @@ from typing import Any
 
 import faust
 
-from agents.fetching import use_paced_fetches
+from agents.paced_transport import use_paced_fetches
 from agents.tables import BulkRestoredTable, ChangelogLoader
+from streams.kafka.topics import COMPACTED, TopicSpec, input_topics
 from streams.settings import Settings
-from streams.topics import COMPACTED, TopicSpec, input_topics
 
 RAW: dict[str, Any] = {
     "key_type": bytes,

@@ -18,9 +18,9 @@ from agents.pressure import PressurePage
 from agents.streaming import Batches
 from agents.topology import Topology, build_app
 from streams.catalog import load_catalog
-from streams.sentiment import build_scorer
+from streams.core.sentiment import build_scorer
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 

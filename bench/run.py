@@ -38,14 +38,14 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from models.records import Category
-from streams.broker import LocalBroker
 from streams.catalog import Catalog, load_catalog
-from streams.messaging import CustomerMessages, Message
-from streams.publish import Outgoing, follow, send_all
+from streams.commands.publish import Outgoing, follow, send_all
+from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.core.messaging import CustomerMessages, Message
+from streams.kafka.broker import LocalBroker
+from streams.kafka.topics import COMPACTED, TopicSpec, ensure_topics
 from streams.replay import ReplayResult
 from streams.settings import Settings
-from streams.simulate import SimulatedRecord, SimulationConfig, generate
-from streams.topics import COMPACTED, TopicSpec, ensure_topics
 from tests.harness import (
     CATALOG,
     Deployment,

@@ -15,12 +15,12 @@ from models.decode import (
 )
 from models.records import Alert, TouchpointEvent
 from streams.catalog import Catalog
-from streams.identity import add_link, customer_at, encode_link
-from streams.ingest import OutboundMessage, PartialTallies, outbound_message
-from streams.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
-from streams.messaging import CustomerMessages, FrequencyPolicy
-from streams.sentiment import SentimentScorer
-from streams.touchpoints import TouchpointState
+from streams.core.identity import add_link, customer_at, encode_link
+from streams.core.ingest import OutboundMessage, PartialTallies, outbound_message
+from streams.core.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
+from streams.core.messaging import CustomerMessages, FrequencyPolicy
+from streams.core.sentiment import SentimentScorer
+from streams.core.touchpoints import TouchpointState
 
 Role = Literal["touchpoint_events", "survey_answers", "identity_links"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalBroker
+from streams.kafka.broker import LocalBroker
 from tests.harness import Deployment, free_port
 
 

@@ -26,17 +26,17 @@ from agents.membership import INSTANCE_FILE
 from models.decode import Reason, encode_alert, format_timestamp
 from models.records import Alert
 from streams.catalog import Catalog, load_catalog
-from streams.delivery import unwrap
-from streams.group import GroupClient
-from streams.journeys import BreakState
-from streams.messaging import CustomerMessages, FrequencyPolicy, Message
-from streams.publish import Outgoing, follow, send_all
+from streams.commands.publish import Outgoing, follow, send_all
+from streams.commands.simulate import SimulatedRecord
+from streams.core.journeys import BreakState
+from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message
+from streams.core.scores import Tally
+from streams.core.sentiment import build_scorer
+from streams.core.touchpoints import TouchpointState, TouchpointWindows
+from streams.kafka.group import GroupClient
 from streams.replay import OfflineMonitor, ReplayResult
-from streams.scores import Tally
-from streams.sentiment import build_scorer
 from streams.settings import Settings, Topics
-from streams.simulate import SimulatedRecord
-from streams.touchpoints import TouchpointState, TouchpointWindows
+from streams.state.delivery import unwrap
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "deploy" / "catalog.example.yaml"

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from faust.types import TP
 
+from agents.commits import Offsets
 from agents.metrics import REGISTRY, declare_catalog
-from agents.offsets import Offsets
 from agents.pipeline import (
     LINK_RECORD,
     MAX_DEAD_LETTER_BYTES,
@@ -28,16 +28,22 @@ from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
 from models.records import Category
 from streams.catalog import parse_catalog
-from streams.dedup import OFFSET_BITS, SeenBatch, id_digest
-from streams.delivery import Checkpoint, Send
-from streams.envelope import ENVELOPE_KEY, unpack
-from streams.ingest import BucketTally, OutboundMessage, TouchpointPartial
-from streams.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
-from streams.messaging import CustomerMessages, Message, message_digest
-from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym
-from streams.progress import PROGRESS_KEY, SourceMark, decode_marks, encode_marks, source_name
-from streams.scores import Tally
+from streams.core.ingest import BucketTally, OutboundMessage, TouchpointPartial
+from streams.core.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
+from streams.core.messaging import CustomerMessages, Message, message_digest
+from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym
+from streams.core.scores import Tally
 from streams.settings import Settings
+from streams.state.dedup import OFFSET_BITS, SeenBatch, id_digest
+from streams.state.delivery import Checkpoint, Send
+from streams.state.envelope import ENVELOPE_KEY, unpack
+from streams.state.watermarks import (
+    PROGRESS_KEY,
+    SourceMark,
+    decode_marks,
+    encode_marks,
+    source_name,
+)
 
 PARTITIONS = 2
 DAY_MS = 86_400_000

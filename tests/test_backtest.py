@@ -11,12 +11,12 @@ import orjson
 import pytest
 
 from models.decode import InvalidRecord, parse_json_object
-from streams.backtest import ROLE_TOPICS, default_warmup_ms, span_text
 from streams.catalog import parse_catalog
-from streams.cli import build_parser, simulation_config
-from streams.progress_bar import ProgressBar
-from streams.publish import UnroutableLine, route
-from streams.simulate import generate
+from streams.commands.backtest import ROLE_TOPICS, default_warmup_ms, span_text
+from streams.commands.cli import build_parser, simulation_config
+from streams.commands.progress_bar import ProgressBar
+from streams.commands.publish import UnroutableLine, route
+from streams.commands.simulate import generate
 from tests.harness import Deployment
 from tests.test_cli import REPO, cxmon
 

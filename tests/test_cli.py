@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.cli import add_simulation_options, simulation_config
-from streams.publish import Outgoing, read_lines
+from streams.commands.cli import add_simulation_options, simulation_config
+from streams.commands.publish import Outgoing, read_lines
+from streams.kafka.topics import TopologyError, ensure_topics, input_topics
 from streams.settings import Settings, Topics
-from streams.topics import TopologyError, ensure_topics, input_topics
 from tests.harness import Deployment, free_port
 
 REPO = Path(__file__).resolve().parent.parent

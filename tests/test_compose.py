@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import io
 import json
 import posixpath
@@ -23,8 +24,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams import cli
 from streams.catalog import CatalogError, load_catalog
+from streams.commands import cli
 from streams.settings import Settings, SettingsError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -531,7 +532,13 @@ def _install_problems(image: Dockerfile) -> list[str]:
     needed = ["pyproject.toml"]
     if isinstance(project.get("readme"), str):
         needed.append(project["readme"])
-    needed += [f"{package}/__init__.py" for package in PYPROJECT["tool"]["setuptools"]["packages"]]
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed += sorted(
+        init.relative_to(REPO).as_posix()
+        for top in REPO.iterdir()
+        if any(fnmatch.fnmatchcase(top.name, pattern) for pattern in include)
+        for init in top.glob("**/__init__.py")
+    )
     for index, workdir, arguments in installs:
         extras = [arg for arg in arguments if "[" in arg]
         if extras:
@@ -1163,7 +1170,7 @@ def test_dockerfile() -> None:
 
 def test_build_context_leaves_out_local_state() -> None:
     rules = read_dockerignore(REPO)
-    for kept in ("pyproject.toml", "streams/cli.py", "deploy/catalog.example.yaml"):
+    for kept in ("pyproject.toml", "streams/commands/cli.py", "deploy/catalog.example.yaml"):
         assert not ignored(kept, rules), kept
     for dropped in (".venv/pyvenv.cfg", ".git/HEAD", ".cxmon/demo/x", "streams/__pycache__/a.pyc"):
         assert ignored(dropped, rules), dropped

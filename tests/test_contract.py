@@ -51,18 +51,18 @@ from models.records import (
     SurveyMetric,
     TouchpointEvent,
 )
-from streams.alerts import fingerprint
 from streams.catalog import Detector, ScoreMetric, parse_catalog
-from streams.journeys import BreakState, BreakWindows
-from streams.journeys import Outcome as Attempt
-from streams.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
-from streams.notify import NotifyLinks, describe, to_alertmanager
-from streams.scores import Tally
+from streams.commands.simulate import SimulationConfig, generate
+from streams.core.alerts import fingerprint
+from streams.core.journeys import BreakState, BreakWindows
+from streams.core.journeys import Outcome as Attempt
+from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
+from streams.core.notify import NotifyLinks, describe, to_alertmanager
+from streams.core.scores import Tally
+from streams.core.timeliness import Timeliness
+from streams.core.touchpoints import TouchpointState, TouchpointWindows
+from streams.kafka.topics import COMPACTED, input_topics
 from streams.settings import Settings, Topics
-from streams.simulate import SimulationConfig, generate
-from streams.timeliness import Timeliness
-from streams.topics import COMPACTED, input_topics
-from streams.touchpoints import TouchpointState, TouchpointWindows
 from tests.schema_instances import instances
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from streams.dead_letters import SHOWN_BYTES, DeadLetter, escaped
+from streams.commands.dead_letters import SHOWN_BYTES, DeadLetter, escaped
 from tests.harness import REPO, Deployment
 
 AT_MS = 1_795_305_600_000  # 2026-11-22T00:00:00Z

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.dedup import OFFSET_BITS, SeenBatch, SeenIds, batch_key, id_digest, newest_ms
+from streams.state.dedup import OFFSET_BITS, SeenBatch, SeenIds, batch_key, id_digest, newest_ms
 
 
 def test_an_id_read_at_another_place_is_a_duplicate_the_same_record_again_is_not() -> None:

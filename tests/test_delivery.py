@@ -5,10 +5,10 @@ from __future__ import annotations
 import orjson
 
 from models.records import Category, Contact, IdentityLink
-from streams.delivery import Applied, Checkpoint, Send, unwrap, wrap
-from streams.identity import HeldMessages, add_link, customer_at, encode_link
-from streams.ingest import OutboundMessage
-from streams.messaging import Message, message_digest
+from streams.core.identity import HeldMessages, add_link, customer_at, encode_link
+from streams.core.ingest import OutboundMessage
+from streams.core.messaging import Message, message_digest
+from streams.state.delivery import Applied, Checkpoint, Send, unwrap, wrap
 
 T0 = 1_795_305_600_000
 PHONE = Contact("phone", "+8613800000000")

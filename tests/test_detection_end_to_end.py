@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from models.decode import encode_alert
-from streams.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
 from tests.harness import Deployment, reference
 
 pytestmark = pytest.mark.broker

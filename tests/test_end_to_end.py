@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from models.decode import encode_alert, parse_timestamp_ms
-from streams.simulate import SimulationConfig, generate
+from streams.commands.simulate import SimulationConfig, generate
 from tests.harness import Deployment, reference
 
 pytestmark = pytest.mark.broker

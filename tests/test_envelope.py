@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streams.envelope import MalformedEnvelope, Record, pack, unpack
+from streams.state.envelope import MalformedEnvelope, Record, pack, unpack
 
 
 def test_records_come_out_in_order_with_their_headers() -> None:

@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.pipeline import partition_of
 from models.decode import InvalidRecord, decode_touchpoint_event
-from streams.broker import LocalBroker
 from streams.catalog import load_catalog
+from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.kafka.broker import LocalBroker
 from streams.replay import ReplayResult
-from streams.simulate import SimulatedRecord, SimulationConfig, generate
 from tests.harness import (
     CATALOG,
     UNMODELLED,

@@ -44,7 +44,7 @@ from models.records import (
     SurveyMetric,
     TouchpointEvent,
 )
-from streams.publish import Outgoing, send_all
+from streams.commands.publish import Outgoing, send_all
 from streams.settings import Settings
 from tests.harness import Deployment, WorkerProcess
 from tests.services import get_text, wait_for

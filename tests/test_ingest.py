@@ -18,16 +18,16 @@ from models.records import (
     TouchpointEvent,
 )
 from streams.catalog import Catalog, parse_catalog
-from streams.ingest import (
+from streams.core.ingest import (
     BucketTally,
     OutboundMessage,
     PartialTallies,
     TouchpointPartial,
     outbound_message,
 )
-from streams.messaging import Message, message_digest
-from streams.scores import Tally
-from streams.touchpoints import TouchpointState
+from streams.core.messaging import Message, message_digest
+from streams.core.scores import Tally
+from streams.core.touchpoints import TouchpointState
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z
 SECOND = 1_000

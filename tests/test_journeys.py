@@ -8,9 +8,9 @@ import pytest
 
 from models.decode import decode_touchpoint_event, encode_alert
 from models.records import AlertKind, AlertStatus, Severity
-from streams.alerts import fingerprint
 from streams.catalog import Catalog, JourneyBreak, parse_catalog
-from streams.journeys import (
+from streams.core.alerts import fingerprint
+from streams.core.journeys import (
     BreakState,
     BreakWindows,
     CustomerJourneys,
@@ -20,8 +20,8 @@ from streams.journeys import (
     VisitBatch,
     outcome_id,
 )
+from streams.core.sentiment import build_scorer
 from streams.replay import OfflineMonitor
-from streams.sentiment import build_scorer
 
 MINUTE = 60_000
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a whole number of 5m steps

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from agents.membership import DataDirInUse, claim_data_dir
+from streams.kafka.stall import Member, Position, Stall, StallWatch, diagnose, partition_list
 from streams.settings import Settings
-from streams.stall import Member, Position, Stall, StallWatch, diagnose, partition_list
 
 EVENTS = "cx.touchpoint-events"
 

@@ -10,7 +10,7 @@ import pytest
 
 from models.records import Alert, AlertKind, AlertStatus, Category, Severity
 from streams.catalog import parse_catalog, parse_duration_ms
-from streams.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
+from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MINUTE = 60_000

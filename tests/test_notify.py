@@ -16,10 +16,10 @@ from aiohttp import web
 from agents import metrics
 from agents.notifier import Alertmanager
 from models.decode import format_timestamp
-from streams.notify import NotifyLinks, alertname, backoff_delays, to_alertmanager
-from streams.privacy import pseudonym
+from streams.commands.webhook import build_receiver, notification_line
+from streams.core.notify import NotifyLinks, alertname, backoff_delays, to_alertmanager
+from streams.core.privacy import pseudonym
 from streams.settings import Settings, SettingsError
-from streams.webhook import build_receiver, notification_line
 
 NOW_MS = 1_795_400_000_000
 MINUTE_MS = 60_000

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.broker import LocalBroker
-from streams.privacy import pseudonym
-from streams.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.core.privacy import pseudonym
+from streams.kafka.broker import LocalBroker
 from tests.dashboards import DASHBOARDS, instantiate, panel_queries
 from tests.harness import Deployment, WorkerProcess, free_port
 from tests.prometheus import query, start_prometheus

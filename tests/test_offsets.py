@@ -9,8 +9,8 @@ from typing import Any, cast
 
 from faust.types import TP
 
-from agents.offsets import Offsets
-from streams.offsets import Admission, Cursors
+from agents.commits import Offsets
+from streams.state.offset_ledger import Admission, Cursors
 
 TAKE, SEEN, REWIND, STALE = Admission.TAKE, Admission.SEEN, Admission.REWIND, Admission.STALE
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from models.decode import format_timestamp
-from streams.simulate import SimulatedRecord
+from streams.commands.simulate import SimulatedRecord
 from tests.harness import Deployment, WorkerProcess
 from tests.services import get_json, get_text, wait_for
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from models.records import CHANNELS, Category
-from streams.pressure import PressureQuestion, QueryError, read_question
+from streams.core.pressure import PressureQuestion, QueryError, read_question
 
 NOW_MS = 1_795_312_800_000  # 2026-11-22T10:00:00+08:00
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.records import Contact, Direction, IdentityLink, TouchpointEvent
-from streams.privacy import STATE_PSEUDONYM_HEX, pseudonym, pseudonymised
+from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym, pseudonymised
 from streams.settings import Settings, SettingsError
 
 KEY = b"k3y"

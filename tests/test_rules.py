@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.notify import NotifyLinks, to_alertmanager
+from streams.core.notify import NotifyLinks, to_alertmanager
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

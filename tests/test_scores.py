@@ -12,7 +12,7 @@ import pytest
 
 from models.records import Direction, Outcome, SurveyAnswer, SurveyMetric, TouchpointEvent
 from streams.catalog import ScoreMetric
-from streams.scores import Tally
+from streams.core.scores import Tally
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z
 # One log bin is 2^(1/8) = 1.0905... wide: the reported p95 may sit at most that far above.

@@ -22,10 +22,10 @@ import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from agents.topology import build_app
-from streams.broker import LocalBroker
-from streams.publish import Outgoing, follow, send_all
+from streams.commands.publish import Outgoing, follow, send_all
+from streams.kafka.broker import LocalBroker
+from streams.kafka.topics import TopologyError, ensure_topics, input_topics
 from streams.settings import Settings, SettingsError
-from streams.topics import TopologyError, ensure_topics, input_topics
 from tests.harness import REPO, Deployment, WorkerProcess
 
 PASSWORD = "s3cret-Pa55word-\u00e9t\u00e9"  # non-ASCII: the secret goes through UTF-8 intact

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.sentiment import MAX_CHARS, SCORER_NAMES, SentimentScorer, build_scorer
+from streams.core.sentiment import MAX_CHARS, SCORER_NAMES, SentimentScorer, build_scorer
 
 # VADER's own convention: compound scores within ±0.05 read as neutral.
 NEUTRAL_BAND = 0.05
@@ -195,7 +195,7 @@ def test_build_loads_eagerly_and_quietly() -> None:
         """
         import logging, time
         logging.basicConfig(level=logging.DEBUG)
-        from streams.sentiment import build_scorer
+        from streams.core.sentiment import build_scorer
         scorer = build_scorer("auto")
         started = time.perf_counter()
         scorer.score("这个产品很好用")

@@ -1,4 +1,4 @@
-"""Tests of the deterministic journey simulator (streams.simulate)."""
+"""Tests of the deterministic journey simulator (streams.commands.simulate)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.simulate import _COMMENTS, SimulatedRecord, SimulationConfig, generate
+from streams.commands.simulate import _COMMENTS, SimulatedRecord, SimulationConfig, generate
 
 SHANGHAI = timezone(timedelta(hours=8))
 START = int(datetime(2026, 11, 22, 8, 0, tzinfo=SHANGHAI).timestamp() * 1000)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from streams.stats import (
+from streams.core.stats import (
     DEVIATION_CLIP,
     Estimate,
     cusum,

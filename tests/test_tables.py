@@ -6,8 +6,8 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
 from agents.topology import Topology, build_app
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 from tests.harness import Deployment, free_port
 
 

@@ -13,7 +13,7 @@ from models.records import (
     SurveyMetric,
     TouchpointEvent,
 )
-from streams.timeliness import Timeliness, span
+from streams.core.timeliness import Timeliness, span
 
 NOW = 1_795_305_600_000
 MINUTE = 60_000

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from models.records import Alert, AlertKind, AlertStatus, Severity
-from streams import touchpoints as touchpoints_module
 from streams.catalog import Catalog, ScoreMetric, parse_catalog
-from streams.scores import Tally
-from streams.touchpoints import TouchpointState, TouchpointWindows
+from streams.core import touchpoints as touchpoints_module
+from streams.core.scores import Tally
+from streams.core.touchpoints import TouchpointState, TouchpointWindows
 
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a multiple of every window below
 SECOND = 1_000

@@ -9,10 +9,10 @@ import orjson
 
 from models.records import Category, Direction, SurveyAnswer, TouchpointEvent
 from streams.catalog import Catalog
-from streams.messaging import Message, message_digest
-from streams.scores import Tally
-from streams.sentiment import SentimentScorer
-from streams.touchpoints import TouchpointWindows
+from streams.core.messaging import Message, message_digest
+from streams.core.scores import Tally
+from streams.core.sentiment import SentimentScorer
+from streams.core.touchpoints import TouchpointWindows
 
 
 @dataclass(slots=True)

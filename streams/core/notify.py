@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from models.decode import format_timestamp, parse_timestamp_ms
 from models.records import AlertKind, AlertStatus
-from streams.privacy import pseudonym
+from streams.core.privacy import pseudonym
 
 # Prometheus sends a firing alert with endsAt four resend intervals ahead: missing three
 # resends in a row (a worker down) lets Alertmanager resolve it on its own, not sooner.

@@ -22,8 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
-from streams.offsets import Admission, Cursors
 from streams.settings import Settings
+from streams.state.offset_ledger import Admission, Cursors
 
 log = logging.getLogger(__name__)
 

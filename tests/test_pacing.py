@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agents.fetching import PacedTransport
+from agents.paced_transport import PacedTransport
 from agents.topology import build_app
-from streams.fetching import pace_fetches
+from streams.kafka.pacing import pace_fetches
 from streams.settings import Settings
 
 
@@ -36,9 +36,9 @@ async def test_a_fetch_waits_out_the_rest_of_the_interval(
 ) -> None:
     clock = Clock()
     # The module's own clock and sleep only: the event loop keeps the real ones.
-    monkeypatch.setattr("streams.fetching.time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr("streams.kafka.pacing.time", SimpleNamespace(monotonic=clock.monotonic))
     fake_asyncio = SimpleNamespace(sleep=clock.sleep, CancelledError=asyncio.CancelledError)
-    monkeypatch.setattr("streams.fetching.asyncio", fake_asyncio)
+    monkeypatch.setattr("streams.kafka.pacing.asyncio", fake_asyncio)
     calls: list[tuple[Any, ...]] = []
 
     async def fetch(assignment: Any, node_id: int, request: Any) -> bool:

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Callable
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streams.kafka.topics import TopologyError, quiet_connect_failures
 from streams.replay import Role
 from streams.settings import Settings
-from streams.topics import TopologyError, quiet_connect_failures
 
 
 def input_roles(settings: Settings) -> dict[str, Role]:

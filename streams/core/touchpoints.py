@@ -28,10 +28,10 @@ import orjson
 
 from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus
-from streams.alerts import Incident, fingerprint
 from streams.catalog import Catalog, Detector, KeyMoment, ScoreMetric, format_duration
-from streams.scores import Tally
-from streams.stats import Estimate, cusum, deviation, ewma, ewma_chart_limit, z_score
+from streams.core.alerts import Incident, fingerprint
+from streams.core.scores import Tally
+from streams.core.stats import Estimate, cusum, deviation, ewma, ewma_chart_limit, z_score
 
 METRIC_LABELS = {
     ScoreMetric.NPS: "NPS",

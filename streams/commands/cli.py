@@ -17,15 +17,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from models.decode import InvalidRecord, Reason, parse_timestamp_ms, parse_timestamp_text
-from streams.backtest import (
-    Backtest,
-    Span,
-    count_lines,
-    default_warmup_ms,
-    render_json,
-    render_text,
-)
-from streams.broker import BrokerError, LocalBroker, broker_command
 from streams.catalog import (
     Catalog,
     CatalogError,
@@ -34,16 +25,32 @@ from streams.catalog import (
     load_catalog,
     parse_duration_ms,
 )
-from streams.dead_letters import DeadLetter
-from streams.group import GroupClient, GroupError
-from streams.history import read_history
-from streams.progress_bar import ProgressBar
-from streams.publish import Outgoing, alert_line, follow, numbered_lines, read_lines, send_all
-from streams.sentiment import build_scorer
+from streams.commands.backtest import (
+    Backtest,
+    Span,
+    count_lines,
+    default_warmup_ms,
+    render_json,
+    render_text,
+)
+from streams.commands.dead_letters import DeadLetter
+from streams.commands.progress_bar import ProgressBar
+from streams.commands.publish import (
+    Outgoing,
+    alert_line,
+    follow,
+    numbered_lines,
+    read_lines,
+    send_all,
+)
+from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
+from streams.commands.webhook import serve
+from streams.core.sentiment import build_scorer
+from streams.kafka.broker import BrokerError, LocalBroker, broker_command
+from streams.kafka.group import GroupClient, GroupError
+from streams.kafka.history import read_history
+from streams.kafka.topics import TopologyError
 from streams.settings import Settings, SettingsError
-from streams.simulate import SimulatedRecord, SimulationConfig, generate
-from streams.topics import TopologyError
-from streams.webhook import serve
 
 EXIT_USAGE = 2
 

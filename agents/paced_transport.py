@@ -16,7 +16,7 @@ from typing import cast
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
 
-from streams.fetching import pace_fetches
+from streams.kafka.pacing import pace_fetches
 
 
 class PacedConsumerThread(kafka_driver.AIOKafkaConsumerThread):

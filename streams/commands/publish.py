@@ -13,9 +13,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from models.decode import InvalidRecord, parse_json_object
-from streams.fetching import pace_fetches
+from streams.kafka.pacing import pace_fetches
+from streams.kafka.topics import TopicSpec, ensure_topics, input_topics
 from streams.settings import Settings, Topics
-from streams.topics import TopicSpec, ensure_topics, input_topics
 
 # A follower shows alerts to a person or a test: a tenth of a second later is no loss,
 # and ten fetches a second of nothing cost next to no CPU.

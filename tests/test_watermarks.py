@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.progress import SourceMark, SourceProgress, encode_marks
+from streams.state.watermarks import SourceMark, SourceProgress, encode_marks
 
 MIN = 60_000
 

@@ -10,8 +10,8 @@ import orjson
 
 from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus, Category
-from streams.alerts import Incident, fingerprint
 from streams.catalog import MessagingPolicy, format_duration
+from streams.core.alerts import Incident, fingerprint
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,9 @@ from models.decode import (
 )
 from models.records import Alert, AlertKind, AlertStatus
 from streams.catalog import Catalog, JourneyBreak, KeyMoment, format_duration
-from streams.publish import UnroutableLine, numbered_lines, route
+from streams.commands.publish import UnroutableLine, numbered_lines, route
+from streams.core.sentiment import SentimentScorer
 from streams.replay import OfflineMonitor, Role
-from streams.sentiment import SentimentScorer
 from streams.settings import Topics
 
 # `route` names a topic; with the roles as topic names it names the role.

@@ -38,9 +38,9 @@ import orjson
 
 from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus, TouchpointEvent
-from streams.alerts import Incident, fingerprint
 from streams.catalog import Catalog, JourneyBreak, format_duration
-from streams.messaging import message_digest
+from streams.core.alerts import Incident, fingerprint
+from streams.core.messaging import message_digest
 
 # One visit of a touchpoint by one customer: its event time and a digest of its event id.
 Visit = tuple[int, int]

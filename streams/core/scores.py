@@ -8,7 +8,13 @@ from typing import Any
 
 from models.records import Outcome, SurveyAnswer, SurveyMetric, TouchpointEvent
 from streams.catalog import ScoreMetric
-from streams.stats import Estimate, mean_interval, nps_interval, quantile_ranks, wilson_interval
+from streams.core.stats import (
+    Estimate,
+    mean_interval,
+    nps_interval,
+    quantile_ranks,
+    wilson_interval,
+)
 
 # Waiting times are kept in log-spaced bins (ratio 2^(1/8), about 9% wide) so that
 # tallies from many workers and buckets merge exactly and p95 stays within one bin.

@@ -17,8 +17,8 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Bytes, Int16, Int32, Schema, String
 
+from streams.kafka.stall import Member, Position
 from streams.settings import Settings
-from streams.stall import Member, Position
 
 TEXT = String("utf-8")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from models.records import IdentityLink
-from streams.ingest import OutboundMessage
+from streams.core.ingest import OutboundMessage
 
 
 def encode_link(link: IdentityLink) -> bytes:

@@ -1,0 +1,1 @@
+"""The pure core: scores, windows, verdicts and policies; plain Python, no Kafka."""

@@ -1,0 +1,1 @@
+"""Kafka as the monitor meets it: topics, the consumer group, fetch pacing, the local broker."""

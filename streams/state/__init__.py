@@ -1,0 +1,1 @@
+"""Exact state over at-least-once delivery: offsets, watermarks, deduplication, batch envelopes."""
