@@ -13,7 +13,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,11 +60,33 @@ STALL_S = 60.0
 SHOWN = 15  # differences listed in a failure, per kind
 
 
+# Ports handed out below the kernel's ephemeral range (32768 and up on Linux), where no
+# outgoing connection takes them; each test process of a pytest-xdist run has a range of
+# its own and never hands a port out twice, so two processes never race for one port.
+PORTS_FROM, PORTS_TO = 10_000, 32_000
+
+
+def _port_candidates() -> Iterator[int]:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    span = (PORTS_TO - PORTS_FROM) // workers
+    first = PORTS_FROM + worker * span
+    return iter(range(first, first + span))
+
+
+_ports = _port_candidates()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port free now that no other test process of this run will hand out."""
+    for port in _ports:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:  # taken by something outside the tests
+                continue
+            return port
+    raise RuntimeError(f"no free port left in this test process's range from {PORTS_FROM}")
 
 
 def reference(catalog: Path, records: Iterable[SimulatedRecord]) -> ReplayResult:
