@@ -69,6 +69,13 @@ EVENT_TIME_JUDGED = Gauge(
     "lowest over its partitions), Unix seconds; older records are refused as late.",
     registry=REGISTRY,
 )
+MESSAGES_AFTER_VERDICT = Counter(
+    "cxmon_messages_after_verdict_total",
+    "Outbound messages that reached the frequency stage after their customer had been judged "
+    "past their time: counted, but the over-messaging verdict at their instant was taken "
+    "without them (a message out of order on its partition, or a watermark that ran ahead).",
+    registry=REGISTRY,
+)
 UNRESOLVED_CONTACTS = Counter(
     "cxmon_unresolved_contact_messages_total",
     "Outbound messages whose contact had no identity link; counted under the contact itself.",

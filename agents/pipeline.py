@@ -34,6 +34,7 @@ from models.decode import (
     decode_survey_answer,
     decode_touchpoint_event,
     encode_alert,
+    format_timestamp,
 )
 from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
@@ -184,7 +185,11 @@ class Pipeline:
 
     def _progress(self, *inputs: faust.TopicT) -> defaultdict[int, SourceProgress]:
         """Per partition of a stage: how far each partition of its inputs has got."""
-        return defaultdict(lambda: SourceProgress(self.sources.expected(*inputs)))
+        expected = self.sources.expected(*inputs)
+        stages = self.sources.expected(
+            *(topic for topic in inputs if not self.sources.is_input(topic.get_topic_name()))
+        )
+        return defaultdict(lambda: SourceProgress(expected, stages))
 
     def _by_partition(self, keys: set[str]) -> dict[int, list[str]]:
         """Catalog keys (touchpoints, breaks) by the partition their state lives in."""
@@ -725,7 +730,8 @@ class Pipeline:
             # messages and judgements it takes in.
             touched: dict[bytes, tuple[int, CustomerMessages]] = {}
             for customer, (partition, messages) in by_customer.items():
-                touched[customer.encode()] = (partition, self._record(customer, messages))
+                state = self._record(partition, customer, messages)
+                touched[customer.encode()] = (partition, state)
             for partition in sorted(partitions):
                 await self._judge_customers(partition, touched)
             for key, (partition, state) in touched.items():
@@ -733,15 +739,33 @@ class Pipeline:
                 self.customers_due.set(partition, key, True if state.waiting else None)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    def _record(self, customer: str, messages: list[OutboundMessage]) -> CustomerMessages:
+    def _record(
+        self, partition: int, customer: str, messages: list[OutboundMessage]
+    ) -> CustomerMessages:
         raw = self.frequency.get(customer.encode())
         state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
-        for message in messages:
-            if self.policy.record(state, message.message):
-                metrics.count_outbound(message.message)
+        for outbound in messages:
+            message = outbound.message
+            judged_to = state.judged_to_ms
+            if self.policy.record(state, message):
+                metrics.count_outbound(message)
+                if judged_to is not None and message.sent_at_ms <= judged_to:
+                    self._after_verdict(partition, message.sent_at_ms, judged_to)
         window = self.policy.inside(state, state.messages[-1].sent_at_ms)
         metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
         return state
+
+    def _after_verdict(self, partition: int, sent_at_ms: int, judged_to_ms: int) -> None:
+        metrics.MESSAGES_AFTER_VERDICT.inc()
+        marks = self.customer_progress[partition].marks.values()
+        log.warning(
+            "a message sent at %s reached partition %d of the frequency stage after its "
+            "customer was judged to %s: counted, but not in the verdicts before; marks: %s",
+            format_timestamp(sent_at_ms),
+            partition,
+            format_timestamp(judged_to_ms),
+            sorted((m.source, m.watermark_ms, m.idle) for m in marks),
+        )
 
     async def _judge_customers(
         self, partition: int, touched: dict[bytes, tuple[int, CustomerMessages]]

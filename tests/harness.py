@@ -161,6 +161,10 @@ class Deployment:
         """The static group membership id the worker made on its first start and keeps."""
         return (self.data_dir(instance) / INSTANCE_FILE).read_text().strip()
 
+    def logged(self, text: str) -> list[str]:
+        """Every line of its workers' logs that holds `text`."""
+        return [line for w in self.started for line in w.log().splitlines() if text in line]
+
     def warnings(self, most: int = 25) -> list[str]:
         """The last distinct warnings and errors its workers logged, oldest first."""
         seen: dict[str, None] = {}

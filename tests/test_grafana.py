@@ -62,6 +62,7 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_late_records_total", "counter", []),
         ("cxmon_event_time_judged_seconds", "gauge", []),
         ("cxmon_messaging_limit_messages", "gauge", ["scope"]),
+        ("cxmon_messages_after_verdict_total", "counter", []),
         ("cxmon_unresolved_contact_messages_total", "counter", []),
         ("cxmon_alerts_total", "counter", ["kind", "status"]),
         ("cxmon_batch_processing_seconds", "histogram", ["stage"]),

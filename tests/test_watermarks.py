@@ -66,3 +66,24 @@ def test_a_progress_record_says_whether_a_partition_is_still_being_read() -> Non
     assert tracked.take(encode_marks([SourceMark("a", 5 * MIN, True)])) is False
     assert tracked.take(encode_marks([SourceMark("a", 5 * MIN, True), SourceMark("b", MIN, False)]))
     assert tracked.watermark() == MIN
+
+
+def test_an_idle_stage_vouches_for_its_own_time_not_for_the_others() -> None:
+    # The contact stage said idle at 06:00 (all its inputs read to their end then); the
+    # touchpoint events have since been read to 08:15 and reached here first. The stage
+    # has not yet taken those marks: it may still release messages of 06:00-08:15.
+    tracked = SourceProgress({"events:0", "contacts:0"}, stages={"contacts:0"})
+    tracked.report(SourceMark("events:0", 6 * MIN, True))
+    tracked.report(SourceMark("contacts:0", 6 * MIN, True))
+    tracked.report(SourceMark("events:0", 8 * MIN + 15_000, True))
+    tracked.report(SourceMark("contacts:0", 6 * MIN, True))
+    assert tracked.watermark() == 6 * MIN, "not past what the stage has passed on"
+    tracked.report(SourceMark("contacts:0", 8 * MIN + 15_000, True))
+    assert tracked.watermark() == 8 * MIN + 15_000
+
+
+def test_an_idle_stage_that_knows_no_time_yet_holds_the_watermark_back() -> None:
+    tracked = SourceProgress({"events:0", "contacts:0"}, stages={"contacts:0"})
+    tracked.report(SourceMark("events:0", 6 * MIN, True))
+    tracked.report(SourceMark("contacts:0", None, True))
+    assert tracked.watermark() is None

@@ -44,10 +44,16 @@ class SourceProgress:
     Idle partitions say so again every half second while their worker reads input (and
     at least every 15 s otherwise), so a burst costs about that much delay.
     When all are idle, the newest time counts.
+
+    A stage's output (`stages`: the contacts the contact stage resolved, the journeys the
+    journey stage decided) is not an input at its end: idle there means the stage has
+    passed on everything up to its own watermark, and it may still hold later work for
+    the time the others have reached since. Such a partition vouches for its own time only.
     """
 
-    def __init__(self, expected: Iterable[str]) -> None:
+    def __init__(self, expected: Iterable[str], stages: Iterable[str] = ()) -> None:
         self.expected = frozenset(expected)
+        self.stages = frozenset(stages)
         self.marks: dict[str, SourceMark] = {}
         # How far the watermark had got when each partition last reported itself idle.
         self.idle_through: dict[str, int] = {}
@@ -83,6 +89,11 @@ class SourceProgress:
             return None
         for mark in self.marks.values():
             if not mark.idle:
+                continue
+            if mark.source in self.stages:
+                if mark.watermark_ms is None:
+                    return None
+                reached = min(reached, mark.watermark_ms)
                 continue
             vouched = self.idle_through.get(mark.source)
             if vouched is None:
