@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.core.notify import NotifyLinks, to_alertmanager
+from models.records import AlertKind
+from streams.core.notify import NotifyLinks, alertname, to_alertmanager
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +35,8 @@ RUNBOOK = REPO / "docs" / "runbook.md"
 RUNBOOK_URL = "https://github.com/cx-monitor/cx-monitor/blob/main/docs/runbook.md"
 OVERVIEW = "http://localhost:3000/d/cxmon-overview"
 TOUCHPOINT = "http://localhost:3000/d/cxmon-touchpoint?var-touchpoint={{ $labels.touchpoint }}"
-STREAM_ALERTS = ("KeyMomentDegraded", "OverMessaged", "JourneyBreak")
+# What the notifier names each kind of stream alert: every one links its runbook section.
+STREAM_ALERTS = tuple(alertname(kind.value) for kind in AlertKind)
 SEVERITIES = {"warning", "critical"}
 ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
 DEBIAN_PACKAGE = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}
