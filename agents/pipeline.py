@@ -468,20 +468,15 @@ class Pipeline:
     # Event-time progress: every downstream partition learns how far each input has got.
 
     async def _report_progress(self, events: list[Event]) -> None:
-        """One message per downstream partition for the whole batch, whatever it touched."""
-        # Its sends are out: the batch counts as finished, though its offsets are not yet.
-        read_to: dict[TP, int] = {}
-        for event in events:
-            tp = event.message.tp
-            read_to[tp] = max(read_to.get(tp, 0), event.message.offset + 1)
-        for tp, offset in read_to.items():
-            read_to[tp] = max(offset, self.batches.offsets.finished_to(tp) or 0)
-        for topic in sorted({tp.topic for tp in read_to}):
-            marks = [
-                self.sources.mark(self.app, tp.topic, tp.partition, offset)
-                for tp, offset in sorted(read_to.items())
-                if tp.topic == topic
-            ]
+        """One message per downstream partition for the whole batch, whatever it touched.
+
+        Never idle: the end a batch's fetch saw may be behind the log by now, and an idle
+        mark sent after the others' newer ones would vouch for their times. Whether a
+        partition has caught up is for `report_idle_inputs`, which asks the broker.
+        """
+        for topic in sorted({event.message.tp.topic for event in events}):
+            partitions = {e.message.tp.partition for e in events if e.message.tp.topic == topic}
+            marks = [self.sources.reading(topic, partition) for partition in sorted(partitions)]
             await self._send_marks(marks, topic)
 
     async def report_idle_inputs(self) -> None:
@@ -508,7 +503,7 @@ class Pipeline:
             # Asked again on the next tick; what is known is reported meanwhile.
             log.warning("where the inputs not read yet start is unknown", exc_info=True)
         self.idle_reported_at = now
-        idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
+        candidates: dict[TP, tuple[int, SourceMark]] = {}
         for tp in sorted(inputs):
             read_to = offsets.finished_to(tp)
             if read_to is None:
@@ -516,6 +511,20 @@ class Pipeline:
             self._restore_watermark(source_name(tp.topic, tp.partition))
             mark = self.sources.mark(self.app, tp.topic, tp.partition, read_to)
             if mark.idle:
+                candidates[tp] = (read_to, mark)
+        if not candidates:
+            return
+        # The consumer's highwater is what the last fetch of a partition said: one whose
+        # fetch is slow (a 10 MB record) or paused looks caught up while records wait, and
+        # said idle again and again it would vouch for the others' newer times. Asked afresh.
+        try:
+            ends = await self.app.consumer.highwaters(*candidates)
+        except Exception:
+            log.warning("the inputs' ends are unknown; idle ones say so next time", exc_info=True)
+            return
+        idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
+        for tp, (read_to, mark) in candidates.items():
+            if tp in ends and read_to >= ends[tp]:
                 idle[tp.topic].append(mark)
         for topic, marks in idle.items():
             await self._send_marks(marks, topic)
@@ -1071,6 +1080,11 @@ class Sources:
         """Event time reached before a restart, from the checkpoint."""
         if watermark_ms is not None and watermark_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = watermark_ms
+
+    def reading(self, topic: str, partition: int) -> SourceMark:
+        """How far a partition still being read has got in event time."""
+        source = source_name(topic, partition)
+        return SourceMark(source, self.watermarks.get(source), idle=False)
 
     def mark(self, app: faust.App, topic: str, partition: int, read_to: int) -> SourceMark:
         """Idle once what the agents finished (`read_to`: every offset below it, its sends

@@ -736,6 +736,11 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     consumer.assignment = lambda: {done, behind}
     consumer.highwater = lambda tp: 40
 
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 40)
+
+    consumer.highwaters = highwaters
+
     async def committed(tps: set[TP]) -> dict[TP, int]:
         return {tp: offset for tp, offset in {done: 40, behind: 25}.items() if tp in tps}
 
@@ -765,6 +770,46 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
     assert SourceMark(source_name(answers, 1), None, True) in marks
+
+
+async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
+    harness: Harness,
+) -> None:
+    """The consumer's highwater is what the last fetch said: a partition whose next fetch
+    is slow (a 10 MB record) looks caught up while records wait behind it. Said idle every
+    tick, it vouched for the others' newer times, and its own records came in late (the
+    10 MB fault test, 1 of 20 runs with two test processes). The broker is asked."""
+    topology, offsets = harness.topology, harness.pipeline.batches.offsets
+    events = topology.touchpoint_events.get_topic_name()
+    stale, caught_up = TP(events, 0), TP(events, 1)
+    consumer: Any = harness.app.consumer
+    consumer.assignment = lambda: {stale, caught_up}
+    consumer.highwater = lambda tp: 40
+
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        return {tp: {stale: 47, caught_up: 40}[tp] for tp in tps}
+
+    async def committed(tps: set[TP]) -> dict[TP, int]:
+        return dict.fromkeys(tps, 40)
+
+    consumer.highwaters = highwaters
+    offsets._committed = committed  # type: ignore[method-assign]
+    await harness.pipeline.report_idle_inputs()
+    marks = {
+        m.source
+        for s in harness.to(topology.touchpoint_partials)
+        for m in decode_marks(s.value or b"")
+        if m.idle
+    }
+    assert marks == {source_name(events, 1)}
+
+
+def test_a_batch_reports_its_partitions_as_still_read(harness: Harness) -> None:
+    """A batch's own marks never say idle: the end its fetch saw may be old by now."""
+    sources = harness.pipeline.sources
+    events = harness.topology.touchpoint_events.get_topic_name()
+    sources.saw(events, 0, 9, START_MS)
+    assert sources.reading(events, 0) == SourceMark(source_name(events, 0), START_MS, False)
 
 
 def test_a_partition_revoked_meanwhile_is_reported_not_idle_instead_of_crashing(
