@@ -53,6 +53,7 @@ class AlertKind(StrEnum):
     OVER_MESSAGED = "over_messaged"
     NO_DATA = "no_data"
     JOURNEY_BREAK = "journey_break"
+    CHANNEL_INCONSISTENT = "channel_inconsistent"
 
 
 class AlertStatus(StrEnum):

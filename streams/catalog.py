@@ -241,6 +241,38 @@ class JourneyBreak:
         return self.max_rate if self.recover_at is None else self.recover_at
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelConsistency:
+    """Each channel of a journey stage against the stage's other channels, pooled.
+
+    The gap is taken in the direction that is worse for the metric, so a positive gap is
+    always the channel doing worse than the rest of its stage.
+    """
+
+    stage: Stage
+    metric: ScoreMetric
+    max_gap: float  # fires when the gap is past this (with `confidence`, its whole interval)
+    window_ms: int
+    step_ms: int
+    min_samples: int  # for the channel and for the rest, each
+    severity: Severity = Severity.WARNING
+    recover_at: float | None = None  # the gap at or under which it resolves; None: max_gap
+    confidence: float | None = None
+
+    @property
+    def id(self) -> str:
+        """The key of its state and the start of its alerts' subjects: `stage/metric`."""
+        return f"{self.stage.value}/{self.metric.value}"
+
+    @property
+    def recover_gap(self) -> float:
+        return self.max_gap if self.recover_at is None else self.recover_at
+
+    @property
+    def worse_when_higher(self) -> bool:
+        return self.metric not in WORSE_WHEN_LOWER
+
+
 @dataclass(frozen=True)
 class Catalog:
     touchpoints: dict[str, Stage] = field(default_factory=dict)
@@ -248,6 +280,7 @@ class Catalog:
     messaging: MessagingPolicy = field(default_factory=MessagingPolicy)
     scores: ScoreWindow = field(default_factory=ScoreWindow)
     breaks: tuple[JourneyBreak, ...] = ()
+    consistency: tuple[ChannelConsistency, ...] = ()
     warnings: tuple[CatalogWarning, ...] = field(default=(), compare=False)
 
     def key_moments_for(self, touchpoint: str) -> tuple[KeyMoment, ...]:
@@ -311,6 +344,9 @@ def describe_catalog(catalog: Catalog, source: str) -> list[str]:
     if catalog.breaks:
         lines.append("journey breaks:")
         lines += [f"  {_describe_break(journey)}" for journey in catalog.breaks]
+    if catalog.consistency:
+        lines.append("channel consistency:")
+        lines += [f"  {_describe_consistency(rule)}" for rule in catalog.consistency]
     policy = catalog.messaging
     categories = " or ".join(sorted(category.value for category in policy.categories))
     quiet = policy.quiet_hours
@@ -357,6 +393,22 @@ def _describe_break(journey: JourneyBreak) -> str:
     return f"{journey.id}: {', '.join(parts)}; severity {journey.severity.value}"
 
 
+def _describe_consistency(rule: ChannelConsistency) -> str:
+    parts = [
+        f"inconsistent when a channel's {rule.metric.value} is worse than the stage's other "
+        f"channels by more than {rule.max_gap:g}"
+    ]
+    if rule.confidence is not None:
+        parts.append(f"with {rule.confidence:g} confidence")
+    parts += [
+        _windows(rule.window_ms, rule.step_ms),
+        f"min {rule.min_samples} samples for the channel and for the rest",
+    ]
+    if rule.recover_at is not None:
+        parts.append(f"recovers at {rule.recover_at:g}")
+    return f"{rule.id}: {', '.join(parts)}; severity {rule.severity.value}"
+
+
 def load_catalog(path: str | Path) -> Catalog:
     source = str(path)
     try:
@@ -386,11 +438,16 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
             "(see deploy/catalog.example.yaml)",
         )
     sections = reader.mapping(root, "the catalog")
-    reader.only(sections, {"touchpoints", "key_moments", "breaks", "messaging", "scores"}, root)
+    reader.only(
+        sections,
+        {"touchpoints", "key_moments", "breaks", "consistency", "messaging", "scores"},
+        root,
+    )
     scores = reader.score_window(sections.get("scores"))
     touchpoints = reader.touchpoints(sections.get("touchpoints"))
     key_moments = reader.key_moments(sections.get("key_moments"), scores)
     breaks = reader.breaks(sections.get("breaks"), scores)
+    consistency = reader.consistency(sections.get("consistency"), scores, touchpoints)
     reader.check_declared()
     return Catalog(
         touchpoints=touchpoints,
@@ -398,6 +455,7 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
         messaging=reader.messaging(sections.get("messaging")),
         scores=scores,
         breaks=breaks,
+        consistency=consistency,
         warnings=tuple(reader.warnings),
     )
 
@@ -432,6 +490,17 @@ BREAK_KEYS = {
     "window",
     "step",
     "min_samples",
+    "severity",
+}
+CONSISTENCY_KEYS = {
+    "stage",
+    "metric",
+    "max_gap",
+    "recover_at",
+    "window",
+    "step",
+    "min_samples",
+    "confidence",
     "severity",
 }
 DRIFT_LIMITS = {Detector.CUSUM: 5.0, Detector.EWMA_CHART: 3.0}
@@ -727,6 +796,60 @@ class _Reader:
             min_samples=min_samples,
             severity=self.severity(fields, what),
             recover_at=recover_at,
+        )
+
+    def consistency(
+        self, node: yaml.Node | None, scores: ScoreWindow, touchpoints: dict[str, Stage]
+    ) -> tuple[ChannelConsistency, ...]:
+        if node is None:
+            return ()
+        rules: list[ChannelConsistency] = []
+        for entry in self.sequence(node, "consistency"):
+            rule = self.channel_consistency(entry, scores, touchpoints)
+            if any(other.id == rule.id for other in rules):
+                raise self.fail(entry, f"consistency {rule.id} is declared twice")
+            rules.append(rule)
+        return tuple(rules)
+
+    def channel_consistency(
+        self, node: yaml.Node, scores: ScoreWindow, touchpoints: dict[str, Stage]
+    ) -> ChannelConsistency:
+        fields = self.mapping(node, "a consistency rule")
+        self.only(fields, CONSISTENCY_KEYS, node)
+        for required in ("stage", "metric", "max_gap"):
+            if required not in fields:
+                raise self.fail(node, f"a consistency rule needs {required!r}")
+        stage: Stage = self.choice(fields["stage"], "consistency: stage", Stage)
+        what = f"consistency {stage.value}"
+        if stage not in touchpoints.values():
+            raise self.fail(
+                fields["stage"],
+                f"{what}: no touchpoint is declared in stage {stage.value!r}; declare its "
+                "touchpoints under touchpoints with their stage",
+            )
+        metric: ScoreMetric = self.choice(fields["metric"], f"{what}: metric", ScoreMetric)
+        what = f"consistency {stage.value}/{metric.value}"
+        max_gap = self.number(fields["max_gap"], f"{what}: max_gap")
+        if max_gap < 0:
+            raise self.fail(fields["max_gap"], f"{what}: max_gap must not be negative")
+        recover_at = None
+        if "recover_at" in fields:
+            recover_at = self.number(fields["recover_at"], f"{what}: recover_at")
+            if not 0 <= recover_at <= max_gap:
+                raise self.fail(
+                    fields["recover_at"], f"{what}: recover_at must be between 0 and {max_gap:g}"
+                )
+        window, step = self.window_and_step(node, fields, scores, what)
+        return ChannelConsistency(
+            stage=stage,
+            metric=metric,
+            max_gap=max_gap,
+            window_ms=window,
+            step_ms=step,
+            min_samples=self.min_samples(fields, what),
+            severity=self.severity(fields, what),
+            recover_at=recover_at,
+            confidence=self.confidence(fields, what),
         )
 
     def relative(

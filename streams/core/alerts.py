@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,3 +54,8 @@ class Incident:
             window=window,
             details=details,
         )
+
+
+def figure(value: float | None) -> float | None:
+    """A figure for an alert: six decimals; None where the data set no bound."""
+    return None if value is None or not math.isfinite(value) else round(value, 6)

@@ -29,7 +29,7 @@ import orjson
 from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus
 from streams.catalog import Catalog, Detector, KeyMoment, ScoreMetric, format_duration
-from streams.core.alerts import Incident, fingerprint
+from streams.core.alerts import Incident, figure, fingerprint
 from streams.core.scores import Tally
 from streams.core.stats import Estimate, cusum, deviation, ewma, ewma_chart_limit, z_score
 
@@ -467,12 +467,12 @@ class TouchpointWindows:
             "min_samples": moment.min_samples,
             "window_end": format_timestamp(reading.window_end_ms),
             "stage": self.stage.value if self.stage else None,
-            "value": _figure(estimate.value),
-            "low": _figure(estimate.low),
-            "high": _figure(estimate.high),
+            "value": figure(estimate.value),
+            "low": figure(estimate.low),
+            "high": figure(estimate.high),
             "confidence": reading.confidence,
-            "baseline": _figure(reading.baseline),
-            "recover_at": _figure(reading.recover_line),
+            "baseline": figure(reading.baseline),
+            "recover_at": figure(reading.recover_line),
             "detector": moment.detector.value,
         }
         relative = moment.relative
@@ -481,9 +481,9 @@ class TouchpointWindows:
             count = "baseline_windows" if relative.baseline_ms is None else "baseline_samples"
             details[count] = reading.baseline_count
         if reading.detractors is not None:
-            details["detractor_share"] = _figure(reading.detractors.value)
-            details["detractor_low"] = _figure(reading.detractors.low)
-            details["detractor_high"] = _figure(reading.detractors.high)
+            details["detractor_share"] = figure(reading.detractors.value)
+            details["detractor_low"] = figure(reading.detractors.low)
+            details["detractor_high"] = figure(reading.detractors.high)
         if status is AlertStatus.FIRING:
             rule = moment.standard()
             if relative is not None:
@@ -492,8 +492,8 @@ class TouchpointWindows:
                 rule = f"{side} {line:.4g}, {rule} of {reading.baseline:.4g}"
             if moment.drift is not None:
                 limit = drift_limit(moment)
-                details["statistic"] = _figure(progress.drift)
-                details["limit"] = _figure(limit)
+                details["statistic"] = figure(progress.drift)
+                details["limit"] = figure(limit)
                 rule = (
                     f"drifting {rule}: its {DETECTOR_LABELS[moment.drift.detector]} reached "
                     f"{progress.drift:.3g}, at or over its limit {limit:.3g}"
@@ -549,8 +549,3 @@ def drift_limit(moment: KeyMoment) -> float:
     if drift.detector is Detector.CUSUM:
         return drift.limit
     return ewma_chart_limit(drift.limit, drift.smoothing)
-
-
-def _figure(value: float | None) -> float | None:
-    """A figure for an alert: six decimals; None where the data set no bound."""
-    return None if value is None or not math.isfinite(value) else round(value, 6)
