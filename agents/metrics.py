@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from models.records import CHANNELS
+from models.records import known_channel
 from streams.catalog import Catalog, JourneyBreak, KeyMoment, ScoreMetric
 from streams.core.messaging import Message
 from streams.core.scores import Tally
@@ -198,10 +198,6 @@ ALERTMANAGER_ACTIVE = Gauge(
 )
 
 
-# Channels a label may carry; any other id a producer invents is counted as "other".
-CHANNEL_LABELS = frozenset(CHANNELS)
-
-
 def declare_catalog(catalog: Catalog) -> None:
     """Series that exist from the start: touchpoint stages, key moment states and standards,
     the messaging policy's limits."""
@@ -272,5 +268,4 @@ def forget_score(touchpoint: str, metric: ScoreMetric) -> None:
 
 
 def count_outbound(message: Message) -> None:
-    channel = message.channel if message.channel in CHANNEL_LABELS else "other"
-    OUTBOUND_MESSAGES.labels(channel, message.category.value).inc()
+    OUTBOUND_MESSAGES.labels(known_channel(message.channel), message.category.value).inc()

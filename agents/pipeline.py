@@ -36,10 +36,18 @@ from models.decode import (
     encode_alert,
     format_timestamp,
 )
-from models.records import Alert
+from models.records import Alert, Stage
 from streams.catalog import Catalog, ScoreMetric
+from streams.core.consistency import StageConsistencies, StageState
 from streams.core.identity import HeldMessages, add_link, customer_at, encode_link
-from streams.core.ingest import OutboundMessage, PartialTallies, TouchpointPartial, outbound_message
+from streams.core.ingest import (
+    OutboundMessage,
+    PartialTallies,
+    TouchpointPartial,
+    outbound_message,
+    stage_subject,
+    subject_stage,
+)
 from streams.core.journeys import (
     BreakState,
     BreakWindows,
@@ -172,15 +180,17 @@ class Pipeline:
         self.breaks_judged_to: dict[int, int] = {}
         self.break_windows = {j.id: BreakWindows(j) for j in core.catalog.breaks}
         self.breaks_by_partition = self._by_partition({j.id for j in core.catalog.breaks})
-        self.idle_reported_at = 0.0
         self.judged_to: dict[int, int] = {}
         self.watched = frozenset(core.catalog.touchpoints) | {
             m.touchpoint for m in core.catalog.key_moments
         }
-        self.key_moment_touchpoints = self._by_partition(
-            {m.touchpoint for m in core.catalog.key_moments}
-        )
         self.exported_scores: set[tuple[str, ScoreMetric]] = set()
+        self.stage_consistencies = StageConsistencies.of(core.catalog)
+        # Judged whenever event time moves on, whether new records came for them or not.
+        self.judged_every_step = self._by_partition(
+            {m.touchpoint for m in core.catalog.key_moments}
+            | set(map(stage_subject, self.stage_consistencies))
+        )
         metrics.declare_catalog(core.catalog)
 
     def _progress(self, *inputs: faust.TopicT) -> defaultdict[int, SourceProgress]:
@@ -487,7 +497,7 @@ class Pipeline:
         """
         now = time.monotonic()
         reading = now - self.sources.read_at < IDLE_REPORT_WHILE_READING_S
-        if not reading and now - self.idle_reported_at < IDLE_REPORT_AT_LEAST_EVERY_S:
+        if not reading and now - self.sources.idle_reported_at < IDLE_REPORT_AT_LEAST_EVERY_S:
             return
         offsets = self.batches.offsets
         try:
@@ -502,7 +512,7 @@ class Pipeline:
         except Exception:
             # Asked again on the next tick; what is known is reported meanwhile.
             log.warning("where the inputs not read yet start is unknown", exc_info=True)
-        self.idle_reported_at = now
+        self.sources.idle_reported_at = now
         candidates: dict[TP, tuple[int, SourceMark]] = {}
         for tp in sorted(inputs):
             read_to = offsets.finished_to(tp)
@@ -645,9 +655,24 @@ class Pipeline:
             metrics.EVENT_TIME_JUDGED.set(min(self.judged_to.values()) / 1000)
         due = set(by_touchpoint)
         if advanced:
-            due.update(self.key_moment_touchpoints.get(partition, ()))
-        for touchpoint in sorted(due):
-            await self._score(touchpoint, partition, by_touchpoint.get(touchpoint, []), watermark)
+            due.update(self.judged_every_step.get(partition, ()))
+        for subject in sorted(due):
+            partials = by_touchpoint.get(subject, [])
+            stage = subject_stage(subject)
+            if stage is None:
+                await self._score(subject, partition, partials, watermark)
+            else:
+                await self._judge_stage(stage, partition, partials, watermark)
+
+    def _new_partials(
+        self, key: bytes, partials: list[TouchpointPartial]
+    ) -> tuple[Applied, bytes | None, list[TouchpointPartial]]:
+        """A subject's stored state, and the partials it has not taken in yet."""
+        raw = self.windows.get(key)
+        applied, body = (Applied(), None) if raw is None else unwrap(raw)
+        # Delivered again after a crash or a rebalance: already counted.
+        fresh = [p for p in partials if applied.take(p.source, p.last_offset)]
+        return applied, body, fresh
 
     async def _score(
         self,
@@ -657,15 +682,12 @@ class Pipeline:
         watermark: int | None,
     ) -> None:
         key = touchpoint.encode()
-        raw = self.windows.get(key)
-        if raw is None and not partials:
+        applied, body, fresh = self._new_partials(key, partials)
+        if body is None and not partials:
             return
-        applied, body = (Applied(), b"") if raw is None else unwrap(raw)
-        state = TouchpointState() if raw is None else TouchpointState.decode(body)
+        state = TouchpointState() if body is None else TouchpointState.decode(body)
         windows = self.partials.windows(touchpoint)
-        for partial in partials:
-            if not applied.take(partial.source, partial.last_offset):
-                continue  # delivered again after a crash or a rebalance: already counted
+        for partial in fresh:
             for bucket in partial.buckets:
                 if not windows.add(state, bucket.start_ms, bucket.tally, bucket.latest_ms):
                     metrics.LATE_RECORDS.inc(bucket.tally.records)
@@ -681,6 +703,30 @@ class Pipeline:
             progress = state.moments.get(moment.id)
             open_incident = progress is not None and progress.incident_start_ms is not None
             metrics.set_key_moment(moment, degraded=open_incident)
+
+    async def _judge_stage(
+        self,
+        stage: Stage,
+        partition: int,
+        partials: list[TouchpointPartial],
+        watermark: int | None,
+    ) -> None:
+        """A journey stage's channels, each against the rest: the consistency rules."""
+        key = stage_subject(stage).encode()
+        applied, body, fresh = self._new_partials(key, partials)
+        if body is None and not partials:
+            return
+        state = StageState() if body is None else StageState.decode(body)
+        consistencies = self.stage_consistencies[stage]
+        for partial in fresh:
+            for bucket in partial.buckets:
+                assert bucket.channel is not None
+                consistencies.add(state, bucket.start_ms, bucket.channel, bucket.tally)
+        if watermark is not None:
+            closed = watermark - self.core.catalog.scores.grace_ms
+            for alert in consistencies.advance(state, closed):
+                await self._emit(alert)
+        self.windows.put(partition, key, wrap(applied, state.encode()))
 
     def forget_revoked_touchpoints(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         """Another worker owns these touchpoints and breaks now: its figures count, not ours."""
@@ -1057,8 +1103,10 @@ class Sources:
             )
         )
         self.watermarks: dict[str, int] = {}
-        # When input was last read, here or by another worker of the group, monotonic.
+        # When input was last read, here or by another worker of the group, and when
+        # this worker last said which of its inputs are idle: monotonic.
         self.read_at = 0.0
+        self.idle_reported_at = 0.0
 
     def expected(self, *topics: faust.TopicT) -> set[str]:
         return {

@@ -13,6 +13,13 @@ CHANNELS = (
     "sms", "email", "wechat", "app_push", "in_app", "web", "app", "mini_program", "store",
     "call_center", "social",
 )  # fmt: skip
+# What a channel outside that list is counted as where the set must stay bounded.
+OTHER_CHANNEL = "other"
+
+
+def known_channel(channel: str) -> str:
+    """A channel the contract names, else `other`: metric labels and state stay bounded."""
+    return channel if channel in CHANNELS else OTHER_CHANNEL
 
 
 class Direction(StrEnum):

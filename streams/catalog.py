@@ -283,6 +283,13 @@ class Catalog:
     consistency: tuple[ChannelConsistency, ...] = ()
     warnings: tuple[CatalogWarning, ...] = field(default=(), compare=False)
 
+    def consistency_by_stage(self) -> dict[Stage, tuple[ChannelConsistency, ...]]:
+        """The consistency rules of each journey stage watched, in catalog order."""
+        grouped: dict[Stage, list[ChannelConsistency]] = {}
+        for rule in self.consistency:
+            grouped.setdefault(rule.stage, []).append(rule)
+        return {stage: tuple(rules) for stage, rules in grouped.items()}
+
     def key_moments_for(self, touchpoint: str) -> tuple[KeyMoment, ...]:
         return self._moments_by_touchpoint().get(touchpoint, ())
 

@@ -15,8 +15,9 @@ from models.decode import (
 )
 from models.records import Alert, TouchpointEvent
 from streams.catalog import Catalog
+from streams.core.consistency import StageConsistencies, StageState
 from streams.core.identity import add_link, customer_at, encode_link
-from streams.core.ingest import OutboundMessage, PartialTallies, outbound_message
+from streams.core.ingest import OutboundMessage, PartialTallies, outbound_message, subject_stage
 from streams.core.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
 from streams.core.messaging import CustomerMessages, FrequencyPolicy
 from streams.core.sentiment import SentimentScorer
@@ -33,6 +34,7 @@ class ReplayResult:
     touchpoints: dict[str, TouchpointState] = field(default_factory=dict)
     customers: dict[str, CustomerMessages] = field(default_factory=dict)
     breaks: dict[str, BreakState] = field(default_factory=dict)
+    stages: dict[str, StageState] = field(default_factory=dict)  # by stage, for consistency
 
 
 class OfflineMonitor:
@@ -43,6 +45,7 @@ class OfflineMonitor:
         self.policy = FrequencyPolicy(catalog.messaging)
         self.catalog = catalog
         self.journeys = JourneyTracker(catalog)
+        self.stages = StageConsistencies.of(catalog)
         self.journey_customers: dict[str, CustomerJourneys] = {}
         self.seen: set[tuple[Role, str]] = set()
         self.links: dict[str, bytes] = {}
@@ -85,6 +88,15 @@ class OfflineMonitor:
         """
         result = self.result
         for partial in self.partials.drain("replay", 0):
+            stage = subject_stage(partial.touchpoint)
+            if stage is not None:
+                stage_state = result.stages.setdefault(stage.value, StageState())
+                for bucket in partial.buckets:
+                    assert bucket.channel is not None
+                    self.stages[stage].add(
+                        stage_state, bucket.start_ms, bucket.channel, bucket.tally
+                    )
+                continue
             state = result.touchpoints.setdefault(partial.touchpoint, TouchpointState())
             windows = self.partials.windows(partial.touchpoint)
             for bucket in partial.buckets:
@@ -100,6 +112,12 @@ class OfflineMonitor:
             windows = self.partials.windows(touchpoint)
             watermark = self.watermark_ms if until_ms is None else until_ms + windows.grace_ms
             result.alerts += windows.advance(result.touchpoints[touchpoint], watermark)
+        grace = self.catalog.scores.grace_ms
+        for stage, consistencies in self.stages.items():
+            watermark = self.watermark_ms if until_ms is None else until_ms + grace
+            if watermark is not None:
+                stage_state = result.stages.setdefault(stage.value, StageState())
+                result.alerts += consistencies.advance(stage_state, watermark - grace)
         for customer in sorted(self.messages):
             frequency = result.customers.setdefault(customer, CustomerMessages())
             for message in self.messages[customer]:

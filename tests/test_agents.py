@@ -756,7 +756,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     assert offsets.cursors.admit(behind, 25) is not None
     offsets.cursors.cursors[behind].next_offset = 40
     harness.sent.clear()
-    harness.pipeline.idle_reported_at = 0.0
+    harness.pipeline.sources.idle_reported_at = 0.0
     await harness.pipeline.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
@@ -764,7 +764,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     assert source_name(answers, 1) not in {m.source for m in marks}
     offsets.cursors.finished(behind, 39)
     harness.sent.clear()
-    harness.pipeline.idle_reported_at = 0.0
+    harness.pipeline.sources.idle_reported_at = 0.0
     await harness.pipeline.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")

@@ -27,7 +27,13 @@ from streams.catalog import (
     parse_catalog,
 )
 from streams.core.alerts import fingerprint
-from streams.core.consistency import ConsistencyState, StageConsistency, gap_between
+from streams.core.consistency import (
+    ConsistencyState,
+    StageConsistencies,
+    StageConsistency,
+    StageState,
+    gap_between,
+)
 from streams.core.scores import Tally
 from streams.core.stats import Estimate, z_score
 
@@ -253,13 +259,26 @@ def test_a_tally_for_a_window_already_judged_is_refused() -> None:
 
 def test_the_state_survives_its_encoding() -> None:
     consistency = StageConsistency(rule())
-    state, _ = judged(consistency, ("app", csat(2, 30)), ("web", csat(4, 30)))
-    decoded = ConsistencyState.decode(state.encode())
-    assert decoded.incidents == state.incidents == {"app": T0 + 10 * MINUTE}
-    assert decoded.evaluated_until_ms == state.evaluated_until_ms
-    assert {s: {c: t.to_wire() for c, t in ch.items()} for s, ch in decoded.buckets.items()} == {
-        s: {c: t.to_wire() for c, t in ch.items()} for s, ch in state.buckets.items()
-    }
+    rule_state, _ = judged(consistency, ("app", csat(2, 30)), ("web", csat(4, 30)))
+    decoded = StageState.decode(StageState({"purchase/csat": rule_state}).encode())
+    (again,) = decoded.rules.values()
+    assert again.incidents == rule_state.incidents == {"app": T0 + 10 * MINUTE}
+    assert again.evaluated_until_ms == rule_state.evaluated_until_ms
+    assert again.to_wire() == rule_state.to_wire()
+
+
+def test_every_rule_of_a_stage_keeps_its_own_tallies() -> None:
+    """A tally merged into two rules' states is copied, never shared: the NPS rule judged
+    on 10-minute steps and the CSAT rule on 5-minute ones each count the 30 answers once."""
+    rules = StageConsistencies([rule(), rule(metric=ScoreMetric.NPS, step_ms=5 * MINUTE)])
+    state = StageState()
+    first, again = csat(2, 30), csat(2, 30)
+    assert rules.add(state, T0 + 7 * MINUTE, "app", first)
+    assert rules.add(state, T0 + 8 * MINUTE, "app", again)
+    csat_rule, nps_rule = state.rules["purchase/csat"], state.rules["purchase/nps"]
+    assert csat_rule.buckets[T0]["app"].csat_count == 60
+    assert nps_rule.buckets[T0 + 5 * MINUTE]["app"].csat_count == 60
+    assert first.csat_count == 30, "the partial itself is not changed"
 
 
 # --- the catalog key ---------------------------------------------------------------------

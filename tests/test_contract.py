@@ -38,6 +38,10 @@ from models.decode import (
     parse_timestamp_ms,
 )
 from models.records import (
+    CHANNELS as CONTRACT_CHANNELS,
+)
+from models.records import (
+    OTHER_CHANNEL,
     Alert,
     AlertKind,
     AlertStatus,
@@ -54,6 +58,7 @@ from models.records import (
 from streams.catalog import Detector, ScoreMetric, parse_catalog
 from streams.commands.simulate import SimulationConfig, generate
 from streams.core.alerts import fingerprint
+from streams.core.consistency import StageConsistencies, StageState
 from streams.core.journeys import BreakState, BreakWindows
 from streams.core.journeys import Outcome as Attempt
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
@@ -232,6 +237,9 @@ def test_enums_are_the_codes_the_decoder_and_the_alerts_use() -> None:
     assert degraded["stage"]["enum"] == [*values(Stage), None]
     categories = alert["$defs"]["over_messaged"]["properties"]["by_category"]
     assert categories["propertyNames"]["enum"] == values(Category)
+    inconsistent = alert["$defs"]["channel_inconsistent"]["properties"]
+    assert inconsistent["stage"]["enum"] == values(Stage)
+    assert inconsistent["channel"]["enum"] == [*CONTRACT_CHANNELS, OTHER_CHANNEL]
 
 
 def wire_name(field_name: str) -> str:
@@ -284,7 +292,8 @@ def check_alert(document: dict[str, Any]) -> None:
     errors = [e.message for e in strict_alert_validator().iter_errors(document)]
     assert errors == []
     kind = AlertKind(document["kind"])
-    qualifiers = [] if kind in (AlertKind.OVER_MESSAGED, AlertKind.JOURNEY_BREAK) else ["metric"]
+    per_metric = (AlertKind.KEY_MOMENT_DEGRADED, AlertKind.NO_DATA)
+    qualifiers = ["metric"] if kind in per_metric else []
     expected = fingerprint(kind, document["subject"], *(document[q] for q in qualifiers))
     assert document["fingerprint"] == expected
     starts_at_ms = parse_timestamp_ms(document["starts_at"], "starts_at")
@@ -763,6 +772,11 @@ def nps(promoters: int, detractors: int) -> Tally:
     return Tally(promoters=promoters, detractors=detractors)
 
 
+def csat(*scores: float) -> Tally:
+    count, total = len(scores), sum(scores)
+    return Tally(csat_count=count, csat_sum=total, csat_squares=sum(x * x for x in scores))
+
+
 def failures(failed: int, outcomes: int) -> Tally:
     return Tally(events=outcomes, outcomes=outcomes, failures=failed)
 
@@ -833,6 +847,24 @@ def journey_alerts() -> list[Alert]:
     return alerts + windows.advance(state, T0 + 40 * MINUTE)
 
 
+def consistency_alerts() -> list[Alert]:
+    """The app's CSAT at 2 against the web's 4 for an hour, then at 4 too: fired, resolved."""
+    catalog = parse_catalog(
+        "touchpoints: {checkout.payment: {stage: purchase}}\n"
+        "consistency:\n  - {stage: purchase, metric: csat, max_gap: 1, confidence: 0.95,"
+        " window: 10m, step: 5m, min_samples: 4, severity: critical}\n"
+    )
+    (rules,) = StageConsistencies.of(catalog).values()
+    state, alerts = StageState(), []
+    for step in range(6):
+        at = T0 + step * 5 * MINUTE
+        app_score = 2 if step < 3 else 4
+        rules.add(state, at, "app", csat(app_score, app_score + 1, app_score, app_score + 1))
+        rules.add(state, at, "web", csat(4, 5, 4, 5))
+        alerts += rules.advance(state, at + 5 * MINUTE)
+    return alerts
+
+
 def monitor_alerts() -> list[Alert]:
     """Alerts of every kind and every figure set, from the monitor's own pure core."""
     bad, good = nps(0, 4), nps(4, 0)
@@ -869,6 +901,7 @@ def monitor_alerts() -> list[Alert]:
         ),
         *messaging_alerts(),
         *journey_alerts(),
+        *consistency_alerts(),
     ]
 
 

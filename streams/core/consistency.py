@@ -11,17 +11,19 @@ is back at or under `recover_at`; both the channel and the rest need `min_sample
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from models.decode import format_timestamp
-from models.records import Alert, AlertKind, AlertStatus
-from streams.catalog import ChannelConsistency, format_duration
+from models.records import Alert, AlertKind, AlertStatus, Stage
+from streams.catalog import Catalog, ChannelConsistency, format_duration
 from streams.core.alerts import Incident, figure, fingerprint
 from streams.core.scores import Tally
 from streams.core.stats import Estimate, z_score
+from streams.core.touchpoints import METRIC_LABELS
 
 # The interval an alert shows when its rule declares no confidence of its own.
 SHOWN_CONFIDENCE = 0.95
@@ -35,27 +37,39 @@ class ConsistencyState:
     evaluated_until_ms: int | None = None
     incidents: dict[str, int] = field(default_factory=dict)  # channel -> incident start
 
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                [[start, [[channel, tally.to_wire()] for channel, tally in channels.items()]]
-                 for start, channels in self.buckets.items()],
-                self.evaluated_until_ms,
-                self.incidents,
-            ]
-        )  # fmt: skip
+    def to_wire(self) -> list[Any]:
+        return [
+            [[start, [[channel, tally.to_wire()] for channel, tally in channels.items()]]
+             for start, channels in self.buckets.items()],
+            self.evaluated_until_ms,
+            self.incidents,
+        ]  # fmt: skip
 
     @classmethod
-    def decode(cls, raw: bytes) -> ConsistencyState:
-        buckets, evaluated, incidents = orjson.loads(raw)
+    def from_wire(cls, wire: list[Any]) -> ConsistencyState:
+        buckets, evaluated, incidents = wire
         return cls(
             {
-                start: {channel: Tally.from_wire(wire) for channel, wire in channels}
+                start: {channel: Tally.from_wire(tally) for channel, tally in channels}
                 for start, channels in buckets
             },
             evaluated,
             incidents,
         )
+
+
+@dataclass(slots=True)
+class StageState:
+    """Where each consistency rule of one journey stage stands, by rule id."""
+
+    rules: dict[str, ConsistencyState] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps([[rule, state.to_wire()] for rule, state in self.rules.items()])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> StageState:
+        return cls({rule: ConsistencyState.from_wire(wire) for rule, wire in orjson.loads(raw)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,17 +126,15 @@ class StageConsistency:
             return None
         return state.evaluated_until_ms + self.rule.step_ms - self.rule.window_ms
 
-    def add(self, state: ConsistencyState, bucket_start: int, channel: str, tally: Tally) -> bool:
-        """Merge a partial tally of one channel; False when every window it falls in is judged."""
+    def add(self, state: ConsistencyState, at_ms: int, channel: str, tally: Tally) -> bool:
+        """Merge a partial tally of one channel (`tally` is not kept: the state has its own)
+        into its step; False when every window it falls in is judged."""
+        start = self.bucket_of(at_ms)
         horizon = self.horizon(state)
-        if horizon is not None and bucket_start < horizon:
+        if horizon is not None and start < horizon:
             return False
-        channels = state.buckets.setdefault(bucket_start, {})
-        existing = channels.get(channel)
-        if existing is None:
-            channels[channel] = tally
-        else:
-            existing.merge(tally)
+        channels = state.buckets.setdefault(start, {})
+        channels.setdefault(channel, Tally()).merge(tally)
         return True
 
     def advance(self, state: ConsistencyState, closed_ms: int) -> list[Alert]:
@@ -205,10 +217,9 @@ class StageConsistency:
 
     def _alert(self, reading: ChannelReading, status: AlertStatus, starts_at_ms: int) -> Alert:
         rule, gap = self.rule, reading.gap
-        metric = rule.metric.value
         figures = (
-            f"{metric} {gap.channel.value:.4g} on {reading.channel} against {gap.rest.value:.4g} "
-            f"on the stage's other channels, a gap of {gap.value:.4g} "
+            f"{METRIC_LABELS[rule.metric]} {gap.channel.value:.4g} on {reading.channel} "
+            f"against {gap.rest.value:.4g} on the stage's other channels, a gap of {gap.value:.4g} "
             f"({self.confidence:.0%} interval {gap.low:.4g} to {gap.high:.4g}; "
             f"{gap.channel.samples} and {gap.rest.samples} samples) over the last {self.window}"
         )
@@ -233,7 +244,7 @@ class StageConsistency:
         )
         details: dict[str, Any] = {
             "stage": stage,
-            "metric": metric,
+            "metric": rule.metric.value,
             "channel": reading.channel,
             "channel_value": figure(gap.channel.value),
             "channel_samples": gap.channel.samples,
@@ -256,3 +267,30 @@ class StageConsistency:
             window=self.window,
             details=details,
         )
+
+
+class StageConsistencies:
+    """Every consistency rule of one journey stage; state lives in StageState."""
+
+    def __init__(self, rules: Iterable[ChannelConsistency]) -> None:
+        self.detectors = [StageConsistency(rule) for rule in rules]
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> dict[Stage, StageConsistencies]:
+        """The rules of every journey stage the catalog watches for consistency."""
+        return {stage: cls(rules) for stage, rules in catalog.consistency_by_stage().items()}
+
+    def add(self, state: StageState, at_ms: int, channel: str, tally: Tally) -> bool:
+        """False when every window of every rule it would fall in is judged: it is late."""
+        taken = False
+        for detector in self.detectors:
+            rule_state = state.rules.setdefault(detector.rule.id, ConsistencyState())
+            taken = detector.add(rule_state, at_ms, channel, tally) or taken
+        return taken
+
+    def advance(self, state: StageState, closed_ms: int) -> list[Alert]:
+        alerts: list[Alert] = []
+        for detector in self.detectors:
+            rule_state = state.rules.setdefault(detector.rule.id, ConsistencyState())
+            alerts += detector.advance(rule_state, closed_ms)
+        return alerts

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import orjson
 
-from models.records import Category, Direction, SurveyAnswer, TouchpointEvent
+from models.records import (
+    Category,
+    Direction,
+    Stage,
+    SurveyAnswer,
+    TouchpointEvent,
+    known_channel,
+)
 from streams.catalog import Catalog
 from streams.core.messaging import Message, message_digest
 from streams.core.scores import Tally
@@ -17,11 +27,21 @@ from streams.core.touchpoints import TouchpointWindows
 
 @dataclass(slots=True)
 class BucketTally:
-    """The tally of one time bucket, and the newest event time in it."""
+    """The tally of one time bucket (of one channel, for a stage), and its newest event time."""
 
     start_ms: int
     latest_ms: int
     tally: Tally
+    channel: str | None = None
+
+    def to_wire(self) -> list[Any]:
+        wire = [self.start_ms, self.latest_ms, self.tally.to_wire()]
+        return wire if self.channel is None else [*wire, self.channel]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> BucketTally:
+        start, latest, tally, *channel = wire
+        return cls(start, latest, Tally.from_wire(tally), *channel)
 
 
 @dataclass(slots=True)
@@ -29,7 +49,9 @@ class TouchpointPartial:
     """What one batch of one input partition adds to one touchpoint, bucket by bucket.
 
     `source` and `last_offset` name the batch: the scoring stage applies each batch of
-    each input partition once, however often a crash or a rebalance delivers it.
+    each input partition once, however often a crash or a rebalance delivers it. A journey
+    stage watched for channel consistency is a subject of its own (`stage_subject`), its
+    buckets by channel.
     """
 
     touchpoint: str
@@ -43,19 +65,14 @@ class TouchpointPartial:
                 self.touchpoint,
                 self.source,
                 self.last_offset,
-                [[b.start_ms, b.latest_ms, b.tally.to_wire()] for b in self.buckets],
+                [bucket.to_wire() for bucket in self.buckets],
             ]
         )
 
     @classmethod
     def decode(cls, raw: bytes) -> TouchpointPartial:
         touchpoint, source, last_offset, buckets = orjson.loads(raw)
-        return cls(
-            touchpoint,
-            source,
-            last_offset,
-            [BucketTally(start, latest, Tally.from_wire(wire)) for start, latest, wire in buckets],
-        )
+        return cls(touchpoint, source, last_offset, [BucketTally.from_wire(b) for b in buckets])
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +113,21 @@ class OutboundMessage:
 
 
 class PartialTallies:
-    """Folds a batch of records into one partial per touchpoint: few sends per batch."""
+    """Folds a batch of records into one partial per touchpoint: few sends per batch.
+
+    Records of a touchpoint whose journey stage is watched for channel consistency are
+    also folded into that stage's partial, by channel.
+    """
 
     def __init__(self, catalog: Catalog, scorer: SentimentScorer) -> None:
         self.catalog = catalog
         self.scorer = scorer
         self._windows: dict[str, TouchpointWindows] = {}
-        self._buckets: dict[str, dict[int, BucketTally]] = {}
+        self._buckets: dict[str, dict[tuple[int, str | None], BucketTally]] = {}
+        self.stage_bucket_ms = {
+            stage: reduce(math.gcd, [rule.step_ms for rule in rules])
+            for stage, rules in catalog.consistency_by_stage().items()
+        }
 
     def windows(self, touchpoint: str) -> TouchpointWindows:
         windows = self._windows.get(touchpoint)
@@ -111,11 +136,21 @@ class PartialTallies:
         return windows
 
     def add_event(self, event: TouchpointEvent) -> None:
-        self._bucket(event.touchpoint, event.occurred_at_ms).tally.add_event(event)
+        for tally in self._tallies(event.touchpoint, event.channel, event.occurred_at_ms):
+            tally.add_event(event)
 
     def add_answer(self, answer: SurveyAnswer) -> None:
         sentiment = self.scorer.score(answer.comment) if answer.comment else None
-        self._bucket(answer.touchpoint, answer.answered_at_ms).tally.add_answer(answer, sentiment)
+        for tally in self._tallies(answer.touchpoint, answer.channel, answer.answered_at_ms):
+            tally.add_answer(answer, sentiment)
+
+    def _tallies(self, touchpoint: str, channel: str | None, at_ms: int) -> Iterator[Tally]:
+        yield self._bucket(touchpoint, at_ms, self.windows(touchpoint).bucket_of(at_ms)).tally
+        stage = self.catalog.touchpoints.get(touchpoint)
+        bucket_ms = self.stage_bucket_ms.get(stage) if stage is not None else None
+        if stage is not None and bucket_ms is not None and channel is not None:
+            start = at_ms - at_ms % bucket_ms
+            yield self._bucket(stage_subject(stage), at_ms, start, known_channel(channel)).tally
 
     def drain(self, source: str, last_offset: int) -> list[TouchpointPartial]:
         """What was folded since the last drain, as the batch `last_offset` of `source`."""
@@ -126,15 +161,32 @@ class PartialTallies:
         self._buckets.clear()
         return partials
 
-    def _bucket(self, touchpoint: str, at_ms: int) -> BucketTally:
-        start = self.windows(touchpoint).bucket_of(at_ms)
-        buckets = self._buckets.setdefault(touchpoint, {})
-        bucket = buckets.get(start)
+    def _bucket(
+        self, subject: str, at_ms: int, start: int, channel: str | None = None
+    ) -> BucketTally:
+        buckets = self._buckets.setdefault(subject, {})
+        bucket = buckets.get((start, channel))
         if bucket is None:
-            bucket = buckets[start] = BucketTally(start, at_ms, Tally())
+            bucket = buckets[(start, channel)] = BucketTally(start, at_ms, Tally(), channel)
         elif at_ms > bucket.latest_ms:
             bucket.latest_ms = at_ms
         return bucket
+
+
+# No touchpoint a record may name starts with it (models/decode.py's TOUCHPOINT_PATTERN).
+STAGE_SUBJECT_PREFIX = "#"
+
+
+def stage_subject(stage: Stage) -> str:
+    """The subject a journey stage's channel tallies travel and are kept under."""
+    return f"{STAGE_SUBJECT_PREFIX}{stage.value}"
+
+
+def subject_stage(subject: str) -> Stage | None:
+    """The journey stage a subject is, or None for a touchpoint."""
+    if not subject.startswith(STAGE_SUBJECT_PREFIX):
+        return None
+    return Stage(subject.removeprefix(STAGE_SUBJECT_PREFIX))
 
 
 def outbound_message(event: TouchpointEvent) -> OutboundMessage | None:

@@ -78,6 +78,10 @@ def to_alertmanager(
         # The break's two touchpoints, from the catalog: bounded, and routable apart.
         labels["from"], labels["to"] = str(alert["from"]), str(alert["to"])
         touchpoint = labels["from"]
+    elif kind == AlertKind.CHANNEL_INCONSISTENT.value:
+        # A stage of the catalog, a metric, a channel of the contract's list or `other`.
+        for name in ("stage", "metric", "channel"):
+            labels[name] = str(alert[name])
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
@@ -110,6 +114,12 @@ def to_alertmanager(
 # the evidence (n, interval), what it was judged against, then the detector's own reading.
 DESCRIBED_FIGURES = (
     "samples",
+    "channel_value",
+    "channel_samples",
+    "rest_value",
+    "rest_samples",
+    "gap_low",
+    "gap_high",
     "min_samples",
     "broken",
     "converted",
