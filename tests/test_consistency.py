@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import textwrap
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
 from models.records import (
@@ -35,7 +37,9 @@ from streams.core.consistency import (
     gap_between,
 )
 from streams.core.scores import Tally
+from streams.core.sentiment import build_scorer
 from streams.core.stats import Estimate, z_score
+from streams.replay import OfflineMonitor
 
 MINUTE = 60_000
 T0 = 1_795_305_600_000  # 2026-11-22T00:00:00Z, a whole number of 10m steps
@@ -368,3 +372,58 @@ def test_bad_consistency_rules_are_refused_on_their_line(
     assert info.value.line == line, info.value
     for word in words:
         assert word in info.value.reason, info.value.reason
+
+
+# --- from records, through the offline reference -----------------------------------------
+
+RECORDS_CATALOG = STAGES + (
+    "consistency:\n"
+    "  - {stage: purchase, metric: csat, max_gap: 1, window: 30m, step: 10m, min_samples: 3}\n"
+)
+
+
+def answer(number: int, minute: int, touchpoint: str, score: int, channel: str | None) -> bytes:
+    at = (T0 + minute * MINUTE) / 1000
+    doc: dict[str, object] = {
+        "answer_id": f"a-{number}",
+        "answered_at": datetime.fromtimestamp(at, tz=UTC).isoformat(),
+        "customer_id": f"c-{number}",
+        "touchpoint": touchpoint,
+        "metric": "csat",
+        "score": score,
+    }
+    if channel is not None:
+        doc["channel"] = channel
+    return orjson.dumps(doc)
+
+
+def replayed(*answers: bytes) -> list[Alert]:
+    monitor = OfflineMonitor(parse_catalog(RECORDS_CATALOG), build_scorer("none"))
+    for raw in answers:
+        monitor.feed("survey_answers", raw)
+    return monitor.finish().alerts
+
+
+def test_answers_of_the_stage_by_channel_fire_in_the_offline_reference() -> None:
+    """Three app answers of 2 against three store answers of 5 across two touchpoints of
+    the stage; answers without a channel and of another stage do not count."""
+    records = [
+        *(answer(n, 1, "checkout.payment", 2, "app") for n in range(3)),
+        *(answer(n, 2, "store.visit", 5, "store") for n in range(3, 6)),
+        answer(6, 3, "checkout.payment", 5, None),
+        answer(7, 40, "checkout.payment", 5, "web"),  # moves event time past the first window
+    ]
+    (alert,) = replayed(*records)
+    assert alert.subject == "purchase/csat/app"
+    assert (alert.details["channel_value"], alert.details["channel_samples"]) == (2.0, 3)
+    assert (alert.details["rest_value"], alert.details["rest_samples"]) == (5.0, 3)
+
+
+def test_a_channel_outside_the_contract_counts_as_other() -> None:
+    records = [
+        *(answer(n, 1, "checkout.payment", 2, "fax") for n in range(3)),
+        *(answer(n, 2, "store.visit", 5, "store") for n in range(3, 6)),
+        answer(7, 40, "checkout.payment", 5, "web"),
+    ]
+    (alert,) = replayed(*records)
+    assert alert.subject == "purchase/csat/other"
