@@ -334,7 +334,8 @@ def describe_catalog(catalog: Catalog, source: str) -> list[str]:
     """What the catalog was understood to say, a line each, as `check-catalog` prints it."""
     lines = [
         f"{source}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key "
-        f"moments, {len(catalog.breaks)} journey breaks",
+        f"moments, {len(catalog.breaks)} journey breaks"
+        + (f", {len(catalog.consistency)} consistency rules" if catalog.consistency else ""),
         f"scores: {_windows(catalog.scores.window_ms, catalog.scores.step_ms)}, judged "
         f"{format_duration(catalog.scores.grace_ms)} after a window ends, so late events "
         "still count",

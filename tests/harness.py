@@ -28,6 +28,8 @@ from models.records import Alert
 from streams.catalog import Catalog, load_catalog
 from streams.commands.publish import Outgoing, follow, send_all
 from streams.commands.simulate import SimulatedRecord
+from streams.core.consistency import ConsistencyState, StageState
+from streams.core.ingest import subject_stage
 from streams.core.journeys import BreakState
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message
 from streams.core.scores import Tally
@@ -393,16 +395,24 @@ class Observed:
     touchpoints: dict[str, TouchpointState]
     customers: dict[str, CustomerMessages]
     breaks: dict[str, BreakState]
+    stages: dict[str, StageState]
     alerts: list[dict[str, Any]]
     dead_letters: list[Received]
 
     @classmethod
     def of(cls, deployment: Deployment) -> Observed:
         topics = deployment.topics
+        windows = deployment.table("touchpoint-windows")
         return cls(
             touchpoints={
                 key.decode(): TouchpointState.decode(unwrap(value)[1])
-                for key, value in deployment.table("touchpoint-windows").items()
+                for key, value in windows.items()
+                if subject_stage(key.decode()) is None
+            },
+            stages={
+                stage.value: StageState.decode(unwrap(value)[1])
+                for key, value in windows.items()
+                if (stage := subject_stage(key.decode())) is not None
             },
             customers={
                 key.decode(): CustomerMessages.decode(value)
@@ -427,6 +437,7 @@ def differences(expected: ReplayResult, observed: Observed, catalog: Catalog) ->
         *shown(touchpoint_differences(expected.touchpoints, observed.touchpoints, catalog)),
         *shown(customer_differences(expected.customers, observed.customers, catalog)),
         *shown(break_differences(expected.breaks, observed.breaks)),
+        *shown(stage_differences(expected.stages, observed.stages)),
         *shown(alert_differences(expected.alerts, observed.alerts)),
         *shown(dead_letter_differences(expected, observed.dead_letters)),
     ]
@@ -456,6 +467,36 @@ def break_differences(
                     f"break {name} bucket {at(start)}: {len(held)} attempts, the reference "
                     f"{len(wanted)}; {apart} decided differently or only on one side"
                 )
+    return found
+
+
+def stage_differences(
+    expected: dict[str, StageState], observed: dict[str, StageState]
+) -> list[str]:
+    """Each consistency rule's judged time, open incidents and tallies by step and channel."""
+    found: list[str] = []
+    for stage in sorted(expected.keys() | observed.keys()):
+        want, got = expected.get(stage, StageState()), observed.get(stage, StageState())
+        for rule in sorted(want.rules.keys() | got.rules.keys()):
+            mine = got.rules.get(rule, ConsistencyState())
+            theirs = want.rules.get(rule, ConsistencyState())
+            if (mine.evaluated_until_ms, mine.incidents) != (
+                theirs.evaluated_until_ms,
+                theirs.incidents,
+            ):
+                found.append(
+                    f"consistency {rule}: judged to {at(mine.evaluated_until_ms)} with incidents "
+                    f"{mine.incidents}, the reference to {at(theirs.evaluated_until_ms)} with "
+                    f"{theirs.incidents}"
+                )
+            for start in sorted(mine.buckets.keys() | theirs.buckets.keys()):
+                ours, reference = mine.buckets.get(start, {}), theirs.buckets.get(start, {})
+                for channel in sorted(ours.keys() | reference.keys()):
+                    apart = tally_differences(
+                        reference.get(channel, Tally()), ours.get(channel, Tally())
+                    )
+                    if apart:
+                        found.append(f"consistency {rule} {at(start)} {channel}: {apart}")
     return found
 
 

@@ -944,7 +944,7 @@ def test_without_declared_touchpoints_there_is_nothing_to_warn_of() -> None:
 
 def test_check_catalog_prints_what_it_understood() -> None:
     assert describe_catalog(load_catalog(EXAMPLE), "example.yaml") == [
-        "example.yaml: 15 touchpoints, 5 key moments, 1 journey breaks",
+        "example.yaml: 15 touchpoints, 5 key moments, 1 journey breaks, 1 consistency rules",
         "scores: 1h windows every 5m, judged 1m after a window ends, so late events still count",
         "touchpoints by stage:",
         "  awareness: douyin.ad, xiaohongshu.note",
@@ -968,6 +968,10 @@ def test_check_catalog_prints_what_it_understood() -> None:
         "journey breaks:",
         "  app.cart -> checkout.payment: broken when more than 0.5 of customers do not go on "
         "within 10m, 30m windows every 5m, min 100 samples, recovers at 0.45; severity critical",
+        "channel consistency:",
+        "  purchase/nps: inconsistent when a channel's nps is worse than the stage's other "
+        "channels by more than 20, with 0.95 confidence, 1h windows every 10m, min 30 samples "
+        "for the channel and for the rest, recovers at 15; severity warning",
         "messaging: at most 5 marketing messages a customer in any 24h, 3 on any one channel, "
         "none in quiet hours 22:00-08:00 Asia/Shanghai; severity warning",
     ]

@@ -218,6 +218,13 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
         help="make this touchpoint's experience bad half-way through the span",
     )
     parser.add_argument(
+        "--inconsistent-channel",
+        type=stage_channel_argument,
+        metavar="STAGE:CHANNEL",
+        help="answers about that stage given after using that channel are bad over the same "
+        "span as --degrade's, e.g. purchase:mini_program",
+    )
+    parser.add_argument(
         "--over-messaged",
         type=int,
         default=3 if demo else 0,
@@ -269,14 +276,22 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
         duration_ms=span_ms,
         journeys_per_hour=args.journeys_per_hour,
         degrade_touchpoint=args.degrade,
-        degrade_from_ms=trouble_from_ms if args.degrade else None,
-        degrade_until_ms=trouble_until_ms if args.degrade else None,
+        degrade_from_ms=trouble_from_ms if args.degrade or args.inconsistent_channel else None,
+        degrade_until_ms=trouble_until_ms if args.degrade or args.inconsistent_channel else None,
         over_messaged_customers=args.over_messaged,
         break_from_ms=trouble_from_ms if args.break_journey else None,
         break_until_ms=trouble_until_ms if args.break_journey else None,
         duplicate_ratio=args.duplicates,
         invalid_ratio=args.invalid,
+        inconsistent_channel=args.inconsistent_channel,
     )
+
+
+def stage_channel_argument(text: str) -> tuple[str, str]:
+    stage, colon, channel = text.partition(":")
+    if not colon or not stage or not channel:
+        raise argparse.ArgumentTypeError(f"{text!r} is not STAGE:CHANNEL, e.g. purchase:web")
+    return stage, channel
 
 
 def timestamp_argument(text: str) -> int:

@@ -81,6 +81,9 @@ TOUCHPOINTS: dict[str, TouchpointSpec] = {
     ),
 }
 
+# Checkout is paid in the app or the mini program: its answers carry either channel.
+_ANSWER_CHANNELS: dict[str, tuple[str, ...]] = {"purchase": ("app", "mini_program")}
+
 MARKETING_TOUCHPOINT_BY_CHANNEL: dict[str, str] = {
     "sms": "marketing.sms",
     "email": "marketing.email",
@@ -115,6 +118,9 @@ class SimulationConfig:
     `degrade_until_ms` to the end: a degradation that ends lets its incident resolve.
     `break_from_ms`: from then (to `break_until_ms`, or the end) half the customers who put
     something in the app's cart and would have gone on to pay do not (BROKEN_JOURNEY).
+    `inconsistent_channel` (stage, channel): from `degrade_from_ms` (or the start) to
+    `degrade_until_ms` (or the end), customers who answer a survey about a touchpoint of
+    that stage after using it on that channel answer as after a bad experience.
     """
 
     start_ms: int
@@ -130,6 +136,7 @@ class SimulationConfig:
     break_until_ms: int | None = None
     duplicate_ratio: float = 0.0
     invalid_ratio: float = 0.0
+    inconsistent_channel: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -143,6 +150,17 @@ class SimulationConfig:
                 raise ValueError(f"{name} must be within [0, 1]")
         if self.degrade_touchpoint is not None and self.degrade_touchpoint not in TOUCHPOINTS:
             raise ValueError(f"unknown touchpoint {self.degrade_touchpoint!r}")
+        if self.inconsistent_channel is not None:
+            stage, channel = self.inconsistent_channel
+            channels = {spec.channel for spec in TOUCHPOINTS.values() if spec.stage == stage}
+            channels |= set(_ANSWER_CHANNELS.get(stage, ()))
+            if not channels:
+                raise ValueError(f"no simulated touchpoint is in stage {stage!r}")
+            if channel not in channels:
+                raise ValueError(
+                    f"stage {stage!r} is simulated on {', '.join(sorted(channels))}, "
+                    f"not {channel!r}"
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +388,7 @@ class _Simulation:
         self.degrade_tp = config.degrade_touchpoint
         self.degrade_from = config.start_ms if degrade_from is None else degrade_from
         self.degrade_until = config.degrade_until_ms
+        self.inconsistent = config.inconsistent_channel
         self.customer_ids = [f"c-{i:06d}" for i in range(1, config.customers + 1)]
 
     # -- plumbing -------------------------------------------------------------------------
@@ -412,6 +431,15 @@ class _Simulation:
     def _degraded(self, touchpoint: str, t: int) -> bool:
         return (
             touchpoint == self.degrade_tp
+            and t >= self.degrade_from
+            and (self.degrade_until is None or t < self.degrade_until)
+        )
+
+    def _inconsistent(self, touchpoint: str, channel: str, t: int) -> bool:
+        """Whether a visit to `touchpoint` on `channel` at `t` leaves a bad experience."""
+        return (
+            self.inconsistent is not None
+            and self.inconsistent == (TOUCHPOINTS[touchpoint].stage, channel)
             and t >= self.degrade_from
             and (self.degrade_until is None or t < self.degrade_until)
         )
@@ -523,11 +551,24 @@ class _Simulation:
     def _contact_only_share(self, customer_id: str) -> float:
         return 0.3 if customer_id.startswith("c-flood-") else _CONTACT_ONLY_SHARE
 
-    def _survey(self, t: int, customer_id: str, touchpoint: str, metric: str, quality: int) -> None:
-        """One answer; `quality` 0 good, 1 mediocre, 2 bad experience."""
+    def _survey(
+        self,
+        t: int,
+        customer_id: str,
+        touchpoint: str,
+        metric: str,
+        quality: int,
+        *,
+        channel: str | None = None,
+    ) -> None:
+        """One answer about a visit on `channel` (the touchpoint's own by default);
+        `quality` 0 good, 1 mediocre, 2 bad experience."""
         if t >= self.end:
             return
         rng = self.rng
+        channel = channel or TOUCHPOINTS[touchpoint].channel
+        if self._inconsistent(touchpoint, channel, t):
+            quality = 2
         low, dists = _CUM_SCALES[metric]
         cum = dists[quality]
         score = low + rng.choices(range(len(cum)), cum_weights=cum)[0]
@@ -538,7 +579,7 @@ class _Simulation:
             "touchpoint": touchpoint,
         }
         if rng.random() < 0.8:
-            value["channel"] = TOUCHPOINTS[touchpoint].channel
+            value["channel"] = channel
         value["metric"] = metric
         value["score"] = score
         if rng.random() < _COMMENT_SHARE:
@@ -732,7 +773,7 @@ class _Simulation:
             if rng.random() < 0.25:
                 quality = self._quality("checkout.payment", t, outcome, duration)
                 at = self._answer_after(t, duration)
-                self._survey(at, customer_id, "checkout.payment", "nps", quality)
+                self._survey(at, customer_id, "checkout.payment", "nps", quality, channel=channel)
             t += duration
             if outcome == "success":
                 break
