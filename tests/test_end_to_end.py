@@ -9,7 +9,7 @@ import pytest
 
 from models.decode import encode_alert, parse_timestamp_ms
 from streams.commands.simulate import SimulationConfig, generate
-from tests.harness import Deployment, reference
+from tests.harness import Deployment, Observed, reference, stage_differences
 
 pytestmark = pytest.mark.broker
 
@@ -89,6 +89,43 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     assert "Restore complete" in second.log()
     deployment.publish(records[half:])
     deployment.alerts_equal_to(expected)
+
+
+def test_an_inconsistent_channel_fires_and_resolves_as_the_offline_reference_says(
+    deployment: Deployment,
+) -> None:
+    """An hour in which checkout answers after paying in the mini program are bad, the app's
+    not: the example catalog's purchase/nps consistency rule (max_gap 20 with 95%
+    confidence, recover_at 15) fires once for mini_program and resolves once."""
+    config = SimulationConfig(
+        start_ms=START_MS,
+        journeys_per_hour=3_000,
+        duration_ms=3 * HOUR_MS,
+        inconsistent_channel=("purchase", "mini_program"),
+        degrade_from_ms=START_MS + HOUR_MS,
+        degrade_until_ms=START_MS + 2 * HOUR_MS,
+        duplicate_ratio=0.02,
+    )
+    records = list(generate(config))
+    result = reference(deployment.catalog, records)
+    expected = [orjson.loads(encode_alert(a)) for a in result.alerts]
+    inconsistent = [a for a in expected if a["kind"] == "channel_inconsistent"]
+    assert [(a["subject"], a["status"]) for a in inconsistent] == [
+        ("purchase/nps/mini_program", "firing"),
+        ("purchase/nps/mini_program", "resolved"),
+    ]
+    assert inconsistent[0]["gap_low"] > 20
+    assert inconsistent[1]["observed"] <= 15
+
+    deployment.start_worker()
+    assert deployment.publish(records) == len(records)
+    received = deployment.alerts_equal_to(expected)
+    figures = ("observed", "gap_low", "gap_high", "channel_samples", "rest_samples")
+    got = [[a[f] for f in figures] for a in received if a["kind"] == "channel_inconsistent"]
+    assert got == [[a[f] for f in figures] for a in inconsistent]
+    deployment.wait_drained()
+    observed = Observed.of(deployment)
+    assert stage_differences(result.stages, observed.stages) == []
 
 
 def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(

@@ -61,10 +61,11 @@ def default_warmup_ms(catalog: Catalog) -> int:
     A key moment looks back over its window and its baseline window; an EWMA baseline is
     ready after 1/alpha windows; silence is seen once `no_data_after` has passed; a
     customer's verdict counts the messaging window; a journey break's window holds attempts
-    that began up to `within` before it.
+    that began up to `within` before it; a consistency rule looks back over its window.
     """
     longest = [catalog.messaging.window_ms, catalog.scores.window_ms]
     longest += [journey.window_ms + journey.within_ms for journey in catalog.breaks]
+    longest += [rule.window_ms for rule in catalog.consistency]
     for moment in catalog.key_moments:
         longest.append(moment.window_ms + _lookback_ms(moment))
         if moment.no_data_after_ms is not None:
@@ -472,6 +473,13 @@ def figures(alert: Alert) -> str:
         parts.append(f"baseline {_number(details['baseline'])}")
     if "samples" in details:
         parts.append(f"n {details['samples']}")
+    if "gap_low" in details:
+        parts.append(
+            f"{details['channel']} {_number(details['channel_value'])} "
+            f"(n {details['channel_samples']}) vs the rest {_number(details['rest_value'])} "
+            f"(n {details['rest_samples']}); gap interval {_number(details['gap_low'])} "
+            f"to {_number(details['gap_high'])}"
+        )
     if details.get("breaches"):
         parts.append(f"breaches {','.join(map(str, details['breaches']))}")
     return "; ".join(parts)
