@@ -222,6 +222,7 @@ class Pipeline:
         ):
             self.app.agent(topic, name=agent.__name__)(agent)
         self.app.timer(0.5, name="report_idle_inputs")(self.report_idle_inputs)
+        self.app.on_partitions_revoked.connect(self.forget_revoked_progress)
         self.app.on_partitions_revoked.connect(self.forget_revoked_touchpoints)
         self.app.on_partitions_revoked.connect(self.forget_revoked_ids)
 
@@ -727,6 +728,25 @@ class Pipeline:
             for alert in consistencies.advance(state, closed):
                 await self._emit(alert)
         self.windows.put(partition, key, wrap(applied, state.encode()))
+
+    def forget_revoked_progress(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """A stage's partition, given back, is read again from the group's commit, its
+        progress marks with it. Kept from before, an idle mark read again would vouch for
+        the times the others have reached since, and windows would close on records still
+        to come; rebuilt from the marks as they are read again, it says what they said."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        topology = self.topology
+        for topic, progress in (
+            (topology.touchpoint_partials, self.touchpoint_progress),
+            (topology.contacts, self.contact_progress),
+            (topology.customer_messages, self.customer_progress),
+            (topology.journey_visits, self.journey_progress),
+            (topology.journey_outcomes, self.break_progress),
+        ):
+            name = topic.get_topic_name()
+            for tp in revoked:
+                if tp.topic == name:
+                    progress.pop(tp.partition, None)
 
     def forget_revoked_touchpoints(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         """Another worker owns these touchpoints and breaks now: its figures count, not ours."""

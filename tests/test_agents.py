@@ -475,6 +475,38 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
     assert len(harness.to(topology.alerts)) == 1, "restoring the state is no new transition"
 
 
+async def test_marks_read_again_after_a_rebalance_vouch_only_for_what_they_said(
+    harness: Harness,
+) -> None:
+    """Every input at 10 minutes; events:0 says it is idle; the others reach 40 minutes: the
+    watermark stays at 10, events:0 vouching for no more than the others had reached when
+    it spoke. The partition is revoked and given back, and read again from the group's
+    commit, before the idle mark: read again, that mark must not vouch for 40 minutes."""
+    topology = harness.topology
+    minute = 60_000
+    inputs = [
+        source_name(topic.get_topic_name(), p)
+        for topic in (topology.touchpoint_events, topology.survey_answers)
+        for p in range(PARTITIONS)
+    ]
+    idle_one, others = inputs[0], inputs[1:]
+    progress = [
+        encode_marks(SourceMark(s, START_MS + 10 * minute, idle=False) for s in inputs),
+        encode_marks([SourceMark(idle_one, START_MS + 10 * minute, idle=True)]),
+        encode_marks(SourceMark(s, START_MS + 40 * minute, idle=False) for s in others),
+    ]
+    partition = 0
+    records = [(PROGRESS_KEY, marks, partition) for marks in progress]
+    await harness.feed("score_touchpoints", records)
+    progress_of = harness.pipeline.touchpoint_progress
+    assert progress_of[partition].watermark() == START_MS + 10 * minute
+
+    revoked = {TP(topology.touchpoint_partials.get_topic_name(), partition)}
+    harness.pipeline.forget_revoked_progress(harness.app, revoked, signal=None)
+    await harness.feed("score_touchpoints", records[1:])
+    assert progress_of[partition].watermark() == START_MS + 10 * minute
+
+
 async def test_over_messaged_customer_fires_once_behind_the_watermark(harness: Harness) -> None:
     topology = harness.topology
     channels = ["sms", "email", "app_push", "wechat", "sms", "email"]
