@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import suppress
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -10,7 +10,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from models.records import known_channel
-from streams.catalog import Catalog, JourneyBreak, KeyMoment, ScoreMetric
+from streams.catalog import Catalog, ChannelConsistency, JourneyBreak, KeyMoment, ScoreMetric
+from streams.core.consistency import ChannelReading
 from streams.core.messaging import Message
 from streams.core.scores import Tally
 
@@ -161,6 +162,33 @@ JOURNEY_BREAK_SAMPLES = Gauge(
     ["from", "to"],
     registry=REGISTRY,
 )
+CHANNEL_INCONSISTENT = Gauge(
+    "cxmon_channel_inconsistent",
+    "1 while a channel of a journey stage has an open consistency incident, else 0; from the "
+    "first window judged with the channel in it.",
+    ["stage", "metric", "channel", "severity"],
+    registry=REGISTRY,
+)
+CHANNEL_SCORE = Gauge(
+    "cxmon_channel_score",
+    "Score of one channel of a journey stage over a consistency rule's latest window "
+    "(unitless, seconds for waiting time).",
+    ["stage", "metric", "channel"],
+    registry=REGISTRY,
+)
+CHANNEL_GAP = Gauge(
+    "cxmon_channel_gap",
+    "How much worse a channel scored than the rest of its stage pooled, over the latest "
+    "window (negative: better; seconds for waiting time).",
+    ["stage", "metric", "channel"],
+    registry=REGISTRY,
+)
+CHANNEL_SAMPLES = Gauge(
+    "cxmon_channel_samples",
+    "Answers or events behind a channel's score in a consistency rule's latest window.",
+    ["stage", "metric", "channel"],
+    registry=REGISTRY,
+)
 OUTBOUND_MESSAGES = Counter(
     "cxmon_outbound_messages_total",
     "Outbound messages counted towards customers' frequency, by channel and category.",
@@ -243,6 +271,37 @@ def forget_journey_break(journey: JourneyBreak) -> None:
     for gauge in (JOURNEY_BREAK_RATE, JOURNEY_BREAK_SAMPLES):
         with suppress(KeyError):  # never exported here: nothing to forget
             gauge.remove(journey.source, journey.target)
+
+
+def export_channels(
+    rule: ChannelConsistency,
+    readings: Iterable[ChannelReading],
+    incidents: Collection[str],
+    shown: Collection[str],
+) -> set[str]:
+    """A stage's channels on a consistency rule's newest judged window, replacing the
+    `shown` ones: figures for the channels read, the incident state for those and for any
+    channel with an open incident. Returns the channels now shown."""
+    stage, metric = rule.stage.value, rule.metric.value
+    scale = 1000 if rule.metric is ScoreMetric.DURATION_MS else 1
+    read = set()
+    for reading in readings:
+        labels = (stage, metric, reading.channel)
+        CHANNEL_SCORE.labels(*labels).set(reading.gap.channel.value / scale)
+        CHANNEL_GAP.labels(*labels).set(reading.gap.value / scale)
+        CHANNEL_SAMPLES.labels(*labels).set(reading.gap.channel.samples)
+        read.add(reading.channel)
+    now = read | set(incidents)
+    for channel in now:
+        inconsistent = 1 if channel in incidents else 0
+        CHANNEL_INCONSISTENT.labels(stage, metric, channel, rule.severity.value).set(inconsistent)
+    for channel in set(shown) - read:
+        for gauge in (CHANNEL_SCORE, CHANNEL_GAP, CHANNEL_SAMPLES):
+            with suppress(KeyError):  # shown for its incident only: no figures to drop
+                gauge.remove(stage, metric, channel)
+        if channel not in now:
+            CHANNEL_INCONSISTENT.remove(stage, metric, channel, rule.severity.value)
+    return now
 
 
 def export_score(touchpoint: str, metric: ScoreMetric, tally: Tally) -> None:

@@ -151,6 +151,7 @@ class Pipeline:
             topology.survey_answers.get_topic_name(): [topology.touchpoint_partials],
             topology.identity_links.get_topic_name(): [topology.contacts],
             topology.contacts.get_topic_name(): [topology.customer_messages],
+            topology.journey_visits.get_topic_name(): [topology.journey_outcomes],
         }
         self.frequency = PartitionedState(topology.customer_frequency)
         self.customers_due = DueIndex(self.frequency, waiting_customer)
@@ -173,7 +174,6 @@ class Pipeline:
             self.downstream[topology.touchpoint_events.get_topic_name()].append(
                 topology.journey_visits
             )
-        self.downstream[topology.journey_visits.get_topic_name()] = [topology.journey_outcomes]
         self.journey_progress = self._progress(topology.touchpoint_events)
         self.break_progress = self._progress(topology.journey_visits)
         self.journeys_decided_to: dict[int, int] = {}
@@ -186,6 +186,7 @@ class Pipeline:
         }
         self.exported_scores: set[tuple[str, ScoreMetric]] = set()
         self.stage_consistencies = StageConsistencies.of(core.catalog)
+        self.shown_channels: dict[str, set[str]] = {}  # by consistency rule
         # Judged whenever event time moves on, whether new records came for them or not.
         self.judged_every_step = self._by_partition(
             {m.touchpoint for m in core.catalog.key_moments}
@@ -722,11 +723,21 @@ class Pipeline:
         for partial in fresh:
             for bucket in partial.buckets:
                 assert bucket.channel is not None
-                consistencies.add(state, bucket.start_ms, bucket.channel, bucket.tally)
+                if not consistencies.add(state, bucket.start_ms, bucket.channel, bucket.tally):
+                    metrics.LATE_RECORDS.inc(bucket.tally.records)
         if watermark is not None:
             closed = watermark - self.core.catalog.scores.grace_ms
-            for alert in consistencies.advance(state, closed):
-                await self._emit(alert)
+            for detector, judged in consistencies.advance(state, closed):
+                for alert in judged.alerts:
+                    await self._emit(alert)
+                rule = detector.rule
+                shown = self.shown_channels.get(rule.id)
+                # A worker that has just taken the stage over shows the incidents it restored.
+                if judged.latest is not None or shown is None:
+                    incidents = state.rules[rule.id].incidents
+                    self.shown_channels[rule.id] = metrics.export_channels(
+                        rule, judged.latest or (), incidents, shown or ()
+                    )
         self.windows.put(partition, key, wrap(applied, state.encode()))
 
     def forget_revoked_progress(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -759,6 +770,12 @@ class Pipeline:
         for partition in {tp.partition for tp in revoked if tp.topic == outcomes}:
             for break_id in self.breaks_by_partition.get(partition, ()):
                 metrics.forget_journey_break(self.break_windows[break_id].journey)
+        for stage, consistencies in self.stage_consistencies.items():
+            if partition_of(stage_subject(stage).encode(), self.partitions) not in gone:
+                continue
+            for detector in consistencies.detectors:
+                shown = self.shown_channels.pop(detector.rule.id, set())
+                metrics.export_channels(detector.rule, (), (), shown)
         for touchpoint in self.watched:
             if partition_of(touchpoint.encode(), self.partitions) not in gone:
                 continue

@@ -117,7 +117,8 @@ class OfflineMonitor:
             watermark = self.watermark_ms if until_ms is None else until_ms + grace
             if watermark is not None:
                 stage_state = result.stages.setdefault(stage.value, StageState())
-                result.alerts += consistencies.advance(stage_state, watermark - grace)
+                for _, judged in consistencies.advance(stage_state, watermark - grace):
+                    result.alerts += judged.alerts
         for customer in sorted(self.messages):
             frequency = result.customers.setdefault(customer, CustomerMessages())
             for message in self.messages[customer]:

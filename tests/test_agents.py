@@ -26,9 +26,9 @@ from agents.pipeline import (
 from agents.streaming import Event
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
-from models.records import Category
+from models.records import Category, Stage, SurveyAnswer, SurveyMetric
 from streams.catalog import parse_catalog
-from streams.core.ingest import BucketTally, OutboundMessage, TouchpointPartial
+from streams.core.ingest import BucketTally, OutboundMessage, TouchpointPartial, stage_subject
 from streams.core.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
 from streams.core.messaging import CustomerMessages, Message, message_digest
 from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym
@@ -472,6 +472,72 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
         "score_touchpoints", [(PROGRESS_KEY, all_idle(topology, later, *sources), owner)]
     )
     assert sample(degraded, **moment, severity="critical") == 1
+    assert len(harness.to(topology.alerts)) == 1, "restoring the state is no new transition"
+
+
+async def test_a_stage_exports_each_channel_against_the_rest_and_forgets_them_when_revoked(
+    tmp_path: Any,
+) -> None:
+    """Five app answers at CSAT 2, five web ones at 4: the app 2 worse than the rest, past
+    the rule's max gap of 1, the web 2 better."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "scores: {window: 30m, step: 5m, grace: 1m}\n"
+        "touchpoints: {checkout.payment: {stage: purchase}}\n"
+        "consistency:\n  - {stage: purchase, metric: csat, max_gap: 1, window: 10m, step: 5m,"
+        " min_samples: 5, severity: critical}\n"
+    )
+    harness = build_harness(tmp_path, CXMON_CATALOG=str(catalog))
+    topology = harness.topology
+    minute = 60_000
+
+    def csat(score: int) -> Tally:
+        tally = Tally()
+        for n in range(5):
+            answer = SurveyAnswer(f"a-{n}", START_MS, "checkout.payment", SurveyMetric.CSAT, score)
+            tally.add_answer(answer, sentiment=None)
+        return tally
+
+    key = stage_subject(Stage.PURCHASE).encode()
+    owner = partition_of(key, PARTITIONS)
+    buckets = [BucketTally(START_MS, START_MS, csat(s), c) for c, s in (("app", 2), ("web", 4))]
+    partial = TouchpointPartial(key.decode(), "events:0", 3, buckets)
+    sources = (topology.touchpoint_events, topology.survey_answers)
+    judged = all_idle(topology, START_MS + 6 * minute, *sources)
+    await harness.feed("score_touchpoints", [(key, partial.encode(), owner)])
+    await harness.feed("score_touchpoints", [(PROGRESS_KEY, judged, owner)])
+
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [(a["kind"], a["status"], a["subject"]) for a in alerts] == [
+        ("channel_inconsistent", "firing", "purchase/csat/app")
+    ]
+    app = {"stage": "purchase", "metric": "csat", "channel": "app"}
+    web = {**app, "channel": "web"}
+    assert sample("cxmon_channel_inconsistent", **app, severity="critical") == 1
+    web_incident = {**web, "severity": "critical"}
+    assert REGISTRY.get_sample_value("cxmon_channel_inconsistent", web_incident) == 0, "a series"
+    assert (sample("cxmon_channel_score", **app), sample("cxmon_channel_score", **web)) == (2, 4)
+    assert (sample("cxmon_channel_gap", **app), sample("cxmon_channel_gap", **web)) == (2, -2)
+    assert sample("cxmon_channel_samples", **app) == 5
+
+    revoked = {TP(topology.touchpoint_partials.get_topic_name(), owner)}
+    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    for name in ("cxmon_channel_score", "cxmon_channel_gap", "cxmon_channel_samples"):
+        assert REGISTRY.get_sample_value(name, app) is None
+    assert (
+        REGISTRY.get_sample_value("cxmon_channel_inconsistent", {**app, "severity": "critical"})
+        is None
+    )
+
+    # Whoever judges the stage next shows the incident its table restored as soon as event
+    # time moves, before the next window closes; the figures come with that window.
+    sooner = all_idle(topology, START_MS + 7 * minute, *sources)
+    await harness.feed("score_touchpoints", [(PROGRESS_KEY, sooner, owner)])
+    assert sample("cxmon_channel_inconsistent", **app, severity="critical") == 1
+    assert REGISTRY.get_sample_value("cxmon_channel_score", app) is None
+    later = all_idle(topology, START_MS + 11 * minute, *sources)
+    await harness.feed("score_touchpoints", [(PROGRESS_KEY, later, owner)])
+    assert sample("cxmon_channel_score", **app) == 2
     assert len(harness.to(topology.alerts)) == 1, "restoring the state is no new transition"
 
 

@@ -84,7 +84,7 @@ def judged(
     state = ConsistencyState()
     for channel, tally in channels:
         assert consistency.add(state, T0, channel, tally)
-    alerts = consistency.advance(state, T0 + 10 * MINUTE)
+    alerts = consistency.advance(state, T0 + 10 * MINUTE).alerts
     return state, alerts
 
 
@@ -225,7 +225,7 @@ def test_an_incident_fires_once_and_resolves_once_at_recover_at() -> None:
         bucket = T0 + step * 10 * MINUTE
         consistency.add(state, bucket, "app", csat(2 if step < 6 else 3.5, 30))
         consistency.add(state, bucket, "web", csat(4, 30))
-        alerts += consistency.advance(state, bucket + 10 * MINUTE)
+        alerts += consistency.advance(state, bucket + 10 * MINUTE).alerts
     statuses = [(a.status, a.starts_at_ms) for a in alerts]
     assert statuses == [
         (AlertStatus.FIRING, T0 + 10 * MINUTE),
@@ -244,10 +244,27 @@ def test_each_window_is_judged_once_however_often_it_is_advanced() -> None:
     state = ConsistencyState()
     consistency.add(state, T0, "app", csat(2, 30))
     consistency.add(state, T0, "web", csat(4, 30))
-    first = consistency.advance(state, T0 + 10 * MINUTE)
-    again = consistency.advance(state, T0 + 10 * MINUTE)
+    first = consistency.advance(state, T0 + 10 * MINUTE).alerts
+    again = consistency.advance(state, T0 + 10 * MINUTE).alerts
     assert len(first) == 1
     assert again == []
+
+
+def test_the_gauges_read_the_newest_window_judged_and_nothing_when_none_closed() -> None:
+    """Buckets at 0 and 10 minutes, judged to 20: the windows ending at 10 and 20 close,
+    and the newest holds both buckets (app CSAT 2 over 60 answers, web 4 over 60)."""
+    consistency = StageConsistency(rule())
+    state = ConsistencyState()
+    for start in (T0, T0 + 10 * MINUTE):
+        consistency.add(state, start, "app", csat(2, 30))
+        consistency.add(state, start, "web", csat(4, 30))
+    judged = consistency.advance(state, T0 + 20 * MINUTE)
+    assert judged.latest is not None
+    assert [(r.channel, r.window_end_ms, r.gap.channel.samples) for r in judged.latest] == [
+        ("app", T0 + 20 * MINUTE, 60),
+        ("web", T0 + 20 * MINUTE, 60),
+    ]
+    assert consistency.advance(state, T0 + 25 * MINUTE).latest is None
 
 
 def test_a_tally_for_a_window_already_judged_is_refused() -> None:

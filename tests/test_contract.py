@@ -861,7 +861,7 @@ def consistency_alerts() -> list[Alert]:
         app_score = 2 if step < 3 else 4
         rules.add(state, at, "app", csat(app_score, app_score + 1, app_score, app_score + 1))
         rules.add(state, at, "web", csat(4, 5, 4, 5))
-        alerts += rules.advance(state, at + 5 * MINUTE)
+        alerts += [a for _, judged in rules.advance(state, at + 5 * MINUTE) for a in judged.alerts]
     return alerts
 
 

@@ -19,6 +19,7 @@ import yaml
 from prometheus_client import generate_latest
 
 from agents import metrics
+from models.records import AlertKind
 from streams.catalog import ScoreMetric, load_catalog
 from tests.dashboards import (
     DASHBOARDS,
@@ -76,6 +77,10 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_journey_broken", "gauge", ["from", "to", "severity"]),
         ("cxmon_journey_break_rate", "gauge", ["from", "to"]),
         ("cxmon_journey_break_samples", "gauge", ["from", "to"]),
+        ("cxmon_channel_inconsistent", "gauge", ["stage", "metric", "channel", "severity"]),
+        ("cxmon_channel_score", "gauge", ["stage", "metric", "channel"]),
+        ("cxmon_channel_gap", "gauge", ["stage", "metric", "channel"]),
+        ("cxmon_channel_samples", "gauge", ["stage", "metric", "channel"]),
         ("cxmon_consumer_lag_records", "gauge", ["topic", "partition"]),
         ("cxmon_outbound_messages_total", "counter", ["channel", "category"]),
         ("cxmon_customer_window_messages", "histogram", []),
@@ -91,7 +96,7 @@ HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 LABEL_VALUES: dict[str, frozenset[str]] = {
     "metric": frozenset(m.value for m in ScoreMetric),
     "statistic": frozenset({"mean", "p95"}),
-    "kind": frozenset({"key_moment_degraded", "over_messaged", "no_data", "journey_break"}),
+    "kind": frozenset(kind.value for kind in AlertKind),
     "status": frozenset({"firing", "resolved"}),
     "outcome": frozenset({"sent", "failed"}),
     "breaks": frozenset({"below", "above"}),
@@ -122,6 +127,9 @@ OVERVIEW_TOPICS = [
     "cxmon_alertmanager_pushes_total",
     "cxmon_journey_break_rate",
     "cxmon_journey_broken",
+    "cxmon_channel_score",
+    "cxmon_channel_gap",
+    "cxmon_channel_inconsistent",
 ]
 
 METRIC_IN_EXPR = re.compile(r"cxmon_[a-z_]+")

@@ -108,6 +108,15 @@ class ChannelReading:
     gap: Gap
 
 
+@dataclass(slots=True)
+class Judged:
+    """What judging a rule's closed windows gave: its alerts, in order, and the readings of
+    the newest window judged (None when no window closed), which the gauges show."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    latest: list[ChannelReading] | None = None
+
+
 class StageConsistency:
     """The pure rules of one consistency rule; state lives in ConsistencyState."""
 
@@ -137,7 +146,7 @@ class StageConsistency:
         channels.setdefault(channel, Tally()).merge(tally)
         return True
 
-    def advance(self, state: ConsistencyState, closed_ms: int) -> list[Alert]:
+    def advance(self, state: ConsistencyState, closed_ms: int) -> Judged:
         """Judge, in order, every window that ends by `closed_ms`; drop buckets no longer needed."""
         rule, step = self.rule, self.rule.step_ms
         last_end = closed_ms // step * step
@@ -146,8 +155,8 @@ class StageConsistency:
         elif state.buckets:
             end = min(state.buckets) + step
         else:
-            return []
-        alerts: list[Alert] = []
+            return Judged()
+        judged = Judged()
         while end <= last_end:
             starts = [s for s in state.buckets if end - rule.window_ms <= s < end]
             if not starts:
@@ -155,7 +164,8 @@ class StageConsistency:
                 later = [s for s in state.buckets if s >= end]
                 end = min(later) + step if later else last_end + step
                 continue
-            alerts += self._judge(state, end, starts)
+            judged.latest = self.readings(state, end, starts)
+            judged.alerts += self._judge(state, judged.latest)
             end += step
         if state.evaluated_until_ms is None or last_end > state.evaluated_until_ms:
             state.evaluated_until_ms = last_end
@@ -163,7 +173,7 @@ class StageConsistency:
         assert horizon is not None
         for start in [s for s in state.buckets if s < horizon]:
             del state.buckets[start]
-        return alerts
+        return judged
 
     def readings(
         self, state: ConsistencyState, end: int, starts: list[int]
@@ -190,9 +200,9 @@ class StageConsistency:
             found.append(ChannelReading(channel, end, gap))
         return found
 
-    def _judge(self, state: ConsistencyState, end: int, starts: list[int]) -> list[Alert]:
+    def _judge(self, state: ConsistencyState, readings: list[ChannelReading]) -> list[Alert]:
         alerts = []
-        for reading in self.readings(state, end, starts):
+        for reading in readings:
             alert = self._verdict(state, reading)
             if alert is not None:
                 alerts.append(alert)
@@ -288,9 +298,10 @@ class StageConsistencies:
             taken = detector.add(rule_state, at_ms, channel, tally) or taken
         return taken
 
-    def advance(self, state: StageState, closed_ms: int) -> list[Alert]:
-        alerts: list[Alert] = []
+    def advance(self, state: StageState, closed_ms: int) -> list[tuple[StageConsistency, Judged]]:
+        """Each rule of the stage, with what judging its closed windows gave."""
+        judged = []
         for detector in self.detectors:
             rule_state = state.rules.setdefault(detector.rule.id, ConsistencyState())
-            alerts += detector.advance(rule_state, closed_ms)
-        return alerts
+            judged.append((detector, detector.advance(rule_state, closed_ms)))
+        return judged
