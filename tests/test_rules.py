@@ -378,6 +378,8 @@ ROUTING = [
     ({"alertname": "OverMessaged", "severity": "critical", "customer": "p1"}, "on-call"),
     ({"alertname": "JourneyBreak", "severity": "critical", "from": "a", "to": "b"}, "on-call"),
     ({"alertname": "JourneyBreak", "severity": "warning", "from": "a", "to": "b"}, "cx-ops"),
+    ({"alertname": "ChannelInconsistent", "severity": "critical", "stage": "purchase"}, "on-call"),
+    ({"alertname": "ChannelInconsistent", "severity": "warning", "stage": "purchase"}, "cx-ops"),
     ({"alertname": "SomethingElse"}, "cx-ops"),
 ]
 
@@ -416,6 +418,47 @@ def test_journey_breaks_group_per_break() -> None:
     keys = {tuple(alert.get(name, "") for name in found["group_by"]) for alert, found in
             zip(alerts, settings, strict=True)}  # fmt: skip
     assert keys == {("JourneyBreak", a, b) for a, b in breaks}
+
+
+def test_inconsistent_channels_group_per_stage_metric_and_channel() -> None:
+    cases = [
+        ("purchase", "nps", "mini_program"),
+        ("purchase", "nps", "web"),
+        ("service", "csat", "web"),
+    ]
+    alerts = [
+        stream_labels(
+            "channel_inconsistent",
+            f"{stage}/{metric}/{channel}",
+            severity="warning",
+            stage=stage,
+            metric=metric,
+            channel=channel,
+        )
+        for stage, metric, channel in cases
+    ]
+    (fallback,) = expected_alerts("CxMonitorChannelInconsistent")
+    for alert in [*alerts, fallback]:
+        assert route(alert)["group_by"] == ["alertname", "stage", "metric", "channel"], alert
+    assert {tuple(a[name] for name in ("stage", "metric", "channel")) for a in alerts} == set(cases)
+
+
+def test_the_stream_channel_alert_inhibits_the_prometheus_fallback() -> None:
+    (fallback,) = expected_alerts("CxMonitorChannelInconsistent")
+    stage, metric, channel = fallback["stage"], fallback["metric"], fallback["channel"]
+    stream = stream_labels(
+        "channel_inconsistent",
+        f"{stage}/{metric}/{channel}",
+        stage=stage,
+        metric=metric,
+        channel=channel,
+    )
+    assert stream["source"] == "stream"
+    assert inhibited(fallback, [stream])
+    # Only the same channel of the same rule: another channel still notifies.
+    assert not inhibited({**fallback, "channel": "web"}, [stream])
+    assert not inhibited({**fallback, "metric": "csat"}, [stream])
+    assert not inhibited(stream, [fallback])
 
 
 def test_other_alerts_group_per_key_moment() -> None:
