@@ -162,6 +162,40 @@ def test_journey_break_is_labelled_by_its_two_touchpoints() -> None:
     )
 
 
+def test_an_inconsistent_channel_is_labelled_by_stage_metric_and_channel() -> None:
+    alert = key_moment_alert(
+        kind="channel_inconsistent",
+        subject="purchase/nps/mini_program",
+        summary="Channel mini_program inconsistent in purchase: NPS -40 on mini_program ...",
+        observed=52.45,
+        threshold=20,
+        metric="nps",
+        stage="purchase",
+        channel="mini_program",
+        channel_value=-40,
+        channel_samples=120,
+        rest_value=12.45,
+        rest_samples=300,
+    )
+    posted = convert(alert)
+    assert posted["labels"] == {
+        "alertname": "ChannelInconsistent",
+        "kind": "channel_inconsistent",
+        "severity": "critical",
+        "source": "stream",
+        "stage": "purchase",
+        "metric": "nps",
+        "channel": "mini_program",
+    }
+    annotations = posted["annotations"]
+    assert annotations["runbook_url"] == "https://runbooks.example/cx.md#channelinconsistent"
+    assert annotations["dashboard_url"] == "http://grafana.example:3000/d/cxmon-overview"
+    assert (
+        "channel_value -40; channel_samples 120; rest_value 12.45; rest_samples 300"
+        in (annotations["description"])
+    )
+
+
 def test_resolved_alert_ends_when_the_incident_ended() -> None:
     posted = convert(key_moment_alert("resolved"))
     assert posted["endsAt"] == format_timestamp(NOW_MS - 5 * MINUTE_MS)

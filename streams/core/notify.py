@@ -80,8 +80,8 @@ def to_alertmanager(
         touchpoint = labels["from"]
     elif kind == AlertKind.CHANNEL_INCONSISTENT.value:
         # A stage of the catalog, a metric, a channel of the contract's list or `other`.
-        for name in ("stage", "metric", "channel"):
-            labels[name] = str(alert[name])
+        for label in ("stage", "metric", "channel"):
+            labels[label] = str(alert[label])
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
