@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from models.records import AlertStatus
 from streams.commands.cli import add_simulation_options, simulation_config
 from streams.commands.publish import Outgoing, read_lines
+from streams.commands.simulate import generate
 from streams.kafka.topics import TopologyError, ensure_topics, input_topics
 from streams.settings import Settings, Topics
-from tests.harness import Deployment, free_port
+from tests.harness import CATALOG, Deployment, free_port, reference
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -183,6 +185,28 @@ def test_break_journey_breaks_the_cart_to_checkout_hand_off_half_way(
     offset = None if config.break_from_ms is None else config.break_from_ms - config.start_ms
     assert offset == broken_from_ms
     assert config.break_until_ms is None
+
+
+def test_the_demo_shows_every_kind_of_stream_alert() -> None:
+    """What `make run` publishes (seed 7, three hours from 2026-11-22T00:00Z), through the
+    offline reference: logins slow down, checkout answers after paying in the mini program
+    turn bad, carts stop reaching checkout and three customers are flooded, half-way."""
+    parser = argparse.ArgumentParser()
+    add_simulation_options(parser, demo=True)
+    config = simulation_config(parser.parse_args(["--start", "2026-11-22T00:00:00Z"]))
+    assert (config.degrade_touchpoint, config.inconsistent_channel) == (
+        "app.login",
+        ("purchase", "mini_program"),
+    )
+    alerts = reference(CATALOG, generate(config)).alerts
+    fired = {(a.kind.value, a.subject) for a in alerts if a.status is AlertStatus.FIRING}
+    assert {
+        ("key_moment_degraded", "app.login"),
+        ("key_moment_degraded", "checkout.payment"),
+        ("channel_inconsistent", "purchase/nps/mini_program"),
+        ("journey_break", "app.cart -> checkout.payment"),
+    } <= fired
+    assert len({subject for kind, subject in fired if kind == "over_messaged"}) == 3
 
 
 def test_trouble_at_and_for_bound_the_degradation_and_the_break_so_incidents_resolve() -> None:

@@ -1,6 +1,8 @@
 """The whole ops path with the real parts: worker, Prometheus, Alertmanager, a webhook, dashboards.
 
-One scenario, in two halves: checkout degrades then recovers, three customers are flooded.
+One scenario, in two halves: checkout answers after paying in the mini program turn bad,
+which degrades checkout's NPS and makes the mini program inconsistent with the stage's
+other channels, then recover; three customers are flooded.
 The first half is published while Alertmanager is still down, so the notifier must retry.
 """
 
@@ -92,7 +94,7 @@ def scenario() -> list[SimulatedRecord]:
                 duration_ms=3 * HOUR_MS,
                 customers=800,
                 journeys_per_hour=1_500,
-                degrade_touchpoint="checkout.payment",
+                inconsistent_channel=("purchase", "mini_program"),
                 degrade_from_ms=DEGRADED[0],
                 degrade_until_ms=DEGRADED[1],
                 over_messaged_customers=3,
@@ -260,6 +262,46 @@ def test_degraded_key_moment_reaches_the_webhook_through_alertmanager_and_resolv
         ],
         timeout_s=30,
     )
+
+
+def test_an_inconsistent_channel_reaches_cx_ops_through_alertmanager(stack: Stack) -> None:
+    firing = wait_for(
+        "ChannelInconsistent firing at the cx-ops receiver",
+        lambda: stack.notified("/cx-ops", "ChannelInconsistent", "firing"),
+        timeout_s=60,
+    )
+    (alert,) = [a for n in firing for a in n["alerts"] if a["status"] == "firing"][:1]
+    assert alert["labels"] == {
+        "alertname": "ChannelInconsistent",
+        "kind": "channel_inconsistent",
+        "severity": "warning",
+        "source": "stream",
+        "stage": "purchase",
+        "metric": "nps",
+        "channel": "mini_program",
+    }
+    annotations = alert["annotations"]
+    assert annotations["summary"].startswith("Channel mini_program inconsistent in purchase: NPS")
+    assert annotations["runbook_url"].endswith("docs/runbook.md#channelinconsistent")
+    assert annotations["dashboard_url"] == "http://grafana.test:3000/d/cxmon-overview"
+    assert "rest_samples" in annotations["description"]
+
+    # The fallback rule on the worker's gauge fires in Prometheus and is held back.
+    labels = {"stage": "purchase", "metric": "nps", "channel": "mini_program"}
+    assert stack.metric("cxmon_channel_inconsistent", **labels, severity="warning") == 1
+    assert stack.metric("cxmon_channel_gap", **labels) > 20
+    suppressed = wait_for(
+        "CxMonitorChannelInconsistent inhibited in Alertmanager",
+        lambda: [
+            a
+            for a in get_json(f"{stack.alertmanager.url}/api/v2/alerts")
+            if a["labels"]["alertname"] == "CxMonitorChannelInconsistent"
+            and a["status"]["inhibitedBy"]
+        ],
+        timeout_s=60,
+    )
+    assert {a["labels"]["channel"] for a in suppressed} == {"mini_program"}
+    assert not stack.notified("/cx-ops", "CxMonitorChannelInconsistent", "firing")
 
 
 def test_every_dashboard_query_returns_data_from_the_scraped_worker(stack: Stack) -> None:

@@ -214,12 +214,13 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
     parser.add_argument(
         "--degrade",
         metavar="TOUCHPOINT",
-        default="checkout.payment" if demo else None,
+        default="app.login" if demo else None,
         help="make this touchpoint's experience bad half-way through the span",
     )
     parser.add_argument(
         "--inconsistent-channel",
         type=stage_channel_argument,
+        default=("purchase", "mini_program") if demo else None,
         metavar="STAGE:CHANNEL",
         help="answers about that stage given after using that channel are bad over the same "
         "span as --degrade's, e.g. purchase:mini_program",
