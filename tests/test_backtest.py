@@ -271,6 +271,70 @@ def test_a_journey_break_fires_and_resolves_as_hand_computed_and_has_its_table(
     ]
 
 
+CONSISTENCY_CATALOG = """\
+scores: {window: 10m, step: 5m, grace: 1m}
+touchpoints: {checkout.payment: {stage: purchase}}
+consistency:
+  - {stage: purchase, metric: csat, max_gap: 1, window: 10m, step: 5m, min_samples: 4}
+"""
+
+
+def test_an_inconsistent_channel_fires_and_resolves_as_hand_computed(tmp_path: Path) -> None:
+    """Minutes after T0; the span is [60, 120).
+
+    * [60, 65): four app answers at CSAT 2 and four web ones at 4. The window ending at 65
+      ([55, 65)): the app 2 against 4, a gap of 2 > 1: FIRING at 65.
+    * [65, 70): four app and four web answers, all at 4. The window ending at 70: the app 3
+      over 8 answers against 4 over 8, a gap of exactly 1, at the line: RESOLVED at 70.
+    * An event at 100 moves event time past the window's grace.
+    """
+
+    def answer(number: int, minute: int, channel: str, score: int) -> bytes:
+        doc = {
+            "answer_id": f"a{number}",
+            "answered_at": T0 + minute * MINUTE,
+            "customer_id": f"buyer-{number}",
+            "touchpoint": "checkout.payment",
+            "channel": channel,
+            "metric": "csat",
+            "score": score,
+        }
+        return orjson.dumps(doc)
+
+    lines = [
+        *(answer(n, 60 + n, "app", 2) for n in range(4)),
+        *(answer(10 + n, 60 + n, "web", 4) for n in range(4)),
+        *(answer(20 + n, 65 + n, channel, 4) for n in range(4) for channel in ("app", "web")),
+        event(30, 100),
+    ]
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CONSISTENCY_CATALOG)
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--catalog", str(catalog), "--from", FROM, "--to", at(120), "--input", str(records)]
+
+    done = cxmon("backtest", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    report = orjson.loads(done.stdout)
+    assert report["warmup"] == "1d00h00m"  # the default messaging window's
+    figures = ("kind", "status", "subject", "starts_at", "ends_at", "observed")
+    got = [tuple(a[f] for f in figures) for a in report["alerts"]]
+    subject = "purchase/csat/app"
+    assert got == [
+        ("channel_inconsistent", "firing", subject, at(65), None, 2),
+        ("channel_inconsistent", "resolved", subject, at(65), at(70), 1),
+    ]
+    firing = report["alerts"][0]
+    assert (firing["channel_value"], firing["rest_value"]) == (2, 4)
+    assert (firing["channel_samples"], firing["rest_samples"]) == (4, 4)
+    inconsistent = report["summary"]["other_kinds"]["channel_inconsistent"]
+    assert (inconsistent["incidents"], inconsistent["open_ms"]) == (1, 5 * MINUTE)
+
+    text = cxmon("backtest", *args).stdout
+    assert f"{at(65)}  FIRING   warning  channel_inconsistent purchase/csat/app" in text
+    assert "app 2 (n 4) vs the rest 4 (n 4); gap interval 2 to 2" in text
+
+
 def test_the_text_report_shows_each_transition_with_its_figures_and_the_tables(
     files: tuple[Path, Path],
 ) -> None:
