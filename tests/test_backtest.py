@@ -128,6 +128,21 @@ def backtest(
     return cxmon("backtest", *args, *extra)
 
 
+def written(tmp_path: Path, catalog_text: str, lines: list[bytes], *, to: str) -> list[str]:
+    """The catalog and the records as files, and the backtest's arguments over [FROM, to)."""
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(catalog_text)
+    records = tmp_path / "records.jsonl"
+    records.write_bytes(b"\n".join(lines) + b"\n")
+    return ["--catalog", str(catalog), "--from", FROM, "--to", to, "--input", str(records)]
+
+
+def backtest_json(args: list[str]) -> Any:
+    done = cxmon("backtest", *args, "--json")
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout)
+
+
 def at(minute: int) -> str:
     hours, minutes = divmod(minute, 60)
     return f"2026-11-16T{hours:02d}:{minutes:02d}:00.000+00:00"
@@ -225,15 +240,8 @@ def test_a_journey_break_fires_and_resolves_as_hand_computed_and_has_its_table(
             paid = 62 if number <= 6 else cart + 1
             lines.append(event(200 + number, paid, customer_id=f"b-{number}"))
     lines.append(event(300, 100, customer_id="b-0", touchpoint="web.product_page"))
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(BREAK_CATALOG)
-    records = tmp_path / "records.jsonl"
-    records.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--catalog", str(catalog), "--from", FROM, "--to", at(120), "--input", str(records)]
-
-    done = cxmon("backtest", *args, "--json")
-    assert done.returncode == 0, done.stderr
-    report = orjson.loads(done.stdout)
+    args = written(tmp_path, BREAK_CATALOG, lines, to=at(120))
+    report = backtest_json(args)
     assert report["warmup"] == "15m"
     got = [
         (a["kind"], a["status"], a["subject"], a["starts_at"], a["ends_at"], a["samples"])
@@ -307,15 +315,8 @@ def test_an_inconsistent_channel_fires_and_resolves_as_hand_computed(tmp_path: P
         *(answer(20 + n, 65 + n, channel, 4) for n in range(4) for channel in ("app", "web")),
         event(30, 100),
     ]
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(CONSISTENCY_CATALOG)
-    records = tmp_path / "records.jsonl"
-    records.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--catalog", str(catalog), "--from", FROM, "--to", at(120), "--input", str(records)]
-
-    done = cxmon("backtest", *args, "--json")
-    assert done.returncode == 0, done.stderr
-    report = orjson.loads(done.stdout)
+    args = written(tmp_path, CONSISTENCY_CATALOG, lines, to=at(120))
+    report = backtest_json(args)
     assert report["warmup"] == "1d00h00m"  # the default messaging window's
     figures = ("kind", "status", "subject", "starts_at", "ends_at", "observed")
     got = [tuple(a[f] for f in figures) for a in report["alerts"]]

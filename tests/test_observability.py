@@ -74,6 +74,19 @@ class Stack:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
+    def inhibited(self, alertname: str) -> list[dict[str, Any]]:
+        """Waits for Alertmanager to hold alerts of `alertname` back, and returns them."""
+        result: list[dict[str, Any]] = wait_for(
+            f"{alertname} inhibited in Alertmanager",
+            lambda: [
+                a
+                for a in get_json(f"{self.alertmanager.url}/api/v2/alerts")
+                if a["labels"]["alertname"] == alertname and a["status"]["inhibitedBy"]
+            ],
+            timeout_s=60,
+        )
+        return result
+
     def notified(self, path: str, alertname: str, status: str) -> list[dict[str, Any]]:
         return [
             n
@@ -222,16 +235,7 @@ def test_degraded_key_moment_reaches_the_webhook_through_alertmanager_and_resolv
         ],
         timeout_s=60,
     )
-    suppressed = wait_for(
-        "the rule's alert inhibited in Alertmanager",
-        lambda: [
-            a
-            for a in get_json(f"{stack.alertmanager.url}/api/v2/alerts")
-            if a["labels"]["alertname"] == "CxMonitorKeyMomentDegraded"
-            and a["status"]["inhibitedBy"]
-        ],
-        timeout_s=60,
-    )
+    suppressed = stack.inhibited("CxMonitorKeyMomentDegraded")
     assert {a["labels"]["touchpoint"] for a in suppressed} == {"checkout.payment"}
     assert not stack.notified("/on-call", "CxMonitorKeyMomentDegraded", "firing")
 
@@ -290,16 +294,7 @@ def test_an_inconsistent_channel_reaches_cx_ops_through_alertmanager(stack: Stac
     labels = {"stage": "purchase", "metric": "nps", "channel": "mini_program"}
     assert stack.metric("cxmon_channel_inconsistent", **labels, severity="warning") == 1
     assert stack.metric("cxmon_channel_gap", **labels) > 20
-    suppressed = wait_for(
-        "CxMonitorChannelInconsistent inhibited in Alertmanager",
-        lambda: [
-            a
-            for a in get_json(f"{stack.alertmanager.url}/api/v2/alerts")
-            if a["labels"]["alertname"] == "CxMonitorChannelInconsistent"
-            and a["status"]["inhibitedBy"]
-        ],
-        timeout_s=60,
-    )
+    suppressed = stack.inhibited("CxMonitorChannelInconsistent")
     assert {a["labels"]["channel"] for a in suppressed} == {"mini_program"}
     assert not stack.notified("/cx-ops", "CxMonitorChannelInconsistent", "firing")
 
