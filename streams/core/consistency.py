@@ -21,6 +21,7 @@ from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus, Stage
 from streams.catalog import Catalog, ChannelConsistency, format_duration
 from streams.core.alerts import Incident, figure, fingerprint
+from streams.core.hopping import Hopping
 from streams.core.scores import Tally
 from streams.core.stats import Estimate, z_score
 from streams.core.touchpoints import METRIC_LABELS
@@ -125,20 +126,16 @@ class StageConsistency:
         self.window = format_duration(rule.window_ms)
         self.confidence = rule.confidence or SHOWN_CONFIDENCE
         self.z = z_score(self.confidence)
-
-    def bucket_of(self, at_ms: int) -> int:
-        return at_ms - at_ms % self.rule.step_ms
+        self.hopping = Hopping(rule.window_ms, rule.step_ms)
 
     def horizon(self, state: ConsistencyState) -> int | None:
         """Buckets before this start feed no window still to be judged."""
-        if state.evaluated_until_ms is None:
-            return None
-        return state.evaluated_until_ms + self.rule.step_ms - self.rule.window_ms
+        return self.hopping.horizon(state.evaluated_until_ms)
 
     def add(self, state: ConsistencyState, at_ms: int, channel: str, tally: Tally) -> bool:
         """Merge a partial tally of one channel (`tally` is not kept: the state has its own)
         into its step; False when every window it falls in is judged."""
-        start = self.bucket_of(at_ms)
+        start = self.hopping.bucket_of(at_ms)
         horizon = self.horizon(state)
         if horizon is not None and start < horizon:
             return False
@@ -148,31 +145,13 @@ class StageConsistency:
 
     def advance(self, state: ConsistencyState, closed_ms: int) -> Judged:
         """Judge, in order, every window that ends by `closed_ms`; drop buckets no longer needed."""
-        rule, step = self.rule, self.rule.step_ms
-        last_end = closed_ms // step * step
-        if state.evaluated_until_ms is not None:
-            end = state.evaluated_until_ms + step
-        elif state.buckets:
-            end = min(state.buckets) + step
-        else:
-            return Judged()
         judged = Judged()
-        while end <= last_end:
-            starts = [s for s in state.buckets if end - rule.window_ms <= s < end]
-            if not starts:
-                # Nothing in this window: jump to the first window holding the next bucket.
-                later = [s for s in state.buckets if s >= end]
-                end = min(later) + step if later else last_end + step
-                continue
+        for end, starts in self.hopping.closing(state.buckets, state.evaluated_until_ms, closed_ms):
             judged.latest = self.readings(state, end, starts)
             judged.alerts += self._judge(state, judged.latest)
-            end += step
-        if state.evaluated_until_ms is None or last_end > state.evaluated_until_ms:
-            state.evaluated_until_ms = last_end
-        horizon = self.horizon(state)
-        assert horizon is not None
-        for start in [s for s in state.buckets if s < horizon]:
-            del state.buckets[start]
+        state.evaluated_until_ms = self.hopping.close(
+            state.buckets, state.evaluated_until_ms, closed_ms
+        )
         return judged
 
     def readings(

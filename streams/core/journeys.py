@@ -40,6 +40,7 @@ from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus, TouchpointEvent
 from streams.catalog import Catalog, JourneyBreak, format_duration
 from streams.core.alerts import Incident, fingerprint
+from streams.core.hopping import Hopping
 from streams.core.messaging import message_digest
 
 # One visit of a touchpoint by one customer: its event time and a digest of its event id.
@@ -331,17 +332,15 @@ class BreakWindows:
     def __init__(self, journey: JourneyBreak) -> None:
         self.journey = journey
         self.window = format_duration(journey.window_ms)
+        self.hopping = Hopping(journey.window_ms, journey.step_ms)
 
     def horizon(self, state: BreakState) -> int | None:
         """Buckets before this start feed no window still to be judged."""
-        if state.evaluated_until_ms is None:
-            return None
-        return state.evaluated_until_ms + self.journey.step_ms - self.journey.window_ms
+        return self.hopping.horizon(state.evaluated_until_ms)
 
     def add(self, state: BreakState, outcome: Outcome) -> bool:
         """Count a decided attempt once; False when every window it falls in is judged."""
-        step = self.journey.step_ms
-        start = outcome.decided_at_ms - outcome.decided_at_ms % step
+        start = self.hopping.bucket_of(outcome.decided_at_ms)
         horizon = self.horizon(state)
         if horizon is not None and start < horizon:
             return False
@@ -350,22 +349,8 @@ class BreakWindows:
 
     def advance(self, state: BreakState, closed_ms: int) -> list[Alert]:
         """Judge, in order, every window that ends by `closed_ms`; drop buckets no longer needed."""
-        journey, step = self.journey, self.journey.step_ms
-        last_end = closed_ms // step * step
-        if state.evaluated_until_ms is not None:
-            end = state.evaluated_until_ms + step
-        elif state.buckets:
-            end = min(state.buckets) + step
-        else:
-            return []
         alerts: list[Alert] = []
-        while end <= last_end:
-            starts = [s for s in state.buckets if end - journey.window_ms <= s < end]
-            if not starts:
-                # No attempt in this window: jump to the first window holding the next bucket.
-                later = [s for s in state.buckets if s >= end]
-                end = min(later) + step if later else last_end + step
-                continue
+        for end, starts in self.hopping.closing(state.buckets, state.evaluated_until_ms, closed_ms):
             broken = sum(b for s in starts for b in state.buckets[s].values())
             total = sum(len(state.buckets[s]) for s in starts)
             reading = BreakReading(end, broken, total - broken)
@@ -373,13 +358,9 @@ class BreakWindows:
             alert = self._verdict(state, reading)
             if alert is not None:
                 alerts.append(alert)
-            end += step
-        if state.evaluated_until_ms is None or last_end > state.evaluated_until_ms:
-            state.evaluated_until_ms = last_end
-        horizon = self.horizon(state)
-        assert horizon is not None
-        for start in [s for s in state.buckets if s < horizon]:
-            del state.buckets[start]
+        state.evaluated_until_ms = self.hopping.close(
+            state.buckets, state.evaluated_until_ms, closed_ms
+        )
         return alerts
 
     def _verdict(self, state: BreakState, reading: BreakReading) -> Alert | None:
