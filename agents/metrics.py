@@ -11,7 +11,7 @@ from prometheus_client.registry import Collector
 
 from models.records import known_channel
 from streams.catalog import Catalog, ChannelConsistency, JourneyBreak, KeyMoment, ScoreMetric
-from streams.core.consistency import ChannelReading
+from streams.core.gaps import GroupReading
 from streams.core.messaging import Message
 from streams.core.scores import Tally
 
@@ -275,7 +275,7 @@ def forget_journey_break(journey: JourneyBreak) -> None:
 
 def export_channels(
     rule: ChannelConsistency,
-    readings: Iterable[ChannelReading],
+    readings: Iterable[GroupReading],
     incidents: Collection[str],
     shown: Collection[str],
 ) -> set[str]:
@@ -286,11 +286,11 @@ def export_channels(
     scale = 1000 if rule.metric is ScoreMetric.DURATION_MS else 1
     read = set()
     for reading in readings:
-        labels = (stage, metric, reading.channel)
-        CHANNEL_SCORE.labels(*labels).set(reading.gap.channel.value / scale)
+        labels = (stage, metric, reading.group)
+        CHANNEL_SCORE.labels(*labels).set(reading.gap.group.value / scale)
         CHANNEL_GAP.labels(*labels).set(reading.gap.value / scale)
-        CHANNEL_SAMPLES.labels(*labels).set(reading.gap.channel.samples)
-        read.add(reading.channel)
+        CHANNEL_SAMPLES.labels(*labels).set(reading.gap.group.samples)
+        read.add(reading.group)
     now = read | set(incidents)
     for channel in now:
         inconsistent = 1 if channel in incidents else 0

@@ -28,7 +28,8 @@ from models.records import Alert
 from streams.catalog import Catalog, load_catalog
 from streams.commands.publish import Outgoing, follow, send_all
 from streams.commands.simulate import SimulatedRecord
-from streams.core.consistency import ConsistencyState, StageState
+from streams.core.consistency import StageState
+from streams.core.gaps import GapState
 from streams.core.ingest import subject_stage
 from streams.core.journeys import BreakState
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message
@@ -478,8 +479,8 @@ def stage_differences(
     for stage in sorted(expected.keys() | observed.keys()):
         want, got = expected.get(stage, StageState()), observed.get(stage, StageState())
         for rule in sorted(want.rules.keys() | got.rules.keys()):
-            mine = got.rules.get(rule, ConsistencyState())
-            theirs = want.rules.get(rule, ConsistencyState())
+            mine = got.rules.get(rule, GapState())
+            theirs = want.rules.get(rule, GapState())
             if (mine.evaluated_until_ms, mine.incidents) != (
                 theirs.evaluated_until_ms,
                 theirs.incidents,
