@@ -59,6 +59,8 @@ from streams.catalog import Detector, ScoreMetric, parse_catalog
 from streams.commands.simulate import SimulationConfig, generate
 from streams.core.alerts import fingerprint
 from streams.core.consistency import StageConsistencies, StageState
+from streams.core.fatigue import MESSAGED, OTHERS, Fatigue
+from streams.core.gaps import GapState
 from streams.core.journeys import BreakState, BreakWindows
 from streams.core.journeys import Outcome as Attempt
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
@@ -865,6 +867,21 @@ def consistency_alerts() -> list[Alert]:
     return alerts
 
 
+def fatigue_alerts() -> list[Alert]:
+    """Messaged customers' CSAT at 2 against the others' 4, then at 4 too: fired, resolved."""
+    (rule,) = parse_catalog(
+        "fatigue:\n  - {metric: csat, messages: 3, max_gap: 1, window: 5m, step: 5m,"
+        " min_samples: 4}\n"
+    ).fatigue
+    fatigue, state, alerts = Fatigue(rule), GapState(), []
+    for step, score in enumerate((2, 4)):
+        at = T0 + step * 5 * MINUTE
+        fatigue.add(state, at, MESSAGED, csat(score, score + 1, score, score + 1))
+        fatigue.add(state, at, OTHERS, csat(4, 5, 4, 5))
+        alerts += fatigue.advance(state, at + 5 * MINUTE).alerts
+    return alerts
+
+
 def monitor_alerts() -> list[Alert]:
     """Alerts of every kind and every figure set, from the monitor's own pure core."""
     bad, good = nps(0, 4), nps(4, 0)
@@ -902,6 +919,7 @@ def monitor_alerts() -> list[Alert]:
         *messaging_alerts(),
         *journey_alerts(),
         *consistency_alerts(),
+        *fatigue_alerts(),
     ]
 
 

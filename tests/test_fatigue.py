@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
-from models.records import Severity
+from models.records import Alert, AlertKind, AlertStatus, Severity
 from streams.catalog import (
     CatalogError,
     MessagingFatigue,
@@ -12,9 +15,129 @@ from streams.catalog import (
     describe_catalog,
     parse_catalog,
 )
+from streams.core.fatigue import MESSAGED, OTHERS, Fatigue, cohort_of
+from streams.core.gaps import GapState
+from streams.core.scores import Tally
+from tests.test_consistency import T0, csat, nps
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
+NPS_FATIGUE = MessagingFatigue(
+    metric=ScoreMetric.NPS,
+    messages=4,
+    max_gap=10,
+    window_ms=HOUR,
+    step_ms=10 * MINUTE,
+    min_samples=40,
+    confidence=0.95,
+)
+
+
+def rule(**changes: Any) -> MessagingFatigue:
+    return replace(NPS_FATIGUE, **changes)
+
+
+def judged(fatigue: Fatigue, *cohorts: tuple[str, Tally]) -> list[Alert]:
+    """One bucket of the given cohorts, judged on the window that ends 10 minutes later."""
+    state = GapState()
+    for cohort, tally in cohorts:
+        assert fatigue.add(state, T0, cohort, tally)
+    return fatigue.advance(state, T0 + 10 * MINUTE).alerts
+
+
+# --- cohorts ------------------------------------------------------------------------------
+
+
+def test_an_answer_is_in_the_messaged_cohort_from_the_rules_count_on() -> None:
+    """A customer answers after 3 counted messages, then again after a fourth: the first
+    answer is the others', the second the messaged cohort's."""
+    assert [cohort_of(count, NPS_FATIGUE) for count in (0, 3, 4, 9)] == [
+        OTHERS,
+        OTHERS,
+        MESSAGED,
+        MESSAGED,
+    ]
+
+
+# --- the gap, by hand ---------------------------------------------------------------------
+
+
+def test_messaged_customers_answering_worse_fire_with_the_figures_worked_by_hand() -> None:
+    """Messaged: 10 promoters, 10 passives, 20 detractors (NPS -25 over 40 answers); the
+    others 20, 10, 10 (NPS 25): a gap of 50.
+
+    Per-answer variance, both cohorts: 0.25 + 0.5 - 0.25² = 0.6875 (and the mirror); each
+    standard error 100·sqrt(0.6875/40) = 13.110; together 18.540; times 1.96: 36.338. The
+    interval 13.66 to 86.34 lies past the max gap of 10: firing.
+    """
+    (alert,) = judged(Fatigue(NPS_FATIGUE), (MESSAGED, nps(10, 10, 20)), (OTHERS, nps(20, 10, 10)))
+    assert (alert.kind, alert.status, alert.subject) == (
+        AlertKind.MESSAGING_FATIGUE,
+        AlertStatus.FIRING,
+        "nps",
+    )
+    details = alert.details
+    assert (details["messaged_value"], details["others_value"]) == (-25, 25)
+    assert (details["messaged_samples"], details["others_samples"]) == (40, 40)
+    assert alert.observed == 50
+    assert details["gap_low"] == pytest.approx(13.662, abs=1e-3)
+    assert details["gap_high"] == pytest.approx(86.338, abs=1e-3)
+    assert details["messages"] == 4
+    assert alert.summary.startswith(
+        "Messaging fatigue in NPS: NPS -25 from customers with 4 or more messages against 25 "
+        "from the others, a gap of 50 (95% interval 13.66 to 86.34; 40 and 40 answers)"
+    )
+
+
+def test_with_confidence_the_whole_interval_must_lie_past_the_max_gap() -> None:
+    """The same cohorts against a max gap of 15: the gap (50) is past it, the interval's
+    low end (13.66) is not."""
+    cohorts = ((MESSAGED, nps(10, 10, 20)), (OTHERS, nps(20, 10, 10)))
+    assert judged(Fatigue(rule(max_gap=15)), *cohorts) == []
+    (alert,) = judged(Fatigue(rule(max_gap=15, confidence=None)), *cohorts)
+    assert alert.observed == 50
+
+
+def test_only_the_messaged_cohort_is_judged() -> None:
+    """The others answering worse is no fatigue: nothing fires, whatever the gap."""
+    assert judged(Fatigue(NPS_FATIGUE), (MESSAGED, nps(20, 10, 10)), (OTHERS, nps(0, 0, 40))) == []
+
+
+@pytest.mark.parametrize(("messaged", "others"), [(39, 40), (40, 39)])
+def test_a_cohort_with_too_few_answers_is_not_judged(messaged: int, others: int) -> None:
+    assert (
+        judged(
+            Fatigue(rule(confidence=None)),
+            (MESSAGED, csat(1, messaged)),
+            (OTHERS, csat(5, others)),
+        )
+        == []
+    )
+
+
+def test_an_incident_fires_once_and_resolves_once_at_recover_at() -> None:
+    """CSAT, max gap 1, recover at 0.5, 10-minute windows: messaged 2 against 4 for three
+    steps (one incident), then 3.5 against 4 (a gap of 0.5, at recover_at): resolved."""
+    fatigue = Fatigue(
+        rule(metric=ScoreMetric.CSAT, max_gap=1, recover_at=0.5, window_ms=10 * MINUTE,
+             min_samples=30, confidence=None)
+    )  # fmt: skip
+    state = GapState()
+    alerts: list[Alert] = []
+    for step in range(5):
+        bucket = T0 + step * 10 * MINUTE
+        fatigue.add(state, bucket, MESSAGED, csat(2 if step < 3 else 3.5, 30))
+        fatigue.add(state, bucket, OTHERS, csat(4, 30))
+        alerts += fatigue.advance(state, bucket + 10 * MINUTE).alerts
+    assert [(a.status, a.observed) for a in alerts] == [
+        (AlertStatus.FIRING, 2),
+        (AlertStatus.RESOLVED, 0.5),
+    ]
+    assert alerts[1].starts_at_ms == T0 + 10 * MINUTE
+    assert alerts[1].summary.startswith("No more messaging fatigue in CSAT: CSAT 3.5 from")
+
+
+# --- the catalog --------------------------------------------------------------------------
 
 
 def test_a_fatigue_rule_is_read_with_its_defaults() -> None:

@@ -82,6 +82,8 @@ def to_alertmanager(
         # A stage of the catalog, a metric, a channel of the contract's list or `other`.
         for label in ("stage", "metric", "channel"):
             labels[label] = str(alert[label])
+    elif kind == AlertKind.MESSAGING_FATIGUE.value:
+        labels["metric"] = str(alert["metric"])
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
