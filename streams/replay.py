@@ -13,13 +13,16 @@ from models.decode import (
     decode_survey_answer,
     decode_touchpoint_event,
 )
-from models.records import Alert, TouchpointEvent
+from models.records import Alert, SurveyAnswer, TouchpointEvent
 from streams.catalog import Catalog
 from streams.core.consistency import StageConsistencies, StageState
+from streams.core.fatigue import Fatigue, cohort_of
+from streams.core.gaps import GapState
 from streams.core.identity import add_link, customer_at, encode_link
 from streams.core.ingest import OutboundMessage, PartialTallies, outbound_message, subject_stage
 from streams.core.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
 from streams.core.messaging import CustomerMessages, FrequencyPolicy
+from streams.core.scores import Tally
 from streams.core.sentiment import SentimentScorer
 from streams.core.touchpoints import TouchpointState
 
@@ -35,6 +38,7 @@ class ReplayResult:
     customers: dict[str, CustomerMessages] = field(default_factory=dict)
     breaks: dict[str, BreakState] = field(default_factory=dict)
     stages: dict[str, StageState] = field(default_factory=dict)  # by stage, for consistency
+    fatigue: dict[str, GapState] = field(default_factory=dict)  # by fatigue rule
 
 
 class OfflineMonitor:
@@ -46,6 +50,9 @@ class OfflineMonitor:
         self.catalog = catalog
         self.journeys = JourneyTracker(catalog)
         self.stages = StageConsistencies.of(catalog)
+        self.fatigue = [Fatigue(rule) for rule in catalog.fatigue]
+        # Answers the fatigue rules put in cohorts at the end, with their tallies.
+        self.answers: list[tuple[SurveyAnswer, Tally]] = []
         self.journey_customers: dict[str, CustomerJourneys] = {}
         self.seen: set[tuple[Role, str]] = set()
         self.links: dict[str, bytes] = {}
@@ -75,7 +82,11 @@ class OfflineMonitor:
                 return
             answer = decode_survey_answer(raw)
             if self._first_time(role, answer.answer_id):
-                self.partials.add_answer(answer)
+                sentiment = self.partials.add_answer(answer)
+                if self.fatigue:
+                    tally = Tally()
+                    tally.add_answer(answer, sentiment)
+                    self.answers.append((answer, tally))
                 self._advance(answer.answered_at_ms, messages=False)
         except InvalidRecord as exc:
             self.result.rejected[role].append(exc.reason)
@@ -119,12 +130,22 @@ class OfflineMonitor:
                 stage_state = result.stages.setdefault(stage.value, StageState())
                 for _, judged in consistencies.advance(stage_state, watermark - grace):
                     result.alerts += judged.alerts
-        for customer in sorted(self.messages):
+        answers = self._answers_by_customer()
+        for customer in sorted(self.messages.keys() | answers.keys()):
+            if customer not in self.messages:  # answered, never messaged
+                self._put_in_cohorts(CustomerMessages(), answers[customer])
+                continue
             frequency = result.customers.setdefault(customer, CustomerMessages())
             for message in self.messages[customer]:
                 self.policy.record(frequency, message.message)
+            self._put_in_cohorts(frequency, answers.get(customer, []))
             if message_watermark is not None:
                 result.alerts += self.policy.advance(frequency, customer, message_watermark)
+        watermark = self.watermark_ms if until_ms is None else until_ms + grace
+        for detector in self.fatigue:
+            cohorts = result.fatigue.setdefault(detector.rule.id, GapState())
+            if watermark is not None:
+                result.alerts += detector.advance(cohorts, watermark - grace).alerts
         if until_ms is not None:
             result.alerts += self._journey_breaks(until_ms)
         elif self.message_watermark_ms is not None:
@@ -132,6 +153,29 @@ class OfflineMonitor:
                 self.message_watermark_ms - self.catalog.scores.grace_ms
             )
         return result
+
+    def _answers_by_customer(self) -> dict[str, list[tuple[SurveyAnswer, Tally]]]:
+        """Each answer under its customer, a contact's resolved by the links at its time."""
+        found: dict[str, list[tuple[SurveyAnswer, Tally]]] = defaultdict(list)
+        for answer, tally in self.answers:
+            customer = answer.customer_id
+            if customer is None:
+                assert answer.contact is not None
+                key = answer.contact.key
+                customer = customer_at(self.links.get(key), answer.answered_at_ms) or key
+            found[customer].append((answer, tally))
+        return found
+
+    def _put_in_cohorts(
+        self, frequency: CustomerMessages, answers: list[tuple[SurveyAnswer, Tally]]
+    ) -> None:
+        """Every messaged customer's messages are in, none expired: each answer's cohort."""
+        for answer, tally in answers:
+            at_ms = answer.answered_at_ms
+            counted = self.policy.counted_at(frequency, at_ms)
+            for detector in self.fatigue:
+                state = self.result.fatigue.setdefault(detector.rule.id, GapState())
+                detector.add(state, at_ms, cohort_of(counted, detector.rule), tally)
 
     def _visit(self, event: TouchpointEvent) -> None:
         found = self.journeys.visit_of(event)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import orjson
 import pytest
 
 from models.records import Alert, AlertKind, AlertStatus, Severity
@@ -18,6 +19,8 @@ from streams.catalog import (
 from streams.core.fatigue import MESSAGED, OTHERS, Fatigue, cohort_of
 from streams.core.gaps import GapState
 from streams.core.scores import Tally
+from streams.core.sentiment import build_scorer
+from streams.replay import OfflineMonitor
 from tests.test_consistency import T0, csat, nps
 
 MINUTE = 60_000
@@ -135,6 +138,100 @@ def test_an_incident_fires_once_and_resolves_once_at_recover_at() -> None:
     ]
     assert alerts[1].starts_at_ms == T0 + 10 * MINUTE
     assert alerts[1].summary.startswith("No more messaging fatigue in CSAT: CSAT 3.5 from")
+
+
+# --- cohorts from records, through the offline reference -----------------------------------
+
+RECORDS_CATALOG = """
+scores: {window: 10m, step: 10m, grace: 1m}
+messaging: {window: 1h, max_messages: 9, max_per_channel: 9, categories: [marketing]}
+fatigue:
+  - {metric: csat, messages: 2, max_gap: 1, window: 10m, step: 10m, min_samples: 1}
+"""
+
+
+def at(minute: int) -> int:
+    return T0 + minute * MINUTE
+
+
+def sent(
+    event_id: str, minute: int, customer: str, category: str = "marketing"
+) -> tuple[str, bytes]:
+    doc = {
+        "event_id": event_id,
+        "occurred_at": at(minute),
+        "customer_id": customer,
+        "touchpoint": "marketing.sms",
+        "channel": "sms",
+        "direction": "outbound",
+        "category": category,
+    }
+    return "touchpoint_events", orjson.dumps(doc)
+
+
+def answered(answer_id: str, minute: int, score: int, **who: object) -> tuple[str, bytes]:
+    doc = {
+        "answer_id": answer_id,
+        "answered_at": at(minute),
+        "touchpoint": "checkout.payment",
+        "metric": "csat",
+        "score": score,
+        **who,
+    }
+    return "survey_answers", orjson.dumps(doc)
+
+
+def cohorts(*records: tuple[str, bytes]) -> dict[str, tuple[int, float]]:
+    """Each cohort's CSAT answers and their sum in the bucket at 60 minutes, unjudged yet."""
+    monitor = OfflineMonitor(parse_catalog(RECORDS_CATALOG), build_scorer("none"))
+    for role, raw in records:
+        monitor.feed(role, raw)  # type: ignore[arg-type]
+    state = monitor.finish().fatigue["csat"]
+    return {
+        cohort: (tally.csat_count, tally.csat_sum)
+        for cohort, tally in state.buckets[at(60)].items()
+    }
+
+
+def test_each_answer_takes_the_cohort_of_its_customers_messages_at_its_own_time() -> None:
+    """Messaging window 1h, the messaged cohort from 2 counted messages on.
+
+    * c-1: messages at 30 and 62; answers at 61 (one message: others, CSAT 5) and at 63
+      (two: messaged, CSAT 1). The count crosses the line between the two answers.
+    * c-2: answers at 64 (messaged, CSAT 2); its messages at 40 and 50 come after it.
+    * c-3: one marketing message at 45, published twice, and a transactional one at 46;
+      answers at 65 (one counted message: others, CSAT 4). The answer is published twice.
+    * A phone linked to c-1 answers at 66 (c-1's two messages: messaged, CSAT 3).
+    """
+    link = {"contact": {"type": "phone", "value": "+8613800000001"}, "customer_id": "c-1"}
+    records = [
+        sent("m-1", 30, "c-1"),
+        ("identity_links", orjson.dumps(link | {"linked_at": at(0)})),
+        answered("a-1", 61, 5, customer_id="c-1"),
+        sent("m-2", 62, "c-1"),
+        answered("a-2", 63, 1, customer_id="c-1"),
+        answered("a-3", 64, 2, customer_id="c-2"),
+        sent("m-3", 40, "c-2"),
+        sent("m-4", 50, "c-2"),
+        sent("m-5", 45, "c-3"),
+        sent("m-5", 45, "c-3"),
+        sent("m-6", 46, "c-3", category="transactional"),
+        answered("a-4", 65, 4, customer_id="c-3"),
+        answered("a-4", 65, 4, customer_id="c-3"),
+        answered("a-5", 66, 3, contact=link["contact"]),
+    ]
+    assert cohorts(*records) == {MESSAGED: (3, 1 + 2 + 3), OTHERS: (2, 5 + 4)}
+
+
+def test_an_answer_from_a_contact_without_a_link_is_its_own_customer() -> None:
+    """No link: the phone has no messages of its own, so its answer is the others'."""
+    phone = {"type": "phone", "value": "+8613800000002"}
+    records = [
+        sent("m-1", 30, "c-1"),
+        sent("m-2", 31, "c-1"),
+        answered("a-1", 61, 3, contact=phone),
+    ]
+    assert cohorts(*records) == {OTHERS: (1, 3)}
 
 
 # --- the catalog --------------------------------------------------------------------------

@@ -139,10 +139,12 @@ class PartialTallies:
         for tally in self._tallies(event.touchpoint, event.channel, event.occurred_at_ms):
             tally.add_event(event)
 
-    def add_answer(self, answer: SurveyAnswer) -> None:
+    def add_answer(self, answer: SurveyAnswer) -> float | None:
+        """Folded into its touchpoint's (and stage's) tally; returns its comment's sentiment."""
         sentiment = self.scorer.score(answer.comment) if answer.comment else None
         for tally in self._tallies(answer.touchpoint, answer.channel, answer.answered_at_ms):
             tally.add_answer(answer, sentiment)
+        return sentiment
 
     def _tallies(self, touchpoint: str, channel: str | None, at_ms: int) -> Iterator[Tally]:
         yield self._bucket(touchpoint, at_ms, self.windows(touchpoint).bucket_of(at_ms)).tally

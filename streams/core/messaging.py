@@ -135,6 +135,11 @@ class FrequencyPolicy:
         horizon = now_ms - self.policy.window_ms
         return [m for m in state.messages if horizon < m.sent_at_ms <= now_ms]
 
+    def counted_at(self, state: CustomerMessages, at_ms: int) -> int:
+        """Counted messages in the window up to `at_ms`; the state must still hold them (not
+        judged past `at_ms`, whose window would have expired)."""
+        return len(self.counted(self.inside(state, at_ms)))
+
     def counted(self, messages: list[Message]) -> list[Message]:
         """The messages the policy limits: transactional ones are exempt by default."""
         return [m for m in messages if m.category in self.policy.categories]
