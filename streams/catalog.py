@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from enum import StrEnum
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -496,10 +497,27 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
     )
     scores = reader.score_window(sections.get("scores"))
     touchpoints = reader.touchpoints(sections.get("touchpoints"))
-    key_moments = reader.key_moments(sections.get("key_moments"), scores)
-    breaks = reader.breaks(sections.get("breaks"), scores)
-    consistency = reader.consistency(sections.get("consistency"), scores, touchpoints)
-    fatigue = reader.fatigue(sections.get("fatigue"), scores)
+    key_moments = reader.unique(
+        sections.get("key_moments"),
+        "key_moments",
+        "key moment",
+        lambda node: reader.key_moment(node, scores),
+    )
+    breaks = reader.unique(
+        sections.get("breaks"), "breaks", "break", lambda node: reader.journey_break(node, scores)
+    )
+    consistency = reader.unique(
+        sections.get("consistency"),
+        "consistency",
+        "consistency",
+        lambda node: reader.channel_consistency(node, scores, touchpoints),
+    )
+    fatigue = reader.unique(
+        sections.get("fatigue"),
+        "fatigue",
+        "fatigue",
+        lambda node: reader.messaging_fatigue(node, scores),
+    )
     reader.check_declared()
     return Catalog(
         touchpoints=touchpoints,
@@ -566,6 +584,14 @@ MESSAGING_KEYS = {
     "quiet_hours",
     "severity",
 }
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Identified = TypeVar("Identified", bound=_HasId)
 
 
 class _Reader:
@@ -698,18 +724,24 @@ class _Reader:
                 stages[name] = self.choice(fields["stage"], f"touchpoint {name}: stage", Stage)
         return stages
 
-    def key_moments(self, node: yaml.Node | None, scores: ScoreWindow) -> tuple[KeyMoment, ...]:
+    def unique(
+        self,
+        node: yaml.Node | None,
+        section: str,
+        what: str,
+        read: Callable[[yaml.Node], Identified],
+    ) -> tuple[Identified, ...]:
+        """The entries of one of the catalog's lists, each read by `read`; two with the same
+        id are refused on the second's line."""
         if node is None:
             return ()
-        moments: list[KeyMoment] = []
-        seen: set[str] = set()
-        for entry in self.sequence(node, "key_moments"):
-            moment = self.key_moment(entry, scores)
-            if moment.id in seen:
-                raise self.fail(entry, f"key moment {moment.id} is declared twice")
-            seen.add(moment.id)
-            moments.append(moment)
-        return tuple(moments)
+        found: dict[str, Identified] = {}
+        for entry in self.sequence(node, section):
+            item = read(entry)
+            if item.id in found:
+                raise self.fail(entry, f"{what} {item.id} is declared twice")
+            found[item.id] = item
+        return tuple(found.values())
 
     def key_moment(self, node: yaml.Node, scores: ScoreWindow) -> KeyMoment:
         fields = self.mapping(node, "a key moment")
@@ -800,17 +832,6 @@ class _Reader:
         severity: Severity = self.choice(fields["severity"], f"{what}: severity", Severity)
         return severity
 
-    def breaks(self, node: yaml.Node | None, scores: ScoreWindow) -> tuple[JourneyBreak, ...]:
-        if node is None:
-            return ()
-        breaks: list[JourneyBreak] = []
-        for entry in self.sequence(node, "breaks"):
-            journey = self.journey_break(entry, scores)
-            if any(other.id == journey.id for other in breaks):
-                raise self.fail(entry, f"break {journey.id} is declared twice")
-            breaks.append(journey)
-        return tuple(breaks)
-
     def journey_break(self, node: yaml.Node, scores: ScoreWindow) -> JourneyBreak:
         fields = self.mapping(node, "a break")
         self.only(fields, BREAK_KEYS, node)
@@ -852,19 +873,6 @@ class _Reader:
             recover_at=recover_at,
         )
 
-    def consistency(
-        self, node: yaml.Node | None, scores: ScoreWindow, touchpoints: dict[str, Stage]
-    ) -> tuple[ChannelConsistency, ...]:
-        if node is None:
-            return ()
-        rules: list[ChannelConsistency] = []
-        for entry in self.sequence(node, "consistency"):
-            rule = self.channel_consistency(entry, scores, touchpoints)
-            if any(other.id == rule.id for other in rules):
-                raise self.fail(entry, f"consistency {rule.id} is declared twice")
-            rules.append(rule)
-        return tuple(rules)
-
     def channel_consistency(
         self, node: yaml.Node, scores: ScoreWindow, touchpoints: dict[str, Stage]
     ) -> ChannelConsistency:
@@ -885,17 +893,6 @@ class _Reader:
         return ChannelConsistency(
             stage=stage, **self.gap_rule(node, fields, scores, metric, f"{what}/{metric.value}")
         )
-
-    def fatigue(self, node: yaml.Node | None, scores: ScoreWindow) -> tuple[MessagingFatigue, ...]:
-        if node is None:
-            return ()
-        rules: list[MessagingFatigue] = []
-        for entry in self.sequence(node, "fatigue"):
-            rule = self.messaging_fatigue(entry, scores)
-            if any(other.id == rule.id for other in rules):
-                raise self.fail(entry, f"fatigue {rule.id} is declared twice")
-            rules.append(rule)
-        return tuple(rules)
 
     def messaging_fatigue(self, node: yaml.Node, scores: ScoreWindow) -> MessagingFatigue:
         fields = self.mapping(node, "a fatigue rule")

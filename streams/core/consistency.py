@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
-from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus, Stage
 from streams.catalog import Catalog, ChannelConsistency
-from streams.core.alerts import Incident, figure, fingerprint
+from streams.core.alerts import figure
 from streams.core.gaps import GapState, GroupGaps, GroupReading, Judged
 from streams.core.scores import Tally
 from streams.core.touchpoints import METRIC_LABELS
@@ -46,56 +44,30 @@ class StageConsistency(GroupGaps[ChannelConsistency]):
         return f"{self.rule.id}/{channel}"
 
     def _alert(self, reading: GroupReading, status: AlertStatus, starts_at_ms: int) -> Alert:
-        rule, gap = self.rule, reading.gap
-        figures = (
-            f"{METRIC_LABELS[rule.metric]} {gap.group.value:.4g} on {reading.group} "
-            f"against {gap.rest.value:.4g} on the stage's other channels, a gap of {gap.value:.4g} "
-            f"({self.confidence:.0%} interval {gap.low:.4g} to {gap.high:.4g}; "
-            f"{gap.group.samples} and {gap.rest.samples} samples) over the last {self.window}"
-        )
+        rule, gap, channel = self.rule, reading.gap, reading.group
         stage = rule.stage.value
-        if status is AlertStatus.FIRING:
-            rule_text = f"more than {rule.max_gap:g}"
-            if rule.confidence is not None:
-                rule_text += f" with {rule.confidence:.0%} confidence"
-            summary = f"Channel {reading.group} inconsistent in {stage}: {figures}, {rule_text}."
-        else:
-            summary = (
-                f"Channel {reading.group} consistent again in {stage}: {figures}, at or under "
-                f"{rule.recover_gap:g}."
-            )
-        subject = self.subject(reading.group)
-        incident = Incident(
-            kind=AlertKind.CHANNEL_INCONSISTENT,
-            subject=subject,
-            fingerprint=fingerprint(AlertKind.CHANNEL_INCONSISTENT, subject),
-            severity=rule.severity,
-            starts_at_ms=starts_at_ms,
+        figures = (
+            f"{METRIC_LABELS[rule.metric]} {gap.group.value:.4g} on {channel} against "
+            f"{gap.rest.value:.4g} on the stage's other channels, {self._interval(reading)} "
+            f"samples) over the last {self.window}"
         )
-        details: dict[str, Any] = {
-            "stage": stage,
-            "metric": rule.metric.value,
-            "channel": reading.group,
-            "channel_value": figure(gap.group.value),
-            "channel_samples": gap.group.samples,
-            "rest_value": figure(gap.rest.value),
-            "rest_samples": gap.rest.samples,
-            "gap": figure(gap.value),
-            "gap_low": figure(gap.low),
-            "gap_high": figure(gap.high),
-            "confidence": self.confidence,
-            "min_samples": rule.min_samples,
-            "recover_at": rule.recover_gap,
-            "window_end": format_timestamp(reading.window_end_ms),
-        }
-        return incident.transition(
+        state = "inconsistent" if status is AlertStatus.FIRING else "consistent again"
+        return self._transition(
+            reading,
             status,
-            at_ms=reading.window_end_ms,
-            summary=summary,
-            observed=round(gap.value, 6),
-            threshold=rule.max_gap,
-            window=self.window,
-            details=details,
+            starts_at_ms,
+            kind=AlertKind.CHANNEL_INCONSISTENT,
+            subject=self.subject(channel),
+            summary=f"Channel {channel} {state} in {stage}: {figures}, {self._line(status)}.",
+            figures={
+                "stage": stage,
+                "metric": rule.metric.value,
+                "channel": channel,
+                "channel_value": figure(gap.group.value),
+                "channel_samples": gap.group.samples,
+                "rest_value": figure(gap.rest.value),
+                "rest_samples": gap.rest.samples,
+            },
         )
 
 

@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from models.records import Alert, AlertStatus
+from models.decode import format_timestamp
+from models.records import Alert, AlertKind, AlertStatus
 from streams.catalog import GapRule, format_duration
+from streams.core.alerts import Incident, figure, fingerprint
 from streams.core.hopping import Hopping
 from streams.core.scores import Tally
 from streams.core.stats import Estimate, z_score
@@ -192,3 +194,59 @@ class GroupGaps(ABC, Generic[Rule]):
     @abstractmethod
     def _alert(self, reading: GroupReading, status: AlertStatus, starts_at_ms: int) -> Alert:
         """The transition of one group's incident, with its figures."""
+
+    def _interval(self, reading: GroupReading) -> str:
+        gap = reading.gap
+        return (
+            f"a gap of {gap.value:.4g} ({self.confidence:.0%} interval {gap.low:.4g} to "
+            f"{gap.high:.4g}; {gap.group.samples} and {gap.rest.samples}"
+        )
+
+    def _line(self, status: AlertStatus) -> str:
+        """What the gap was judged against: past max_gap to fire, recover_at to resolve."""
+        rule = self.rule
+        if status is AlertStatus.RESOLVED:
+            return f"at or under {rule.recover_gap:g}"
+        line = f"more than {rule.max_gap:g}"
+        if rule.confidence is not None:
+            line += f" with {rule.confidence:.0%} confidence"
+        return line
+
+    def _transition(
+        self,
+        reading: GroupReading,
+        status: AlertStatus,
+        starts_at_ms: int,
+        *,
+        kind: AlertKind,
+        subject: str,
+        summary: str,
+        figures: dict[str, Any],
+    ) -> Alert:
+        """One group's alert: the rule's own figures first, then those of every gap."""
+        rule, gap = self.rule, reading.gap
+        incident = Incident(
+            kind=kind,
+            subject=subject,
+            fingerprint=fingerprint(kind, subject),
+            severity=rule.severity,
+            starts_at_ms=starts_at_ms,
+        )
+        details = figures | {
+            "gap": figure(gap.value),
+            "gap_low": figure(gap.low),
+            "gap_high": figure(gap.high),
+            "confidence": self.confidence,
+            "min_samples": rule.min_samples,
+            "recover_at": rule.recover_gap,
+            "window_end": format_timestamp(reading.window_end_ms),
+        }
+        return incident.transition(
+            status,
+            at_ms=reading.window_end_ms,
+            summary=summary,
+            observed=round(gap.value, 6),
+            threshold=rule.max_gap,
+            window=self.window,
+            details=details,
+        )
