@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import yaml
 
 from models.records import Alert, AlertKind, AlertStatus, Severity
 from streams.catalog import (
@@ -16,11 +18,13 @@ from streams.catalog import (
     describe_catalog,
     parse_catalog,
 )
+from streams.commands.simulate import SimulationConfig, generate
 from streams.core.fatigue import MESSAGED, OTHERS, Fatigue, cohort_of
 from streams.core.gaps import GapState
 from streams.core.scores import Tally
 from streams.core.sentiment import build_scorer
 from streams.replay import OfflineMonitor
+from tests.harness import CATALOG, reference
 from tests.test_consistency import T0, csat, nps
 
 MINUTE = 60_000
@@ -232,6 +236,40 @@ def test_an_answer_from_a_contact_without_a_link_is_its_own_customer() -> None:
         answered("a-1", 61, 3, contact=phone),
     ]
     assert cohorts(*records) == {OTHERS: (1, 3)}
+
+
+def test_the_simulated_campaign_fires_fatigue_once_and_resolves_it(tmp_path: Path) -> None:
+    """--fatigue over [1h, 2h) of 4 hours: a quarter of the customers get 4 marketing
+    messages and answer worse meanwhile. The example catalog with an NPS fatigue rule over
+    an hour (max gap 15 with 95% confidence, recover at 10) fires once and resolves once."""
+    catalog = yaml.safe_load(CATALOG.read_text(encoding="utf-8"))
+    catalog["fatigue"] = [
+        {"metric": "nps", "messages": 4, "max_gap": 15, "recover_at": 10, "window": "1h",
+         "step": "10m", "min_samples": 30, "confidence": 0.95}
+    ]  # fmt: skip
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog), encoding="utf-8")
+    config = SimulationConfig(
+        start_ms=T0,
+        duration_ms=4 * HOUR,
+        journeys_per_hour=3_000,
+        degrade_from_ms=T0 + HOUR,
+        degrade_until_ms=T0 + 2 * HOUR,
+        fatigue=True,
+    )
+    alerts = [
+        a for a in reference(path, generate(config)).alerts if a.kind is AlertKind.MESSAGING_FATIGUE
+    ]
+    assert [(a.status, a.starts_at_ms) for a in alerts] == [
+        (AlertStatus.FIRING, T0 + 2 * HOUR),
+        (AlertStatus.RESOLVED, T0 + 2 * HOUR),
+    ]
+    assert alerts[0].details["gap_low"] > 15
+    assert alerts[1].observed <= 10
+    calm = replace(config, fatigue=False)
+    assert not [
+        a for a in reference(path, generate(calm)).alerts if a.kind is AlertKind.MESSAGING_FATIGUE
+    ]
 
 
 # --- the catalog --------------------------------------------------------------------------

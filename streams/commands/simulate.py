@@ -36,6 +36,9 @@ _QUIET_START_MS = 22 * HOUR_MS  # 22:00 Asia/Shanghai
 _QUIET_END_MS = 8 * HOUR_MS  # 08:00 Asia/Shanghai
 _SLOW_MS = 3_000  # most visitors leave a page that does not load in 3 s
 _MARKETING_PER_DAY = 2  # hard frequency cap of normal traffic, any rolling 24 h
+FATIGUED_AFTER = 4  # marketing messages in 24 h that make a customer answer worse (--fatigue)
+_CAMPAIGN_SHARE = 4  # --fatigue's campaign reaches one customer in this many
+_CAMPAIGN_GAP_MS = 10 * 60_000  # between one customer's campaign messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,10 @@ class SimulationConfig:
     `inconsistent_channel` (stage, channel): from `degrade_from_ms` (or the start) to
     `degrade_until_ms` (or the end), customers who answer a survey about a touchpoint of
     that stage after using it on that channel answer as after a bad experience.
+    `fatigue`: when that span starts, a campaign sends a quarter of the customers
+    FATIGUED_AFTER marketing messages in its first half hour (and none of the usual ones
+    over the span); over the span, a customer with FATIGUED_AFTER or more marketing
+    messages in the 24 h before answering a survey answers as after a bad experience.
     """
 
     start_ms: int
@@ -137,6 +144,7 @@ class SimulationConfig:
     duplicate_ratio: float = 0.0
     invalid_ratio: float = 0.0
     inconsistent_channel: tuple[str, str] | None = None
+    fatigue: bool = False
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -440,9 +448,18 @@ class _Simulation:
         return (
             self.inconsistent is not None
             and self.inconsistent == (TOUCHPOINTS[touchpoint].stage, channel)
-            and t >= self.degrade_from
-            and (self.degrade_until is None or t < self.degrade_until)
+            and self._trouble(t)
         )
+
+    def _trouble(self, t: int) -> bool:
+        return t >= self.degrade_from and (self.degrade_until is None or t < self.degrade_until)
+
+    def _fatigued(self, customer_id: str, t: int) -> bool:
+        """Whether a customer answering at `t` has had too many marketing messages."""
+        if not (self.cfg.fatigue and self._trouble(t)):
+            return False
+        times = self.marketing_times.get(customer_id, ())
+        return sum(1 for sent in times if t - DAY_MS < sent <= t) >= FATIGUED_AFTER
 
     def _broken(self, t: int) -> bool:
         """Whether a customer ready to go on from the cart at `t` is lost to the break."""
@@ -567,7 +584,7 @@ class _Simulation:
             return
         rng = self.rng
         channel = channel or TOUCHPOINTS[touchpoint].channel
-        if self._inconsistent(touchpoint, channel, t):
+        if self._inconsistent(touchpoint, channel, t) or self._fatigued(customer_id, t):
             quality = 2
         low, dists = _CUM_SCALES[metric]
         cum = dists[quality]
@@ -624,10 +641,30 @@ class _Simulation:
         if t >= self.end:
             return
         times = self.marketing_times.setdefault(customer_id, [])
+        if self.cfg.fatigue and self._trouble(t) and self._in_campaign(customer_id):
+            return  # the campaign is all they get meanwhile
         if sum(1 for other in times if abs(other - t) <= DAY_MS) >= _MARKETING_PER_DAY:
             return
         times.append(t)
         self._message(t, customer_id, channel)
+
+    def _in_campaign(self, customer_id: str) -> bool:
+        return int(customer_id.rsplit("-", 1)[1]) % _CAMPAIGN_SHARE == 0
+
+    def _campaign(self) -> None:
+        """--fatigue: FATIGUED_AFTER marketing messages to each customer of the campaign."""
+        rng = Random(f"{self.cfg.seed}:campaign")
+        channels = sorted(MARKETING_TOUCHPOINT_BY_CHANNEL)
+        for customer_id in self.customer_ids:
+            if not self._in_campaign(customer_id):
+                continue
+            start = self.degrade_from + rng.randrange(_CAMPAIGN_GAP_MS)
+            times = self.marketing_times.setdefault(customer_id, [])
+            for number in range(FATIGUED_AFTER):
+                at = start + number * _CAMPAIGN_GAP_MS // 2
+                if at < self.end:
+                    times.append(at)
+                    self._message(at, customer_id, channels[rng.randrange(len(channels))])
 
     def _message(self, t: int, customer_id: str, channel: str) -> None:
         touchpoint = MARKETING_TOUCHPOINT_BY_CHANNEL[channel]
@@ -894,6 +931,8 @@ class _Simulation:
     def run(self) -> Iterator[SimulatedRecord]:
         heap = self.heap
         self._floods()
+        if self.cfg.fatigue:
+            self._campaign()
         if self.cfg.journeys_per_hour > 0:
             rate = self.cfg.journeys_per_hour / HOUR_MS
             t = float(self.cfg.start_ms)
