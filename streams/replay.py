@@ -13,16 +13,22 @@ from models.decode import (
     decode_survey_answer,
     decode_touchpoint_event,
 )
-from models.records import Alert, SurveyAnswer, TouchpointEvent
+from models.records import Alert, TouchpointEvent
 from streams.catalog import Catalog
-from streams.core.consistency import StageConsistencies, StageState
-from streams.core.fatigue import Fatigue, cohort_of
-from streams.core.gaps import GapState
+from streams.core.consistency import stage_rules
+from streams.core.fatigue import Cohorts
+from streams.core.gaps import RulesState
 from streams.core.identity import add_link, customer_at, encode_link
-from streams.core.ingest import OutboundMessage, PartialTallies, outbound_message, subject_stage
+from streams.core.ingest import (
+    CustomerAnswer,
+    OutboundMessage,
+    PartialTallies,
+    customer_answer,
+    outbound_message,
+    subject_stage,
+)
 from streams.core.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
 from streams.core.messaging import CustomerMessages, FrequencyPolicy
-from streams.core.scores import Tally
 from streams.core.sentiment import SentimentScorer
 from streams.core.touchpoints import TouchpointState
 
@@ -37,8 +43,8 @@ class ReplayResult:
     touchpoints: dict[str, TouchpointState] = field(default_factory=dict)
     customers: dict[str, CustomerMessages] = field(default_factory=dict)
     breaks: dict[str, BreakState] = field(default_factory=dict)
-    stages: dict[str, StageState] = field(default_factory=dict)  # by stage, for consistency
-    fatigue: dict[str, GapState] = field(default_factory=dict)  # by fatigue rule
+    stages: dict[str, RulesState] = field(default_factory=dict)  # by stage, for consistency
+    fatigue: RulesState = field(default_factory=RulesState)
 
 
 class OfflineMonitor:
@@ -49,10 +55,10 @@ class OfflineMonitor:
         self.policy = FrequencyPolicy(catalog.messaging)
         self.catalog = catalog
         self.journeys = JourneyTracker(catalog)
-        self.stages = StageConsistencies.of(catalog)
-        self.fatigue = [Fatigue(rule) for rule in catalog.fatigue]
-        # Answers the fatigue rules put in cohorts at the end, with their tallies.
-        self.answers: list[tuple[SurveyAnswer, Tally]] = []
+        self.stages = stage_rules(catalog)
+        self.cohorts = Cohorts(catalog)
+        # Answers the fatigue rules put in cohorts at the end.
+        self.answers: list[CustomerAnswer] = []
         self.journey_customers: dict[str, CustomerJourneys] = {}
         self.seen: set[tuple[Role, str]] = set()
         self.links: dict[str, bytes] = {}
@@ -83,10 +89,8 @@ class OfflineMonitor:
             answer = decode_survey_answer(raw)
             if self._first_time(role, answer.answer_id):
                 sentiment = self.partials.add_answer(answer)
-                if self.fatigue:
-                    tally = Tally()
-                    tally.add_answer(answer, sentiment)
-                    self.answers.append((answer, tally))
+                if self.catalog.fatigue:
+                    self.answers.append(customer_answer(answer, sentiment))
                 self._advance(answer.answered_at_ms, messages=False)
         except InvalidRecord as exc:
             self.result.rejected[role].append(exc.reason)
@@ -101,7 +105,7 @@ class OfflineMonitor:
         for partial in self.partials.drain("replay", 0):
             stage = subject_stage(partial.touchpoint)
             if stage is not None:
-                stage_state = result.stages.setdefault(stage.value, StageState())
+                stage_state = result.stages.setdefault(stage.value, RulesState())
                 for bucket in partial.buckets:
                     assert bucket.channel is not None
                     self.stages[stage].add(
@@ -127,7 +131,7 @@ class OfflineMonitor:
         for stage, consistencies in self.stages.items():
             watermark = self.watermark_ms if until_ms is None else until_ms + grace
             if watermark is not None:
-                stage_state = result.stages.setdefault(stage.value, StageState())
+                stage_state = result.stages.setdefault(stage.value, RulesState())
                 for _, judged in consistencies.advance(stage_state, watermark - grace):
                     result.alerts += judged.alerts
         answers = self._answers_by_customer()
@@ -142,10 +146,9 @@ class OfflineMonitor:
             if message_watermark is not None:
                 result.alerts += self.policy.advance(frequency, customer, message_watermark)
         watermark = self.watermark_ms if until_ms is None else until_ms + grace
-        for detector in self.fatigue:
-            cohorts = result.fatigue.setdefault(detector.rule.id, GapState())
-            if watermark is not None:
-                result.alerts += detector.advance(cohorts, watermark - grace).alerts
+        if watermark is not None:
+            for _, judged in self.cohorts.rules.advance(result.fatigue, watermark - grace):
+                result.alerts += judged.alerts
         if until_ms is not None:
             result.alerts += self._journey_breaks(until_ms)
         elif self.message_watermark_ms is not None:
@@ -154,28 +157,24 @@ class OfflineMonitor:
             )
         return result
 
-    def _answers_by_customer(self) -> dict[str, list[tuple[SurveyAnswer, Tally]]]:
+    def _answers_by_customer(self) -> dict[str, list[CustomerAnswer]]:
         """Each answer under its customer, a contact's resolved by the links at its time."""
-        found: dict[str, list[tuple[SurveyAnswer, Tally]]] = defaultdict(list)
-        for answer, tally in self.answers:
+        found: dict[str, list[CustomerAnswer]] = defaultdict(list)
+        for answer in self.answers:
             customer = answer.customer_id
             if customer is None:
-                assert answer.contact is not None
-                key = answer.contact.key
+                assert answer.contact_key is not None
+                key = answer.contact_key
                 customer = customer_at(self.links.get(key), answer.answered_at_ms) or key
-            found[customer].append((answer, tally))
+            found[customer].append(answer)
         return found
 
-    def _put_in_cohorts(
-        self, frequency: CustomerMessages, answers: list[tuple[SurveyAnswer, Tally]]
-    ) -> None:
+    def _put_in_cohorts(self, frequency: CustomerMessages, answers: list[CustomerAnswer]) -> None:
         """Every messaged customer's messages are in, none expired: each answer's cohort."""
-        for answer, tally in answers:
+        for answer in answers:
             at_ms = answer.answered_at_ms
-            counted = self.policy.counted_at(frequency, at_ms)
-            for detector in self.fatigue:
-                state = self.result.fatigue.setdefault(detector.rule.id, GapState())
-                detector.add(state, at_ms, cohort_of(counted, detector.rule), tally)
+            count_class = self.cohorts.count_class(self.policy.counted_at(frequency, at_ms))
+            self.cohorts.rules.add(self.result.fatigue, at_ms, count_class, answer.tally)
 
     def _visit(self, event: TouchpointEvent) -> None:
         found = self.journeys.visit_of(event)

@@ -28,8 +28,7 @@ from models.records import Alert
 from streams.catalog import Catalog, load_catalog
 from streams.commands.publish import Outgoing, follow, send_all
 from streams.commands.simulate import SimulatedRecord
-from streams.core.consistency import StageState
-from streams.core.gaps import GapState
+from streams.core.gaps import GapState, RulesState
 from streams.core.ingest import subject_stage
 from streams.core.journeys import BreakState
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message
@@ -396,7 +395,7 @@ class Observed:
     touchpoints: dict[str, TouchpointState]
     customers: dict[str, CustomerMessages]
     breaks: dict[str, BreakState]
-    stages: dict[str, StageState]
+    stages: dict[str, RulesState]
     alerts: list[dict[str, Any]]
     dead_letters: list[Received]
 
@@ -411,7 +410,7 @@ class Observed:
                 if subject_stage(key.decode()) is None
             },
             stages={
-                stage.value: StageState.decode(unwrap(value)[1])
+                stage.value: RulesState.decode(unwrap(value)[1])
                 for key, value in windows.items()
                 if (stage := subject_stage(key.decode())) is not None
             },
@@ -472,12 +471,12 @@ def break_differences(
 
 
 def stage_differences(
-    expected: dict[str, StageState], observed: dict[str, StageState]
+    expected: dict[str, RulesState], observed: dict[str, RulesState]
 ) -> list[str]:
     """Each consistency rule's judged time, open incidents and tallies by step and channel."""
     found: list[str] = []
     for stage in sorted(expected.keys() | observed.keys()):
-        want, got = expected.get(stage, StageState()), observed.get(stage, StageState())
+        want, got = expected.get(stage, RulesState()), observed.get(stage, RulesState())
         for rule in sorted(want.rules.keys() | got.rules.keys()):
             mine = got.rules.get(rule, GapState())
             theirs = want.rules.get(rule, GapState())

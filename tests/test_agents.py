@@ -13,14 +13,13 @@ import orjson
 import pytest
 from faust.types import TP
 
+from agents.checkpointed import Change, chunked
 from agents.commits import Offsets
 from agents.metrics import REGISTRY, declare_catalog
 from agents.pipeline import (
     LINK_RECORD,
     MAX_DEAD_LETTER_BYTES,
-    RECORD_HEADER,
     Pipeline,
-    journey_checkpoints,
     partition_of,
 )
 from agents.streaming import Event
@@ -29,13 +28,13 @@ from agents.worker import assemble
 from models.records import Category, Stage, SurveyAnswer, SurveyMetric
 from streams.catalog import parse_catalog
 from streams.core.ingest import BucketTally, OutboundMessage, TouchpointPartial, stage_subject
-from streams.core.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
+from streams.core.journeys import CustomerJourneys, CustomerVisits, Outcome
 from streams.core.messaging import CustomerMessages, Message, message_digest
 from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym
 from streams.core.scores import Tally
 from streams.settings import Settings
 from streams.state.dedup import OFFSET_BITS, SeenBatch, id_digest
-from streams.state.delivery import Checkpoint, Send
+from streams.state.delivery import Checkpoint, KeyedCheckpoint, Send
 from streams.state.envelope import ENVELOPE_KEY, unpack
 from streams.state.watermarks import (
     PROGRESS_KEY,
@@ -399,7 +398,7 @@ async def test_contact_only_messages_resolve_by_the_link_in_force_at_their_time(
     await harness.feed("ingest_identity_links", [(phone, link, 0)])
     (update,) = harness.data(topology.contacts)
     assert update.key == phone
-    assert update.headers == {RECORD_HEADER: LINK_RECORD}
+    assert update.headers == dict([LINK_RECORD])
     await harness.feed(
         "resolve_contacts", [(phone, update.value or b"", 0)], [*update.headers.items()]
     )
@@ -777,45 +776,50 @@ async def test_journey_stage_writes_a_stored_batch_again_and_never_reapplies_its
     topology, pipeline = harness.topology, harness.pipeline
     customer = b"c-1"
     partition = partition_of(customer, PARTITIONS)
-    pipeline.journey_customers.put(partition, customer, CustomerJourneys(partition).encode())
+    states = pipeline.journey_states
+    states.states.put(partition, customer, CustomerJourneys(partition).encode())
     attempt = Outcome("app.cart -> checkout.payment", START_MS + 600_000, True, 42)
-    stored = JourneyCheckpoint(offset=5, customers={"c-1": None}, outcomes=[attempt])
+    outcomes = topology.journey_outcomes.get_topic_name()
+    sent_again = Send(outcomes, attempt.break_id.encode(), attempt.encode())
+    stored = KeyedCheckpoint(offset=5, sequence=3, states={"c-1": None}, sends=[sent_again])
     key = source_name(topology.journey_visits.get_topic_name(), partition).encode()
-    pipeline.journey_checkpoints.put(partition, key, stored.encode())
+    states.checkpoints.put(partition, key, stored.encode())
 
     # Redelivered from before the crash (offsets 0 and 1, both covered by offset 5).
     visits = CustomerVisits("c-1", {"app.cart": [(START_MS, 7)]}).encode()
     await harness.feed("follow_journeys", [(customer, visits, partition)] * 2)
     sent = [Outcome.decode(s.value or b"") for s in harness.data(topology.journey_outcomes)]
     assert sent == [attempt], "the stored attempt is sent again"
-    assert pipeline.journey_customers.get(customer) is None, "and its customer deleted"
+    assert states.states.get(customer) is None, "and its customer deleted"
     assert (topology.journey_customers.name, partition, customer, None) in harness.changelog
-    cleared = JourneyCheckpoint.decode(pipeline.journey_checkpoints.get(key) or b"")
-    assert cleared == JourneyCheckpoint(offset=5)
+    cleared = KeyedCheckpoint.decode(states.checkpoints.get(key) or b"")
+    assert cleared == KeyedCheckpoint(offset=5, sequence=3)
 
 
-def test_journey_checkpoints_keep_fed_customers_first_and_each_within_the_limit() -> None:
-    def customer(partition: int, visits: int) -> CustomerJourneys:
-        state = CustomerJourneys(partition)
+def test_checkpoints_keep_fed_customers_first_and_each_within_the_limit() -> None:
+    def customer(visits: int) -> bytes:
+        state = CustomerJourneys(0)
         state.visits["app.cart"] = [(START_MS + n, n) for n in range(visits)]
-        return state
+        return state.encode()
 
-    fed = {f"f{n}".encode(): customer(0, 2) for n in range(3)} | {b"other": customer(1, 2)}
+    fed = [Change(f"f{n}".encode(), customer(2)) for n in range(3)]
     # Each decided customer holds about 40 KB of visits: a few fill one checkpoint.
-    decided = {f"d{n}".encode(): customer(0, 2_000) for n in range(30)}
-    attempt = Outcome("a -> b", START_MS, True, 1)
-    chunks = list(journey_checkpoints(0, 9, fed, decided, {b"d0": [attempt]}))
+    decided = [Change(f"d{n}".encode(), customer(2_000)) for n in range(30)]
+    attempt = Send("outcomes", b"a -> b", b"broken")
+    decided[0].sends.append(attempt)
+    chunks = list(chunked(9, 3, fed, decided))
     assert len(chunks) > 1
     assert all(c.offset == 9 for c in chunks)
-    assert list(chunks[0].customers)[:3] == ["f0", "f1", "f2"], "fed customers ride the first"
-    assert [k for c in chunks for k in c.customers] == ["f0", "f1", "f2"] + [
+    assert [c.sequence for c in chunks] == list(range(4, 4 + len(chunks))), "each its own"
+    assert list(chunks[0].states)[:3] == ["f0", "f1", "f2"], "fed customers ride the first"
+    assert [k for c in chunks for k in c.states] == ["f0", "f1", "f2"] + [
         f"d{n}" for n in range(30)
     ]
-    assert chunks[0].outcomes == [attempt]
+    assert chunks[0].sends == [attempt], "a customer's sends ride with its state"
     for chunk in chunks:
         assert len(chunk.encode()) < PRODUCER_MAX_REQUEST_BYTES // 2
-        assert JourneyCheckpoint.decode(chunk.encode()) == chunk
-    assert list(journey_checkpoints(2, 9, fed, decided, {})) == [], "nothing changed there"
+        assert KeyedCheckpoint.decode(chunk.encode()) == chunk
+    assert list(chunked(9, 3, [], [])) == [], "nothing changed: nothing to store"
 
 
 async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(

@@ -29,8 +29,8 @@ from streams.catalog import (
     parse_catalog,
 )
 from streams.core.alerts import fingerprint
-from streams.core.consistency import StageConsistencies, StageConsistency, StageState
-from streams.core.gaps import GapState, gap_between
+from streams.core.consistency import StageConsistency
+from streams.core.gaps import GapRules, GapState, RulesState, gap_between
 from streams.core.scores import Tally
 from streams.core.sentiment import build_scorer
 from streams.core.stats import Estimate, z_score
@@ -276,7 +276,7 @@ def test_a_tally_for_a_window_already_judged_is_refused() -> None:
 def test_the_state_survives_its_encoding() -> None:
     consistency = StageConsistency(rule())
     rule_state, _ = judged(consistency, ("app", csat(2, 30)), ("web", csat(4, 30)))
-    decoded = StageState.decode(StageState({"purchase/csat": rule_state}).encode())
+    decoded = RulesState.decode(RulesState({"purchase/csat": rule_state}).encode())
     (again,) = decoded.rules.values()
     assert again.incidents == rule_state.incidents == {"app": T0 + 10 * MINUTE}
     assert again.evaluated_until_ms == rule_state.evaluated_until_ms
@@ -286,8 +286,10 @@ def test_the_state_survives_its_encoding() -> None:
 def test_every_rule_of_a_stage_keeps_its_own_tallies() -> None:
     """A tally merged into two rules' states is copied, never shared: the NPS rule judged
     on 10-minute steps and the CSAT rule on 5-minute ones each count the 30 answers once."""
-    rules = StageConsistencies([rule(), rule(metric=ScoreMetric.NPS, step_ms=5 * MINUTE)])
-    state = StageState()
+    rules = GapRules(
+        StageConsistency(r) for r in (rule(), rule(metric=ScoreMetric.NPS, step_ms=5 * MINUTE))
+    )
+    state = RulesState()
     first, again = csat(2, 30), csat(2, 30)
     assert rules.add(state, T0 + 7 * MINUTE, "app", first)
     assert rules.add(state, T0 + 8 * MINUTE, "app", again)

@@ -8,30 +8,12 @@ stage's other channels (`streams.core.gaps`): a positive gap is the channel doin
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-
-import orjson
 
 from models.records import Alert, AlertKind, AlertStatus, Stage
 from streams.catalog import Catalog, ChannelConsistency
 from streams.core.alerts import figure
-from streams.core.gaps import GapState, GroupGaps, GroupReading, Judged
-from streams.core.scores import Tally
+from streams.core.gaps import GapRules, GroupGaps, GroupReading
 from streams.core.touchpoints import METRIC_LABELS
-
-
-@dataclass(slots=True)
-class StageState:
-    """Where each consistency rule of one journey stage stands, by rule id."""
-
-    rules: dict[str, GapState] = field(default_factory=dict)
-
-    def encode(self) -> bytes:
-        return orjson.dumps([[rule, state.to_wire()] for rule, state in self.rules.items()])
-
-    @classmethod
-    def decode(cls, raw: bytes) -> StageState:
-        return cls({rule: GapState.from_wire(wire) for rule, wire in orjson.loads(raw)})
 
 
 class StageConsistency(GroupGaps[ChannelConsistency]):
@@ -71,29 +53,9 @@ class StageConsistency(GroupGaps[ChannelConsistency]):
         )
 
 
-class StageConsistencies:
-    """Every consistency rule of one journey stage; state lives in StageState."""
-
-    def __init__(self, rules: Iterable[ChannelConsistency]) -> None:
-        self.detectors = [StageConsistency(rule) for rule in rules]
-
-    @classmethod
-    def of(cls, catalog: Catalog) -> dict[Stage, StageConsistencies]:
-        """The rules of every journey stage the catalog watches for consistency."""
-        return {stage: cls(rules) for stage, rules in catalog.consistency_by_stage().items()}
-
-    def add(self, state: StageState, at_ms: int, channel: str, tally: Tally) -> bool:
-        """False when every window of every rule it would fall in is judged: it is late."""
-        taken = False
-        for detector in self.detectors:
-            rule_state = state.rules.setdefault(detector.rule.id, GapState())
-            taken = detector.add(rule_state, at_ms, channel, tally) or taken
-        return taken
-
-    def advance(self, state: StageState, closed_ms: int) -> list[tuple[StageConsistency, Judged]]:
-        """Each rule of the stage, with what judging its closed windows gave."""
-        judged = []
-        for detector in self.detectors:
-            rule_state = state.rules.setdefault(detector.rule.id, GapState())
-            judged.append((detector, detector.advance(rule_state, closed_ms)))
-        return judged
+def stage_rules(catalog: Catalog) -> dict[Stage, GapRules]:
+    """The consistency rules of every journey stage the catalog watches."""
+    return {
+        stage: GapRules(StageConsistency(rule) for rule in rules)
+        for stage, rules in catalog.consistency_by_stage().items()
+    }

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import orjson
+
 from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus
 from streams.catalog import GapRule, format_duration
@@ -120,9 +122,14 @@ class GroupGaps(ABC, Generic[Rule]):
         """Buckets before this start feed no window still to be judged."""
         return self.hopping.horizon(state.evaluated_until_ms)
 
-    def add(self, state: GapState, at_ms: int, group: str, tally: Tally) -> bool:
-        """Merge a partial tally of one group (`tally` is not kept: the state has its own)
-        into its step; False when every window it falls in is judged."""
+    def group_of(self, tallied: str) -> str:
+        """The group a tally travelled under belongs to, for this rule."""
+        return tallied
+
+    def add(self, state: GapState, at_ms: int, tallied: str, tally: Tally) -> bool:
+        """Merge a partial tally (`tally` is not kept: the state has its own) into its step
+        and group; False when every window it falls in is judged."""
+        group = self.group_of(tallied)
         start = self.hopping.bucket_of(at_ms)
         horizon = self.horizon(state)
         if horizon is not None and start < horizon:
@@ -250,3 +257,40 @@ class GroupGaps(ABC, Generic[Rule]):
             window=self.window,
             details=details,
         )
+
+
+@dataclass(slots=True)
+class RulesState:
+    """Where each gap rule of one subject (a journey stage, or fatigue) stands, by rule id."""
+
+    rules: dict[str, GapState] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps([[rule, state.to_wire()] for rule, state in self.rules.items()])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> RulesState:
+        return cls({rule: GapState.from_wire(wire) for rule, wire in orjson.loads(raw)})
+
+
+class GapRules:
+    """The gap rules fed by one subject's tallies; state lives in RulesState."""
+
+    def __init__(self, detectors: Iterable[GroupGaps[Any]]) -> None:
+        self.detectors = list(detectors)
+
+    def add(self, state: RulesState, at_ms: int, tallied: str, tally: Tally) -> bool:
+        """False when every window of every rule it would fall in is judged: it is late."""
+        taken = False
+        for detector in self.detectors:
+            rule_state = state.rules.setdefault(detector.rule.id, GapState())
+            taken = detector.add(rule_state, at_ms, tallied, tally) or taken
+        return taken
+
+    def advance(self, state: RulesState, closed_ms: int) -> list[tuple[GroupGaps[Any], Judged]]:
+        """Each rule, with what judging its closed windows gave."""
+        judged = []
+        for detector in self.detectors:
+            rule_state = state.rules.setdefault(detector.rule.id, GapState())
+            judged.append((detector, detector.advance(rule_state, closed_ms)))
+        return judged

@@ -112,6 +112,53 @@ class OutboundMessage:
         return OutboundMessage(self.event_id, customer_id, None, self.message)
 
 
+@dataclass(frozen=True, slots=True)
+class CustomerAnswer:
+    """A survey answer on its way to its customer's frequency state, for messaging fatigue:
+    only its time and its tally (its comment's sentiment scored once, at ingest)."""
+
+    answer_id: str
+    customer_id: str | None
+    contact_key: str | None
+    answered_at_ms: int
+    tally: Tally
+
+    @property
+    def digest(self) -> int:
+        return message_digest(self.answer_id)
+
+    def to_wire(self) -> list[object]:
+        return [
+            self.answer_id,
+            self.customer_id,
+            self.contact_key,
+            self.answered_at_ms,
+            self.tally.to_wire(),
+        ]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> CustomerAnswer:
+        answer_id, customer, contact, at, tally = wire
+        return cls(answer_id, customer, contact, at, Tally.from_wire(tally))
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> CustomerAnswer:
+        return cls.from_wire(orjson.loads(raw))
+
+    def resolved_to(self, customer_id: str) -> CustomerAnswer:
+        return CustomerAnswer(self.answer_id, customer_id, None, self.answered_at_ms, self.tally)
+
+
+def customer_answer(answer: SurveyAnswer, sentiment: float | None) -> CustomerAnswer:
+    tally = Tally()
+    tally.add_answer(answer, sentiment)
+    contact = None if answer.customer_id or answer.contact is None else answer.contact.key
+    return CustomerAnswer(answer.answer_id, answer.customer_id, contact, answer.at_ms, tally)
+
+
 class PartialTallies:
     """Folds a batch of records into one partial per touchpoint: few sends per batch.
 
@@ -128,6 +175,7 @@ class PartialTallies:
             stage: reduce(math.gcd, [rule.step_ms for rule in rules])
             for stage, rules in catalog.consistency_by_stage().items()
         }
+        self.fatigue_bucket_ms = reduce(math.gcd, [rule.step_ms for rule in catalog.fatigue], 0)
 
     def windows(self, touchpoint: str) -> TouchpointWindows:
         windows = self._windows.get(touchpoint)
@@ -154,6 +202,11 @@ class PartialTallies:
             start = at_ms - at_ms % bucket_ms
             yield self._bucket(stage_subject(stage), at_ms, start, known_channel(channel)).tally
 
+    def add_cohort(self, at_ms: int, count_class: str, tally: Tally) -> None:
+        """An answer the frequency stage has put in its cohort: fatigue's tally, by count."""
+        start = at_ms - at_ms % self.fatigue_bucket_ms
+        self._bucket(FATIGUE_SUBJECT, at_ms, start, count_class).tally.merge(tally)
+
     def drain(self, source: str, last_offset: int) -> list[TouchpointPartial]:
         """What was folded since the last drain, as the batch `last_offset` of `source`."""
         partials = [
@@ -175,8 +228,10 @@ class PartialTallies:
         return bucket
 
 
-# No touchpoint a record may name starts with it (models/decode.py's TOUCHPOINT_PATTERN).
+# No touchpoint a record may name starts with either (models/decode.py's TOUCHPOINT_PATTERN).
 STAGE_SUBJECT_PREFIX = "#"
+# The subject messaging fatigue's tallies travel and are kept under, by count class.
+FATIGUE_SUBJECT = "~fatigue"
 
 
 def stage_subject(stage: Stage) -> str:
@@ -185,7 +240,7 @@ def stage_subject(stage: Stage) -> str:
 
 
 def subject_stage(subject: str) -> Stage | None:
-    """The journey stage a subject is, or None for a touchpoint."""
+    """The journey stage a subject is, or None for a touchpoint (or fatigue)."""
     if not subject.startswith(STAGE_SUBJECT_PREFIX):
         return None
     return Stage(subject.removeprefix(STAGE_SUBJECT_PREFIX))
