@@ -134,7 +134,11 @@ class OfflineMonitor:
                 stage_state = result.stages.setdefault(stage.value, RulesState())
                 for _, judged in consistencies.advance(stage_state, watermark - grace):
                     result.alerts += judged.alerts
-        answers = self._answers_by_customer()
+        # Answers wait in their customer's state until every message before them is in:
+        # those the grace has not passed yet are in no cohort.
+        watermark = self.watermark_ms if until_ms is None else until_ms + grace
+        closed = None if watermark is None else watermark - grace
+        answers = self._answers_by_customer(closed)
         for customer in sorted(self.messages.keys() | answers.keys()):
             if customer not in self.messages:  # answered, never messaged
                 self._put_in_cohorts(CustomerMessages(), answers[customer])
@@ -145,9 +149,8 @@ class OfflineMonitor:
             self._put_in_cohorts(frequency, answers.get(customer, []))
             if message_watermark is not None:
                 result.alerts += self.policy.advance(frequency, customer, message_watermark)
-        watermark = self.watermark_ms if until_ms is None else until_ms + grace
-        if watermark is not None:
-            for _, judged in self.cohorts.rules.advance(result.fatigue, watermark - grace):
+        if closed is not None:
+            for _, judged in self.cohorts.rules.advance(result.fatigue, closed):
                 result.alerts += judged.alerts
         if until_ms is not None:
             result.alerts += self._journey_breaks(until_ms)
@@ -157,10 +160,13 @@ class OfflineMonitor:
             )
         return result
 
-    def _answers_by_customer(self) -> dict[str, list[CustomerAnswer]]:
-        """Each answer under its customer, a contact's resolved by the links at its time."""
+    def _answers_by_customer(self, closed: int | None) -> dict[str, list[CustomerAnswer]]:
+        """Each answer before `closed` under its customer, a contact's resolved by the links
+        at its time."""
         found: dict[str, list[CustomerAnswer]] = defaultdict(list)
         for answer in self.answers:
+            if closed is None or answer.answered_at_ms >= closed:
+                continue
             customer = answer.customer_id
             if customer is None:
                 assert answer.contact_key is not None

@@ -9,7 +9,7 @@ import pytest
 
 from models.decode import encode_alert, parse_timestamp_ms
 from streams.commands.simulate import SimulationConfig, generate
-from tests.harness import Deployment, Observed, reference, stage_differences
+from tests.harness import Deployment, Observed, gap_differences, reference
 
 pytestmark = pytest.mark.broker
 
@@ -125,7 +125,48 @@ def test_an_inconsistent_channel_fires_and_resolves_as_the_offline_reference_say
     assert got == [[a[f] for f in figures] for a in inconsistent]
     deployment.wait_drained()
     observed = Observed.of(deployment)
-    assert stage_differences(result.stages, observed.stages) == []
+    assert gap_differences(result.stages, observed.stages) == []
+
+
+def test_messaging_fatigue_fires_and_resolves_as_the_offline_reference_says(
+    deployment: Deployment,
+) -> None:
+    """An hour in which a campaign messages half the customers 4 times and those
+    answer worse: the example catalog's NPS fatigue rule (max_gap 15 with 95% confidence,
+    recover_at 10) fires once and resolves once, with the reference's figures, and every
+    answer lands in the cohort the reference puts it in."""
+    config = SimulationConfig(
+        start_ms=START_MS,
+        journeys_per_hour=3_000,
+        duration_ms=4 * HOUR_MS,
+        fatigue=True,
+        degrade_from_ms=START_MS + HOUR_MS,
+        degrade_until_ms=START_MS + 2 * HOUR_MS,
+        duplicate_ratio=0.02,
+    )
+    records = list(generate(config))
+    result = reference(deployment.catalog, records)
+    expected = [orjson.loads(encode_alert(a)) for a in result.alerts]
+    fatigue = [a for a in expected if a["kind"] == "messaging_fatigue"]
+    assert [(a["subject"], a["status"]) for a in fatigue] == [
+        ("nps", "firing"),
+        ("nps", "resolved"),
+    ]
+    assert fatigue[0]["gap_low"] > 15
+    assert fatigue[1]["observed"] <= 10
+    assert not [a for a in expected if a["kind"] == "over_messaged"], (
+        "the campaign keeps the policy"
+    )
+
+    deployment.start_worker()
+    assert deployment.publish(records) == len(records)
+    received = deployment.alerts_equal_to(expected)
+    figures = ("observed", "gap_low", "gap_high", "messaged_samples", "others_samples")
+    got = [[a[f] for f in figures] for a in received if a["kind"] == "messaging_fatigue"]
+    assert got == [[a[f] for f in figures] for a in fatigue]
+    deployment.wait_drained()
+    observed = Observed.of(deployment)
+    assert gap_differences({"fatigue": result.fatigue}, {"fatigue": observed.fatigue}) == []
 
 
 def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(

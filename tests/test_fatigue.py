@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
 
 from models.records import Alert, AlertKind, AlertStatus, Severity
 from streams.catalog import (
@@ -190,9 +188,10 @@ def answered(answer_id: str, minute: int, score: int, **who: object) -> tuple[st
 
 
 def cohorts(*records: tuple[str, bytes]) -> dict[str, tuple[int, float]]:
-    """Each cohort's CSAT answers and their sum in the bucket at 60 minutes, unjudged yet."""
+    """Each cohort's CSAT answers and their sum in the bucket at 60 minutes, unjudged yet,
+    once another customer's message at 69 minutes has taken event time past their grace."""
     monitor = OfflineMonitor(parse_catalog(RECORDS_CATALOG), build_scorer("none"))
-    for role, raw in records:
+    for role, raw in (*records, sent("m-0", 69, "c-0")):
         monitor.feed(role, raw)  # type: ignore[arg-type]
     state = monitor.finish().fatigue.rules["csat"]
     return {
@@ -242,17 +241,23 @@ def test_an_answer_from_a_contact_without_a_link_is_its_own_customer() -> None:
     assert cohorts(*records) == {OTHERS: (1, 3)}
 
 
-def test_the_simulated_campaign_fires_fatigue_once_and_resolves_it(tmp_path: Path) -> None:
-    """--fatigue over [1h, 2h) of 4 hours: a quarter of the customers get 4 marketing
-    messages and answer worse meanwhile. The example catalog with an NPS fatigue rule over
-    an hour (max gap 15 with 95% confidence, recover at 10) fires once and resolves once."""
-    catalog = yaml.safe_load(CATALOG.read_text(encoding="utf-8"))
-    catalog["fatigue"] = [
-        {"metric": "nps", "messages": 4, "max_gap": 15, "recover_at": 10, "window": "1h",
-         "step": "10m", "min_samples": 30, "confidence": 0.95}
-    ]  # fmt: skip
-    path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump(catalog), encoding="utf-8")
+def test_an_answer_waits_for_its_grace_to_pass_before_it_is_in_a_cohort() -> None:
+    """A message may still come up to the grace (1 minute) late: an answer at 67 minutes
+    is in no cohort while event time stands at 68, and in one from just past 68."""
+    answer = answered("a-1", 67, 3, customer_id="c-1")
+    monitor = OfflineMonitor(parse_catalog(RECORDS_CATALOG), build_scorer("none"))
+    for role, raw in (answer, sent("m-1", 68, "c-2")):
+        monitor.feed(role, raw)  # type: ignore[arg-type]
+    assert monitor.finish().fatigue.rules["csat"].buckets == {}
+    assert cohorts(answer) == {OTHERS: (1, 3)}
+
+
+def test_the_simulated_campaign_fires_fatigue_once_and_resolves_it() -> None:
+    """--fatigue over [1h, 2h) of 4 hours: half the customers get 4 marketing messages and
+    answer worse meanwhile. The example catalog's NPS fatigue rule (an hour's window, max
+    gap 15 with 95% confidence, recover at 10) fires on the window ending at 1h40, the
+    first with 30 messaged answers (38 against 186, a gap of 104), and resolves on the
+    first window past the trouble, ending at 3h; without the flag nothing fires."""
     config = SimulationConfig(
         start_ms=T0,
         duration_ms=4 * HOUR,
@@ -262,18 +267,21 @@ def test_the_simulated_campaign_fires_fatigue_once_and_resolves_it(tmp_path: Pat
         fatigue=True,
     )
     alerts = [
-        a for a in reference(path, generate(config)).alerts if a.kind is AlertKind.MESSAGING_FATIGUE
-    ]
-    assert [(a.status, a.starts_at_ms) for a in alerts] == [
-        (AlertStatus.FIRING, T0 + 2 * HOUR),
-        (AlertStatus.RESOLVED, T0 + 2 * HOUR),
+        a for a in reference(CATALOG, generate(config)).alerts
+        if a.kind is AlertKind.MESSAGING_FATIGUE
+    ]  # fmt: skip
+    assert [(a.status, a.starts_at_ms, a.ends_at_ms) for a in alerts] == [
+        (AlertStatus.FIRING, T0 + 100 * MINUTE, None),
+        (AlertStatus.RESOLVED, T0 + 100 * MINUTE, T0 + 3 * HOUR),
     ]
     assert alerts[0].details["gap_low"] > 15
+    assert (alerts[0].details["messaged_samples"], alerts[0].details["others_samples"]) == (38, 186)
     assert alerts[1].observed <= 10
     calm = replace(config, fatigue=False)
     assert not [
-        a for a in reference(path, generate(calm)).alerts if a.kind is AlertKind.MESSAGING_FATIGUE
-    ]
+        a for a in reference(CATALOG, generate(calm)).alerts
+        if a.kind is AlertKind.MESSAGING_FATIGUE
+    ]  # fmt: skip
 
 
 # --- the catalog --------------------------------------------------------------------------

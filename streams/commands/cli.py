@@ -228,7 +228,7 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
     parser.add_argument(
         "--fatigue",
         action="store_true",
-        help="a campaign messages a quarter of the customers 4 times over the same span as "
+        help="a campaign messages half the customers 4 times over the same span as "
         "--degrade's, and customers with 4 or more marketing messages in 24 h answer worse",
     )
     parser.add_argument(

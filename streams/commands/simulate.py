@@ -37,7 +37,7 @@ _QUIET_END_MS = 8 * HOUR_MS  # 08:00 Asia/Shanghai
 _SLOW_MS = 3_000  # most visitors leave a page that does not load in 3 s
 _MARKETING_PER_DAY = 2  # hard frequency cap of normal traffic, any rolling 24 h
 FATIGUED_AFTER = 4  # marketing messages in 24 h that make a customer answer worse (--fatigue)
-_CAMPAIGN_SHARE = 4  # --fatigue's campaign reaches one customer in this many
+_CAMPAIGN_SHARE = 2  # --fatigue's campaign reaches one customer in this many
 _CAMPAIGN_GAP_MS = 10 * 60_000  # between one customer's campaign messages
 
 
@@ -124,9 +124,9 @@ class SimulationConfig:
     `inconsistent_channel` (stage, channel): from `degrade_from_ms` (or the start) to
     `degrade_until_ms` (or the end), customers who answer a survey about a touchpoint of
     that stage after using it on that channel answer as after a bad experience.
-    `fatigue`: when that span starts, a campaign sends a quarter of the customers
-    FATIGUED_AFTER marketing messages in its first half hour (and none of the usual ones
-    over the span); over the span, a customer with FATIGUED_AFTER or more marketing
+    `fatigue`: when that span starts, a campaign sends half the customers FATIGUED_AFTER
+    marketing messages in its first half hour (and none of the usual ones from a day before
+    the span to its end); over the span, a customer with FATIGUED_AFTER or more marketing
     messages in the 24 h before answering a survey answers as after a bad experience.
     """
 
@@ -351,6 +351,14 @@ def _local_ms_of_day(ms: int) -> int:
 def _in_quiet_hours(ms: int) -> bool:
     local = _local_ms_of_day(ms)
     return local >= _QUIET_START_MS or local < _QUIET_END_MS
+
+
+def _held_out_of_quiet_hours(ms: int, jitter_ms: int) -> int:
+    """When a marketing scheduler sends what it would send at `ms`: in quiet hours, held
+    until the next morning (plus `jitter_ms`)."""
+    if not _in_quiet_hours(ms):
+        return ms
+    return ms + (_QUIET_END_MS - _local_ms_of_day(ms)) % DAY_MS + jitter_ms
 
 
 def _contacts(customer_id: str) -> dict[str, str]:
@@ -634,15 +642,13 @@ class _Simulation:
 
     def _marketing(self, t: int, customer_id: str, channel: str) -> None:
         """A journey-triggered marketing message, within quiet hours and the frequency cap."""
-        if _in_quiet_hours(t):  # the scheduler holds it until the next morning
-            local = _local_ms_of_day(t)
-            wait = (_QUIET_END_MS - local) % DAY_MS
-            t += wait + self.rng.randint(0, 90 * 60_000)
+        if _in_quiet_hours(t):
+            t = _held_out_of_quiet_hours(t, self.rng.randint(0, 90 * 60_000))
         if t >= self.end:
             return
         times = self.marketing_times.setdefault(customer_id, [])
-        if self.cfg.fatigue and self._trouble(t) and self._in_campaign(customer_id):
-            return  # the campaign is all they get meanwhile
+        if self._before_campaign(customer_id, t):
+            return  # the campaign is all they get from a day before it to its end
         if sum(1 for other in times if abs(other - t) <= DAY_MS) >= _MARKETING_PER_DAY:
             return
         times.append(t)
@@ -651,20 +657,36 @@ class _Simulation:
     def _in_campaign(self, customer_id: str) -> bool:
         return int(customer_id.rsplit("-", 1)[1]) % _CAMPAIGN_SHARE == 0
 
+    def _before_campaign(self, customer_id: str, t: int) -> bool:
+        """From a day before --fatigue's span to its end, for the customers of its campaign."""
+        return (
+            self.cfg.fatigue
+            and self.degrade_from - DAY_MS <= t
+            and (self.degrade_until is None or t < self.degrade_until)
+            and self._in_campaign(customer_id)
+        )
+
     def _campaign(self) -> None:
-        """--fatigue: FATIGUED_AFTER marketing messages to each customer of the campaign."""
+        """--fatigue: FATIGUED_AFTER marketing messages to each customer of the campaign,
+        each on another channel: alone in their window, they break no messaging policy
+        that allows FATIGUED_AFTER, even on one channel. Held out of quiet hours, like the rest.
+        """
         rng = Random(f"{self.cfg.seed}:campaign")
         channels = sorted(MARKETING_TOUCHPOINT_BY_CHANNEL)
         for customer_id in self.customer_ids:
             if not self._in_campaign(customer_id):
                 continue
-            start = self.degrade_from + rng.randrange(_CAMPAIGN_GAP_MS)
+            start = _held_out_of_quiet_hours(
+                self.degrade_from + rng.randrange(_CAMPAIGN_GAP_MS), rng.randrange(_CAMPAIGN_GAP_MS)
+            )
+            first_channel = rng.randrange(len(channels))
             times = self.marketing_times.setdefault(customer_id, [])
             for number in range(FATIGUED_AFTER):
                 at = start + number * _CAMPAIGN_GAP_MS // 2
                 if at < self.end:
                     times.append(at)
-                    self._message(at, customer_id, channels[rng.randrange(len(channels))])
+                    channel = channels[(first_channel + number) % len(channels)]
+                    self._message(at, customer_id, channel)
 
     def _message(self, t: int, customer_id: str, channel: str) -> None:
         touchpoint = MARKETING_TOUCHPOINT_BY_CHANNEL[channel]
