@@ -648,7 +648,8 @@ class Pipeline:
                 customer = customer_at(links, at_ms)
                 if customer is None:
                     # Unlinked contacts are customers of their own until a link arrives.
-                    metrics.UNRESOLVED_CONTACTS.inc()
+                    if not headers:
+                        metrics.UNRESOLVED_CONTACTS.inc()
                     customer = key.decode()
                 value = record.resolved_to(customer).encode()
                 sends.append(Send(topic, customer.encode(), value, headers))

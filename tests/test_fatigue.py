@@ -255,8 +255,8 @@ def test_an_answer_waits_for_its_grace_to_pass_before_it_is_in_a_cohort() -> Non
 def test_the_simulated_campaign_fires_fatigue_once_and_resolves_it() -> None:
     """--fatigue over [1h, 2h) of 4 hours: half the customers get 4 marketing messages and
     answer worse meanwhile. The example catalog's NPS fatigue rule (an hour's window, max
-    gap 15 with 95% confidence, recover at 10) fires on the window ending at 1h40, the
-    first with 30 messaged answers (38 against 186, a gap of 104), and resolves on the
+    gap 15 with 95% confidence, recover at 10) fires on the window ending at 1h20, the
+    first with 30 messaged answers (35 against 201, a gap of 68), and resolves on the
     first window past the trouble, ending at 3h; without the flag nothing fires."""
     config = SimulationConfig(
         start_ms=T0,
@@ -271,11 +271,11 @@ def test_the_simulated_campaign_fires_fatigue_once_and_resolves_it() -> None:
         if a.kind is AlertKind.MESSAGING_FATIGUE
     ]  # fmt: skip
     assert [(a.status, a.starts_at_ms, a.ends_at_ms) for a in alerts] == [
-        (AlertStatus.FIRING, T0 + 100 * MINUTE, None),
-        (AlertStatus.RESOLVED, T0 + 100 * MINUTE, T0 + 3 * HOUR),
+        (AlertStatus.FIRING, T0 + 80 * MINUTE, None),
+        (AlertStatus.RESOLVED, T0 + 80 * MINUTE, T0 + 3 * HOUR),
     ]
     assert alerts[0].details["gap_low"] > 15
-    assert (alerts[0].details["messaged_samples"], alerts[0].details["others_samples"]) == (38, 186)
+    assert (alerts[0].details["messaged_samples"], alerts[0].details["others_samples"]) == (35, 201)
     assert alerts[1].observed <= 10
     calm = replace(config, fatigue=False)
     assert not [

@@ -108,6 +108,7 @@ def scenario() -> list[SimulatedRecord]:
                 customers=800,
                 journeys_per_hour=1_500,
                 inconsistent_channel=("purchase", "mini_program"),
+                fatigue=True,
                 degrade_from_ms=DEGRADED[0],
                 degrade_until_ms=DEGRADED[1],
                 over_messaged_customers=3,
@@ -297,6 +298,36 @@ def test_an_inconsistent_channel_reaches_cx_ops_through_alertmanager(stack: Stac
     suppressed = stack.inhibited("CxMonitorChannelInconsistent")
     assert {a["labels"]["channel"] for a in suppressed} == {"mini_program"}
     assert not stack.notified("/cx-ops", "CxMonitorChannelInconsistent", "firing")
+
+
+def test_messaging_fatigue_reaches_cx_ops_through_alertmanager(stack: Stack) -> None:
+    firing = wait_for(
+        "MessagingFatigue firing at the cx-ops receiver",
+        lambda: stack.notified("/cx-ops", "MessagingFatigue", "firing"),
+        timeout_s=60,
+    )
+    (alert,) = [a for n in firing for a in n["alerts"] if a["status"] == "firing"][:1]
+    assert alert["labels"] == {
+        "alertname": "MessagingFatigue",
+        "kind": "messaging_fatigue",
+        "severity": "warning",
+        "source": "stream",
+        "metric": "nps",
+    }
+    annotations = alert["annotations"]
+    assert annotations["summary"].startswith("Messaging fatigue in NPS: NPS ")
+    assert "from customers with 4 or more messages against" in annotations["summary"]
+    assert annotations["runbook_url"].endswith("docs/runbook.md#messagingfatigue")
+    assert annotations["dashboard_url"] == "http://grafana.test:3000/d/cxmon-overview"
+    assert "others_samples" in annotations["description"]
+
+    # The fallback rule on the worker's gauge fires in Prometheus and is held back. The
+    # incident is open, so every window judged since it fired was past recover_at (10).
+    assert stack.metric("cxmon_messaging_fatigue", metric="nps", severity="warning") == 1
+    assert stack.metric("cxmon_fatigue_gap", metric="nps") > 10
+    suppressed = stack.inhibited("CxMonitorMessagingFatigue")
+    assert {a["labels"]["metric"] for a in suppressed} == {"nps"}
+    assert not stack.notified("/cx-ops", "CxMonitorMessagingFatigue", "firing")
 
 
 def test_every_dashboard_query_returns_data_from_the_scraped_worker(stack: Stack) -> None:

@@ -227,9 +227,11 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
     )
     parser.add_argument(
         "--fatigue",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=demo,
         help="a campaign messages half the customers 4 times over the same span as "
-        "--degrade's, and customers with 4 or more marketing messages in 24 h answer worse",
+        "--degrade's, and customers with 4 or more marketing messages in 24 h answer a notch "
+        "worse",
     )
     parser.add_argument(
         "--over-messaged",

@@ -38,7 +38,7 @@ _SLOW_MS = 3_000  # most visitors leave a page that does not load in 3 s
 _MARKETING_PER_DAY = 2  # hard frequency cap of normal traffic, any rolling 24 h
 FATIGUED_AFTER = 4  # marketing messages in 24 h that make a customer answer worse (--fatigue)
 _CAMPAIGN_SHARE = 2  # --fatigue's campaign reaches one customer in this many
-_CAMPAIGN_GAP_MS = 10 * 60_000  # between one customer's campaign messages
+_CAMPAIGN_GAP_MS = 60_000  # between one customer's campaign messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +125,10 @@ class SimulationConfig:
     `degrade_until_ms` (or the end), customers who answer a survey about a touchpoint of
     that stage after using it on that channel answer as after a bad experience.
     `fatigue`: when that span starts, a campaign sends half the customers FATIGUED_AFTER
-    marketing messages in its first half hour (and none of the usual ones from a day before
-    the span to its end); over the span, a customer with FATIGUED_AFTER or more marketing
-    messages in the 24 h before answering a survey answers as after a bad experience.
+    marketing messages a minute apart (and none of the usual ones from a day before the
+    span to its end); over the span, a customer with FATIGUED_AFTER or more marketing
+    messages in the 24 h before answering a survey answers one notch worse (as after a
+    mediocre experience when it was good, a bad one when it was mediocre).
     """
 
     start_ms: int
@@ -592,8 +593,10 @@ class _Simulation:
             return
         rng = self.rng
         channel = channel or TOUCHPOINTS[touchpoint].channel
-        if self._inconsistent(touchpoint, channel, t) or self._fatigued(customer_id, t):
+        if self._inconsistent(touchpoint, channel, t):
             quality = 2
+        elif self._fatigued(customer_id, t):
+            quality = min(2, quality + 1)  # tired of the brand: one notch worse
         low, dists = _CUM_SCALES[metric]
         cum = dists[quality]
         score = low + rng.choices(range(len(cum)), cum_weights=cum)[0]
@@ -677,12 +680,13 @@ class _Simulation:
             if not self._in_campaign(customer_id):
                 continue
             start = _held_out_of_quiet_hours(
-                self.degrade_from + rng.randrange(_CAMPAIGN_GAP_MS), rng.randrange(_CAMPAIGN_GAP_MS)
+                self.degrade_from + rng.randrange(2 * _CAMPAIGN_GAP_MS),
+                rng.randrange(10 * _CAMPAIGN_GAP_MS),
             )
             first_channel = rng.randrange(len(channels))
             times = self.marketing_times.setdefault(customer_id, [])
             for number in range(FATIGUED_AFTER):
-                at = start + number * _CAMPAIGN_GAP_MS // 2
+                at = start + number * _CAMPAIGN_GAP_MS
                 if at < self.end:
                     times.append(at)
                     channel = channels[(first_channel + number) % len(channels)]
