@@ -17,6 +17,7 @@ from agents.checkpointed import Change, chunked
 from agents.commits import Offsets
 from agents.metrics import REGISTRY, declare_catalog
 from agents.pipeline import (
+    ANSWER_RECORD,
     LINK_RECORD,
     MAX_DEAD_LETTER_BYTES,
     Pipeline,
@@ -27,7 +28,13 @@ from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
 from models.records import Category, Stage, SurveyAnswer, SurveyMetric
 from streams.catalog import parse_catalog
-from streams.core.ingest import BucketTally, OutboundMessage, TouchpointPartial, stage_subject
+from streams.core.ingest import (
+    FATIGUE_SUBJECT,
+    BucketTally,
+    OutboundMessage,
+    TouchpointPartial,
+    stage_subject,
+)
 from streams.core.journeys import CustomerJourneys, CustomerVisits, Outcome
 from streams.core.messaging import CustomerMessages, Message, message_digest
 from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym
@@ -35,7 +42,7 @@ from streams.core.scores import Tally
 from streams.settings import Settings
 from streams.state.dedup import OFFSET_BITS, SeenBatch, id_digest
 from streams.state.delivery import Checkpoint, KeyedCheckpoint, Send
-from streams.state.envelope import ENVELOPE_KEY, unpack
+from streams.state.envelope import ENVELOPE_KEY, Record, pack, unpack
 from streams.state.watermarks import (
     PROGRESS_KEY,
     SourceMark,
@@ -644,6 +651,106 @@ async def test_restored_customers_still_waiting_are_judged_when_event_time_moves
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
     alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
     assert [(a["status"], a["subject"]) for a in alerts] == [("firing", "c-waits")]
+
+
+FATIGUE_CATALOG = """
+scores: {window: 10m, step: 10m, grace: 1m}
+messaging: {window: 1h, max_messages: 9, max_per_channel: 9, categories: [marketing]}
+fatigue:
+  - {metric: csat, messages: 2, max_gap: 1, window: 10m, step: 10m, min_samples: 1}
+"""
+
+
+def csat_answer(answer_id: str, minute: int, score: int, **who: Any) -> bytes:
+    at_ms = START_MS + minute * 60_000
+    doc = {"answer_id": answer_id, "answered_at": at_ms, "touchpoint": "call_center.support",
+           "metric": "csat", "score": score, **who}  # fmt: skip
+    return orjson.dumps(doc)
+
+
+async def test_answers_reach_their_customer_and_go_in_cohorts_once_behind_the_grace(
+    tmp_path: Any,
+) -> None:
+    """c-1 gets marketing messages at 0 and 1 minute and answers CSAT 1 at 2 minutes (two
+    messages: messaged); c-2, never messaged, answers 5 at 3 minutes (others). The
+    customer stage puts each answer in its cohort only once the watermark less the grace
+    (1 minute) is past it, sends the cohort tallies to scoring once, named by its
+    checkpoint, and the scoring stage fires on a gap of 4 and counts a tally sent again once.
+    """
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(FATIGUE_CATALOG)
+    harness = build_harness(tmp_path, CXMON_CATALOG=str(catalog))
+    topology = harness.topology
+    phone = {"type": "phone", "value": "+8613800000000"}
+    answers = [
+        (b"c-1", csat_answer("a-1", 2, 1, customer_id="c-1"), 0),
+        (b"c-2", csat_answer("a-2", 3, 5, customer_id="c-2"), 0),
+        (b"phone", csat_answer("a-3", 3, 4, contact=phone), 0),
+    ]
+    await harness.feed("ingest_survey_answers", answers)
+    routed = harness.data(topology.customer_messages)
+    assert [(s.key, s.headers) for s in routed] == [
+        (b"c-1", dict([ANSWER_RECORD])),
+        (b"c-2", dict([ANSWER_RECORD])),
+    ]
+    (held,) = harness.data(topology.contacts)
+    assert (held.key, held.headers) == (b"phone:+8613800000000", dict([ANSWER_RECORD]))
+
+    def message(n: int) -> Record:
+        sent = Message(START_MS + n * 60_000, "sms", Category.MARKETING, message_digest(f"e-{n}"))
+        return Record(b"c-1", OutboundMessage(f"e-{n}", "c-1", None, sent).encode())
+
+    # As the first stage sends them: messages and answers in one envelope.
+    records = [message(0), message(1)]
+    records += [Record(s.key or b"", s.value or b"", (ANSWER_RECORD,)) for s in routed]
+    (envelope,) = pack(records, 1_000_000)
+    await harness.feed("count_customer_messages", [(ENVELOPE_KEY, envelope, 0)])
+    inputs = (topology.touchpoint_events, topology.contacts, topology.survey_answers)
+
+    def cohort_tallies() -> list[Sent]:
+        return [
+            s for s in harness.data(topology.touchpoint_partials) if s.key != b"call_center.support"
+        ]
+
+    marks = all_idle(topology, START_MS + 3 * 60_000, *inputs)
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    assert cohort_tallies() == [], "a message at 2 minutes may still come for a-1"
+    for _ in range(2):  # the same watermark again changes nothing
+        marks = all_idle(topology, START_MS + 5 * 60_000, *inputs)
+        await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    (sent,) = cohort_tallies()
+    partial = TouchpointPartial.decode(sent.value or b"")
+    assert (sent.key, partial.touchpoint) == (FATIGUE_SUBJECT.encode(), FATIGUE_SUBJECT)
+    assert partial.source == source_name(topology.customer_messages.get_topic_name(), 0)
+    cohorts = {
+        b.channel: (b.start_ms, b.tally.csat_count, b.tally.csat_sum) for b in partial.buckets
+    }
+    # By count of messages (capped at the highest line), so one tally serves every rule.
+    assert cohorts == {"2": (START_MS, 1, 1.0), "0": (START_MS, 1, 5.0)}
+    stored = CustomerMessages.decode(harness.pipeline.customers.states.get(b"c-1") or b"")
+    assert [(a.at_ms, a.tally) for a in stored.answers] == [(START_MS + 2 * 60_000, None)]
+    # The frequency stage's own progress follows its tallies to the scoring stage.
+    assert harness.to(topology.touchpoint_partials)[-1].key == PROGRESS_KEY
+
+    scored = [(sent.key, sent.value or b"", 0)] * 2  # delivered twice: counted once
+    await harness.feed("score_touchpoints", scored)
+    judged = all_idle(
+        topology,
+        START_MS + 12 * 60_000,
+        topology.touchpoint_events,
+        topology.survey_answers,
+        topology.customer_messages,
+    )
+    await harness.feed("score_touchpoints", [(PROGRESS_KEY, judged, 0)])
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [(a["kind"], a["status"], a["subject"], a["observed"]) for a in alerts] == [
+        ("messaging_fatigue", "firing", "csat", 4.0)
+    ]
+    assert (alerts[0]["messaged_samples"], alerts[0]["others_samples"]) == (1, 1)
+    assert sample("cxmon_messaging_fatigue", metric="csat", severity="warning") == 1
+    assert sample("cxmon_fatigue_cohort_score", metric="csat", cohort="messaged") == 1
+    assert sample("cxmon_fatigue_cohort_score", metric="csat", cohort="others") == 5
+    assert sample("cxmon_fatigue_gap", metric="csat") == 4
 
 
 def test_a_relative_standard_exports_its_state_but_no_fixed_line() -> None:
