@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import orjson
 import pytest
+import yaml
 from faust.types import TP
 
 from agents.checkpointed import Change, chunked
@@ -96,7 +97,14 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Any) -> Harness:
-    return build_harness(tmp_path)
+    """The example catalog without its fatigue rule: answers then reach only the scoring
+    stage, and the other stages wait for no progress from them (the fatigue test builds
+    its own)."""
+    catalog = yaml.safe_load(Settings().catalog.read_text(encoding="utf-8"))
+    del catalog["fatigue"]
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog), encoding="utf-8")
+    return build_harness(tmp_path, CXMON_CATALOG=str(path))
 
 
 def build_harness(tmp_path: Any, **env: str) -> Harness:
