@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -75,8 +76,28 @@ class TouchpointPartial:
         return cls(touchpoint, source, last_offset, [BucketTally.from_wire(b) for b in buckets])
 
 
+class Wired(ABC):
+    """A record that travels between stages as the JSON of its `to_wire` list."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def to_wire(self) -> list[object]: ...
+
+    @classmethod
+    @abstractmethod
+    def from_wire(cls, wire: list[Any]) -> Self: ...
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        return cls.from_wire(orjson.loads(raw))
+
+
 @dataclass(frozen=True, slots=True)
-class OutboundMessage:
+class OutboundMessage(Wired):
     """An outbound message on its way to its customer's frequency state."""
 
     event_id: str
@@ -101,19 +122,12 @@ class OutboundMessage:
         message = Message(sent_at, channel, Category(category), message_digest(event_id))
         return cls(event_id, customer, contact, message)
 
-    def encode(self) -> bytes:
-        return orjson.dumps(self.to_wire())
-
-    @classmethod
-    def decode(cls, raw: bytes) -> OutboundMessage:
-        return cls.from_wire(orjson.loads(raw))
-
     def resolved_to(self, customer_id: str) -> OutboundMessage:
         return OutboundMessage(self.event_id, customer_id, None, self.message)
 
 
 @dataclass(frozen=True, slots=True)
-class CustomerAnswer:
+class CustomerAnswer(Wired):
     """A survey answer on its way to its customer's frequency state, for messaging fatigue:
     only its time and its tally (its comment's sentiment scored once, at ingest)."""
 
@@ -140,13 +154,6 @@ class CustomerAnswer:
     def from_wire(cls, wire: list[Any]) -> CustomerAnswer:
         answer_id, customer, contact, at, tally = wire
         return cls(answer_id, customer, contact, at, Tally.from_wire(tally))
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self.to_wire())
-
-    @classmethod
-    def decode(cls, raw: bytes) -> CustomerAnswer:
-        return cls.from_wire(orjson.loads(raw))
 
     def resolved_to(self, customer_id: str) -> CustomerAnswer:
         return CustomerAnswer(self.answer_id, customer_id, None, self.answered_at_ms, self.tally)
