@@ -205,6 +205,10 @@ def test_messaging_fatigue_is_labelled_by_its_metric_and_links_the_overview() ->
         threshold=10,
         metric="nps",
         messages=4,
+        messaged_value=-25,
+        messaged_samples=40,
+        others_value=25,
+        others_samples=40,
     )
     posted = convert(alert)
     assert posted["labels"] == {
@@ -217,6 +221,10 @@ def test_messaging_fatigue_is_labelled_by_its_metric_and_links_the_overview() ->
     annotations = posted["annotations"]
     assert annotations["runbook_url"] == "https://runbooks.example/cx.md#messagingfatigue"
     assert annotations["dashboard_url"] == "http://grafana.example:3000/d/cxmon-overview"
+    assert (
+        "messaged_value -25; messaged_samples 40; others_value 25; others_samples 40"
+        in annotations["description"]
+    )
 
 
 def test_resolved_alert_ends_when_the_incident_ended() -> None:
