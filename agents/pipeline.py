@@ -49,6 +49,7 @@ from streams.core.ingest import (
     PartialTallies,
     TouchpointPartial,
     customer_answer,
+    is_gap_subject,
     outbound_message,
     stage_subject,
 )
@@ -694,6 +695,8 @@ class Pipeline:
             partials = by_touchpoint.get(subject, [])
             if subject in self.gap_rules:
                 await self._judge_gaps(subject, partition, partials, watermark)
+            elif is_gap_subject(subject):
+                continue  # tallied under a catalog that had the rule; this one has not
             else:
                 await self._score(subject, partition, partials, watermark)
 
@@ -943,6 +946,8 @@ class Pipeline:
                 state = judged[key] = self._customer(key)
             if self.fatigue:
                 cohorts[key] = self.cohorts.classify(state, closed)
+            else:
+                state.answers.clear()  # kept under a catalog that had fatigue rules
             alerts = self.policy.advance(state, key.decode(), watermark)
             sends[key] = [self._alert_send(alert) for alert in alerts]
         return judged, sends, cohorts

@@ -29,7 +29,7 @@ from streams.catalog import Catalog, load_catalog
 from streams.commands.publish import Outgoing, follow, send_all
 from streams.commands.simulate import SimulatedRecord
 from streams.core.gaps import GapState, RulesState
-from streams.core.ingest import FATIGUE_SUBJECT, subject_stage
+from streams.core.ingest import FATIGUE_SUBJECT, is_gap_subject, subject_stage
 from streams.core.journeys import BreakState
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message
 from streams.core.scores import Tally
@@ -408,7 +408,7 @@ class Observed:
             touchpoints={
                 key.decode(): TouchpointState.decode(unwrap(value)[1])
                 for key, value in windows.items()
-                if subject_stage(key.decode()) is None and key.decode() != FATIGUE_SUBJECT
+                if not is_gap_subject(key.decode())
             },
             stages={
                 stage.value: RulesState.decode(unwrap(value)[1])

@@ -37,7 +37,7 @@ from streams.core.ingest import (
     stage_subject,
 )
 from streams.core.journeys import CustomerJourneys, CustomerVisits, Outcome
-from streams.core.messaging import CustomerMessages, Message, message_digest
+from streams.core.messaging import Answered, CustomerMessages, Message, message_digest
 from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym
 from streams.core.scores import Tally
 from streams.settings import Settings
@@ -759,6 +759,28 @@ async def test_answers_reach_their_customer_and_go_in_cohorts_once_behind_the_gr
     assert sample("cxmon_fatigue_cohort_score", metric="csat", cohort="messaged") == 1
     assert sample("cxmon_fatigue_cohort_score", metric="csat", cohort="others") == 5
     assert sample("cxmon_fatigue_gap", metric="csat") == 4
+
+
+async def test_what_fatigue_left_behind_is_dropped_by_a_catalog_without_it(
+    harness: Harness,
+) -> None:
+    """A worker restarted without the fatigue rule finds an answer waiting in a customer's
+    state and a cohort tally on its way to scoring: the answer is dropped (its customer no
+    longer waits, nor keeps its messages for it) and the tally is not taken for a touchpoint.
+    """
+    topology = harness.topology
+    waiting = CustomerMessages(answers=[Answered(START_MS, 7, Tally(csat_count=1, csat_sum=2))])
+    topology.customer_frequency.store.put(0, b"c-1", waiting.encode())
+    marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    stored = harness.pipeline.customers.states.get(b"c-1") or b""
+    assert CustomerMessages.decode(stored).answers == []
+    assert not CustomerMessages.stored_waiting(stored)
+
+    bucket = BucketTally(START_MS, START_MS, Tally(csat_count=1, csat_sum=2), "4")
+    tally = TouchpointPartial(FATIGUE_SUBJECT, "cx-monitor.customer-messages-0", 1, [bucket])
+    await harness.feed("score_touchpoints", [(FATIGUE_SUBJECT.encode(), tally.encode(), 0)])
+    assert harness.pipeline.windows.get(FATIGUE_SUBJECT.encode()) is None
 
 
 def test_a_relative_standard_exports_its_state_but_no_fixed_line() -> None:

@@ -246,6 +246,11 @@ def stage_subject(stage: Stage) -> str:
     return f"{STAGE_SUBJECT_PREFIX}{stage.value}"
 
 
+def is_gap_subject(subject: str) -> bool:
+    """A subject of gap rules (a journey stage's channels, fatigue's cohorts), not a touchpoint."""
+    return subject == FATIGUE_SUBJECT or subject.startswith(STAGE_SUBJECT_PREFIX)
+
+
 def subject_stage(subject: str) -> Stage | None:
     """The journey stage a subject is, or None for a touchpoint (or fatigue)."""
     if not subject.startswith(STAGE_SUBJECT_PREFIX):
