@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import suppress
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from models.records import known_channel
-from streams.catalog import Catalog, ChannelConsistency, JourneyBreak, KeyMoment, ScoreMetric
-from streams.core.consistency import ChannelReading
+from streams.catalog import (
+    Catalog,
+    ChannelConsistency,
+    JourneyBreak,
+    KeyMoment,
+    MessagingFatigue,
+    ScoreMetric,
+)
+from streams.core.consistency import StageConsistency
+from streams.core.fatigue import MESSAGED, OTHERS, Fatigue
+from streams.core.gaps import GroupGaps, GroupReading
 from streams.core.messaging import Message
 from streams.core.scores import Tally
 
@@ -189,6 +199,33 @@ CHANNEL_SAMPLES = Gauge(
     ["stage", "metric", "channel"],
     registry=REGISTRY,
 )
+MESSAGING_FATIGUE = Gauge(
+    "cxmon_messaging_fatigue",
+    "1 while a fatigue rule has an open incident (heavily messaged customers answering "
+    "worse than the others), else 0.",
+    ["metric", "severity"],
+    registry=REGISTRY,
+)
+FATIGUE_COHORT_SCORE = Gauge(
+    "cxmon_fatigue_cohort_score",
+    "Survey score of the customers messaged at least a fatigue rule's count (cohort "
+    "messaged) and of the others, over the rule's latest window with enough answers.",
+    ["metric", "cohort"],
+    registry=REGISTRY,
+)
+FATIGUE_COHORT_SAMPLES = Gauge(
+    "cxmon_fatigue_cohort_samples",
+    "Answers behind a cohort's score in a fatigue rule's latest window.",
+    ["metric", "cohort"],
+    registry=REGISTRY,
+)
+FATIGUE_GAP = Gauge(
+    "cxmon_fatigue_gap",
+    "How much worse the messaged cohort answered than the others over a fatigue rule's "
+    "latest window (negative: better).",
+    ["metric"],
+    registry=REGISTRY,
+)
 OUTBOUND_MESSAGES = Counter(
     "cxmon_outbound_messages_total",
     "Outbound messages counted towards customers' frequency, by channel and category.",
@@ -235,6 +272,8 @@ def declare_catalog(catalog: Catalog) -> None:
     MESSAGING_LIMIT.labels("channel").set(catalog.messaging.max_per_channel)
     for journey in catalog.breaks:
         JOURNEY_BROKEN.labels(journey.source, journey.target, journey.severity.value).set(0)
+    for rule in catalog.fatigue:
+        MESSAGING_FATIGUE.labels(rule.metric.value, rule.severity.value).set(0)
     for moment in catalog.key_moments:
         set_key_moment(moment, degraded=False)
         if moment.relative is not None:
@@ -275,7 +314,7 @@ def forget_journey_break(journey: JourneyBreak) -> None:
 
 def export_channels(
     rule: ChannelConsistency,
-    readings: Iterable[ChannelReading],
+    readings: Iterable[GroupReading],
     incidents: Collection[str],
     shown: Collection[str],
 ) -> set[str]:
@@ -286,11 +325,11 @@ def export_channels(
     scale = 1000 if rule.metric is ScoreMetric.DURATION_MS else 1
     read = set()
     for reading in readings:
-        labels = (stage, metric, reading.channel)
-        CHANNEL_SCORE.labels(*labels).set(reading.gap.channel.value / scale)
+        labels = (stage, metric, reading.group)
+        CHANNEL_SCORE.labels(*labels).set(reading.gap.group.value / scale)
         CHANNEL_GAP.labels(*labels).set(reading.gap.value / scale)
-        CHANNEL_SAMPLES.labels(*labels).set(reading.gap.channel.samples)
-        read.add(reading.channel)
+        CHANNEL_SAMPLES.labels(*labels).set(reading.gap.group.samples)
+        read.add(reading.group)
     now = read | set(incidents)
     for channel in now:
         inconsistent = 1 if channel in incidents else 0
@@ -302,6 +341,45 @@ def export_channels(
         if channel not in now:
             CHANNEL_INCONSISTENT.remove(stage, metric, channel, rule.severity.value)
     return now
+
+
+def export_gaps(
+    detector: GroupGaps[Any],
+    readings: Iterable[GroupReading],
+    incidents: Collection[str],
+    shown: Collection[str],
+) -> set[str]:
+    """A gap rule's newest judged window, replacing the `shown` groups; returns those now shown."""
+    if isinstance(detector, Fatigue):
+        return export_cohorts(detector.rule, readings, incidents, shown)
+    assert isinstance(detector, StageConsistency)
+    return export_channels(detector.rule, readings, incidents, shown)
+
+
+def export_cohorts(
+    rule: MessagingFatigue,
+    readings: Iterable[GroupReading],
+    incidents: Collection[str],
+    shown: Collection[str],
+) -> set[str]:
+    """A fatigue rule's cohorts on its newest judged window (none read: figures dropped),
+    and its incident state. Returns the groups now shown."""
+    metric = rule.metric.value
+    MESSAGING_FATIGUE.labels(metric, rule.severity.value).set(1 if MESSAGED in incidents else 0)
+    read = set()
+    for reading in readings:
+        gap = reading.gap
+        for cohort, estimate in ((MESSAGED, gap.group), (OTHERS, gap.rest)):
+            FATIGUE_COHORT_SCORE.labels(metric, cohort).set(estimate.value)
+            FATIGUE_COHORT_SAMPLES.labels(metric, cohort).set(estimate.samples)
+        FATIGUE_GAP.labels(metric).set(gap.value)
+        read.add(reading.group)
+    if shown and not read:
+        for cohort in (MESSAGED, OTHERS):
+            FATIGUE_COHORT_SCORE.remove(metric, cohort)
+            FATIGUE_COHORT_SAMPLES.remove(metric, cohort)
+        FATIGUE_GAP.remove(metric)
+    return read
 
 
 def export_score(touchpoint: str, metric: ScoreMetric, tally: Tally) -> None:

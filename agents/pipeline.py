@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -17,9 +17,9 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, StreamT
 
 from agents import metrics
+from agents.checkpointed import Change, CheckpointedTable, chunked
 from agents.streaming import (
     Batches,
-    DueIndex,
     Event,
     PartitionedState,
     Received,
@@ -36,38 +36,43 @@ from models.decode import (
     encode_alert,
     format_timestamp,
 )
-from models.records import Alert, Stage
+from models.records import Alert
 from streams.catalog import Catalog, ScoreMetric
-from streams.core.consistency import StageConsistencies, StageState
+from streams.core.consistency import stage_rules
+from streams.core.fatigue import Cohorts
+from streams.core.gaps import GapRules, RulesState
 from streams.core.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.core.ingest import (
+    FATIGUE_SUBJECT,
+    CustomerAnswer,
     OutboundMessage,
     PartialTallies,
     TouchpointPartial,
+    customer_answer,
+    is_gap_subject,
     outbound_message,
     stage_subject,
-    subject_stage,
 )
 from streams.core.journeys import (
     BreakState,
     BreakWindows,
     CustomerJourneys,
     CustomerVisits,
-    JourneyCheckpoint,
     JourneyTracker,
     Outcome,
     VisitBatch,
 )
-from streams.core.messaging import CustomerMessages, FrequencyPolicy
+from streams.core.messaging import Answered, CustomerMessages, FrequencyPolicy, Message
 from streams.core.notify import is_customer_kind
 from streams.core.privacy import pseudonymised
+from streams.core.scores import Tally
 from streams.core.sentiment import SentimentScorer
 from streams.core.timeliness import Timeliness
 from streams.core.touchpoints import TouchpointState, TouchpointWindows
 from streams.settings import Settings
 from streams.state.dedup import SeenBatch, SeenIds, batch_key, batch_prefix, id_digest
 from streams.state.dedup import newest_ms as stored_newest_ms
-from streams.state.delivery import Applied, Checkpoint, Send, unwrap, wrap
+from streams.state.delivery import Applied, Checkpoint, KeyedCheckpoint, Send, unwrap, wrap
 from streams.state.envelope import ENVELOPE_KEY, Record, pack
 from streams.state.watermarks import (
     PROGRESS_KEY,
@@ -83,13 +88,14 @@ log = logging.getLogger(__name__)
 MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16_384
 MAX_ERROR_DETAIL = 1_000
 
-# A journey checkpoint is one table value, an envelope one message: well within one request.
-MAX_JOURNEY_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
+# An envelope is one message: well within one request.
 MAX_ENVELOPE_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
 
-# Marks an identity link on the contacts topic, which otherwise carries contact-only messages.
+# Marks an identity link on the contacts topic, and a survey answer there and on the
+# customer-messages topic, which otherwise carry outbound messages.
 RECORD_HEADER = "cxmon-record"
-LINK_RECORD = b"identity-link"
+LINK_RECORD = (RECORD_HEADER, b"identity-link")
+ANSWER_RECORD = (RECORD_HEADER, b"survey-answer")
 
 # Idle inputs are reported every tick while the group has read input lately, here or (as
 # their marks say) on another worker: a burst may be reaching the partitions one after
@@ -141,39 +147,44 @@ class Pipeline:
         self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.topics_by_name = {topic.get_topic_name(): topic for topic in topology.topics()}
         self.enveloped = frozenset(topic.get_topic_name() for topic in topology.internal())
-        # Where each topic's event-time progress must be known.
-        self.downstream: dict[str, list[faust.TopicT]] = {
-            topology.touchpoint_events.get_topic_name(): [
-                topology.touchpoint_partials,
-                topology.customer_messages,
-                topology.contacts,
-            ],
-            topology.survey_answers.get_topic_name(): [topology.touchpoint_partials],
-            topology.identity_links.get_topic_name(): [topology.contacts],
-            topology.contacts.get_topic_name(): [topology.customer_messages],
-            topology.journey_visits.get_topic_name(): [topology.journey_outcomes],
-        }
-        self.frequency = PartitionedState(topology.customer_frequency)
-        self.customers_due = DueIndex(self.frequency, waiting_customer)
+        self.downstream = downstream(topology, core.catalog)
+        self.fatigue = bool(core.catalog.fatigue)
+        # The customers' messages, incidents and answers: the frequency stage.
+        self.customers = CheckpointedTable(
+            topology.customer_frequency,
+            waiting_customer,
+            topology.customer_checkpoints,
+            topology.customer_messages,
+            self._deliver,
+        )
+        self.cohorts = Cohorts(core.catalog)
+        self.cohort_tallies = PartialTallies(core.catalog, core.scorer)
         self.dedup_sweeps: dict[str, int] = {}
         self.sources = Sources(topology, settings.partitions)
+        answered = [topology.survey_answers] if self.fatigue else []
         self.touchpoint_progress = self._progress(
-            topology.touchpoint_events, topology.survey_answers
+            topology.touchpoint_events,
+            topology.survey_answers,
+            *([topology.customer_messages] if self.fatigue else []),
         )
-        self.contact_progress = self._progress(topology.touchpoint_events, topology.identity_links)
-        self.customer_progress = self._progress(topology.touchpoint_events, topology.contacts)
+        self.contact_progress = self._progress(
+            topology.touchpoint_events, topology.identity_links, *answered
+        )
+        self.customer_progress = self._progress(
+            topology.touchpoint_events, topology.contacts, *answered
+        )
         self.customers_judged_to: dict[int, int] = {}
         self.journeys = JourneyTracker(core.catalog)
         self.visit_batch = VisitBatch(self.journeys)
-        self.journey_customers = PartitionedState(topology.journey_customers)
-        self.journey_checkpoints = PartitionedState(topology.journey_checkpoints)
         self.journey_breaks = PartitionedState(topology.journey_breaks)
-        self.journeys_due = DueIndex(self.journey_customers, journey_due)
-        if core.catalog.breaks:
-            # Without breaks nobody reads the visits topic: spare it the progress marks.
-            self.downstream[topology.touchpoint_events.get_topic_name()].append(
-                topology.journey_visits
-            )
+        # Each customer's visits and open attempts: the journey stage.
+        self.journey_states = CheckpointedTable(
+            topology.journey_customers,
+            journey_due,
+            topology.journey_checkpoints,
+            topology.journey_visits,
+            self._deliver,
+        )
         self.journey_progress = self._progress(topology.touchpoint_events)
         self.break_progress = self._progress(topology.journey_visits)
         self.journeys_decided_to: dict[int, int] = {}
@@ -185,12 +196,11 @@ class Pipeline:
             m.touchpoint for m in core.catalog.key_moments
         }
         self.exported_scores: set[tuple[str, ScoreMetric]] = set()
-        self.stage_consistencies = StageConsistencies.of(core.catalog)
-        self.shown_channels: dict[str, set[str]] = {}  # by consistency rule
+        self.gap_rules = gap_subjects(core.catalog, self.cohorts)
+        self.shown_groups: dict[tuple[str, str], set[str]] = {}  # by subject and rule
         # Judged whenever event time moves on, whether new records came for them or not.
         self.judged_every_step = self._by_partition(
-            {m.touchpoint for m in core.catalog.key_moments}
-            | set(map(stage_subject, self.stage_consistencies))
+            {m.touchpoint for m in core.catalog.key_moments} | set(self.gap_rules)
         )
         metrics.declare_catalog(core.catalog)
 
@@ -253,7 +263,7 @@ class Pipeline:
                         self.topology.contacts.get_topic_name(),
                         link.contact.key.encode(),
                         encode_link(link),
-                        ((RECORD_HEADER, LINK_RECORD),),
+                        (LINK_RECORD,),
                     )
                 )
             await self._deliver(sends)
@@ -352,8 +362,18 @@ class Pipeline:
         sends.append(Send(topic.get_topic_name(), key.encode(), message.encode()))
 
     def _fold_answer(self, event: Event, record: Any, sends: list[Send]) -> None:
-        if self._first_time(event, record.answer_id, record.answered_at_ms):
-            self.partials.add_answer(record)
+        if not self._first_time(event, record.answer_id, record.answered_at_ms):
+            return
+        sentiment = self.partials.add_answer(record)
+        if not self.fatigue:
+            return
+        answer = customer_answer(record, sentiment)
+        if answer.customer_id is not None:
+            topic, key = self.topology.customer_messages, answer.customer_id
+        else:
+            assert answer.contact_key is not None
+            topic, key = self.topology.contacts, answer.contact_key
+        sends.append(Send(topic.get_topic_name(), key.encode(), answer.encode(), (ANSWER_RECORD,)))
 
     def _valid(
         self, events: list[Event], decode: Callable[[bytes], Any], dead_letters: list[Send]
@@ -574,29 +594,36 @@ class Pipeline:
                 if key == PROGRESS_KEY:
                     self._take_marks(self.contact_progress[partition], record.value)
                     progressed.add(partition)
-                elif (RECORD_HEADER, LINK_RECORD) in record.headers:
+                elif LINK_RECORD in record.headers:
                     links = add_link(self.identities.get(key), record.value)
                     if links is not None:
                         self.identities.put(partition, key, links)
+                elif ANSWER_RECORD in record.headers:
+                    self._hold(partition, key, CustomerAnswer.decode(record.value))
                 else:
                     self._hold(partition, key, OutboundMessage.decode(record.value))
-            # Marks travel behind the messages they cover, so the next stage waits for them.
-            topic = self.topology.contacts.get_topic_name()
             marks = {p: self.contact_progress[p] for p in sorted(progressed)}
             await self._release(
                 {p: w for p, progress in marks.items() if (w := progress.watermark()) is not None}
             )
-            for partition, progress in marks.items():
-                mark = SourceMark(
-                    source_name(topic, partition), progress.watermark(), progress.all_idle()
-                )
-                await self._send_marks([mark], topic)
+            await self._pass_marks_on(self.topology.contacts, self.contact_progress, progressed)
 
-    def _hold(self, partition: int, key: bytes, message: OutboundMessage) -> None:
-        """Until every link up to its time is in, a contact-only message cannot be resolved."""
+    async def _pass_marks_on(
+        self, topic: faust.TopicT, progress: dict[int, SourceProgress], partitions: set[int]
+    ) -> None:
+        """A stage's own progress, for the stages it feeds: sent behind the records it
+        covers, so they wait for them."""
+        name = topic.get_topic_name()
+        for partition in sorted(partitions):
+            reached = progress[partition]
+            mark = SourceMark(source_name(name, partition), reached.watermark(), reached.all_idle())
+            await self._send_marks([mark], name)
+
+    def _hold(self, partition: int, key: bytes, record: OutboundMessage | CustomerAnswer) -> None:
+        """Until every link up to its time is in, a contact-only record cannot be resolved."""
         raw = self.held.get(key)
         held = HeldMessages(partition) if raw is None else HeldMessages.decode(raw)
-        held.hold(message)
+        held.hold(record)
         self.held.put(partition, key, held.encode())
 
     async def _release(self, watermarks: dict[int, int]) -> None:
@@ -613,20 +640,26 @@ class Pipeline:
             if not due:
                 continue
             links = self.identities.get(key)
-            for message in due:
-                customer = customer_at(links, message.message.sent_at_ms)
+            for record in due:
+                headers: tuple[tuple[str, bytes], ...] = ()
+                if isinstance(record, CustomerAnswer):
+                    at_ms, headers = record.answered_at_ms, (ANSWER_RECORD,)
+                else:
+                    at_ms = record.message.sent_at_ms
+                customer = customer_at(links, at_ms)
                 if customer is None:
                     # Unlinked contacts are customers of their own until a link arrives.
-                    metrics.UNRESOLVED_CONTACTS.inc()
+                    if not headers:
+                        metrics.UNRESOLVED_CONTACTS.inc()
                     customer = key.decode()
-                value = message.resolved_to(customer).encode()
-                sends.append(Send(topic, customer.encode(), value))
+                value = record.resolved_to(customer).encode()
+                sends.append(Send(topic, customer.encode(), value, headers))
             left.append((key, held))
         # Sent before they leave the table: a crash in between sends them again, and
-        # the frequency stage knows a message it already has.
+        # the frequency stage knows a message or an answer it already has.
         await self._deliver(sends)
         for key, held in left:
-            if held.messages:
+            if not held.empty:
                 self.held.put(held.partition, key, held.encode())
             else:
                 self.held.delete(held.partition, key)
@@ -660,11 +693,12 @@ class Pipeline:
             due.update(self.judged_every_step.get(partition, ()))
         for subject in sorted(due):
             partials = by_touchpoint.get(subject, [])
-            stage = subject_stage(subject)
-            if stage is None:
-                await self._score(subject, partition, partials, watermark)
+            if subject in self.gap_rules:
+                await self._judge_gaps(subject, partition, partials, watermark)
+            elif is_gap_subject(subject):
+                continue  # tallied under a catalog that had the rule; this one has not
             else:
-                await self._judge_stage(stage, partition, partials, watermark)
+                await self._score(subject, partition, partials, watermark)
 
     def _new_partials(
         self, key: bytes, partials: list[TouchpointPartial]
@@ -706,37 +740,38 @@ class Pipeline:
             open_incident = progress is not None and progress.incident_start_ms is not None
             metrics.set_key_moment(moment, degraded=open_incident)
 
-    async def _judge_stage(
+    async def _judge_gaps(
         self,
-        stage: Stage,
+        subject: str,
         partition: int,
         partials: list[TouchpointPartial],
         watermark: int | None,
     ) -> None:
-        """A journey stage's channels, each against the rest: the consistency rules."""
-        key = stage_subject(stage).encode()
+        """Gap rules: a journey stage's channels each against the rest (consistency), or
+        the messaged cohort against the others (fatigue)."""
+        key = subject.encode()
         applied, body, fresh = self._new_partials(key, partials)
         if body is None and not partials:
             return
-        state = StageState() if body is None else StageState.decode(body)
-        consistencies = self.stage_consistencies[stage]
+        state = RulesState() if body is None else RulesState.decode(body)
+        rules = self.gap_rules[subject]
         for partial in fresh:
             for bucket in partial.buckets:
                 assert bucket.channel is not None
-                if not consistencies.add(state, bucket.start_ms, bucket.channel, bucket.tally):
+                if not rules.add(state, bucket.start_ms, bucket.channel, bucket.tally):
                     metrics.LATE_RECORDS.inc(bucket.tally.records)
         if watermark is not None:
             closed = watermark - self.core.catalog.scores.grace_ms
-            for detector, judged in consistencies.advance(state, closed):
+            for detector, judged in rules.advance(state, closed):
                 for alert in judged.alerts:
                     await self._emit(alert)
-                rule = detector.rule
-                shown = self.shown_channels.get(rule.id)
-                # A worker that has just taken the stage over shows the incidents it restored.
+                shown_key = (subject, detector.rule.id)
+                shown = self.shown_groups.get(shown_key)
+                # A worker that has just taken the subject over shows the incidents it restored.
                 if judged.latest is not None or shown is None:
-                    incidents = state.rules[rule.id].incidents
-                    self.shown_channels[rule.id] = metrics.export_channels(
-                        rule, judged.latest or (), incidents, shown or ()
+                    incidents = state.rules[detector.rule.id].incidents
+                    self.shown_groups[shown_key] = metrics.export_gaps(
+                        detector, judged.latest or (), incidents, shown or ()
                     )
         self.windows.put(partition, key, wrap(applied, state.encode()))
 
@@ -770,12 +805,12 @@ class Pipeline:
         for partition in {tp.partition for tp in revoked if tp.topic == outcomes}:
             for break_id in self.breaks_by_partition.get(partition, ()):
                 metrics.forget_journey_break(self.break_windows[break_id].journey)
-        for stage, consistencies in self.stage_consistencies.items():
-            if partition_of(stage_subject(stage).encode(), self.partitions) not in gone:
+        for subject, rules in self.gap_rules.items():
+            if partition_of(subject.encode(), self.partitions) not in gone:
                 continue
-            for detector in consistencies.detectors:
-                shown = self.shown_channels.pop(detector.rule.id, set())
-                metrics.export_channels(detector.rule, (), (), shown)
+            for detector in rules.detectors:
+                shown = self.shown_groups.pop((subject, detector.rule.id), set())
+                metrics.export_gaps(detector, (), (), shown)
         for touchpoint in self.watched:
             if partition_of(touchpoint.encode(), self.partitions) not in gone:
                 continue
@@ -807,45 +842,70 @@ class Pipeline:
     async def count_customer_messages(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            by_customer: dict[str, tuple[int, list[OutboundMessage]]] = {}
-            partitions: set[int] = set()
-            for record in opened(events):
-                partitions.add(record.partition)
-                if record.key == PROGRESS_KEY:
-                    self._take_marks(self.customer_progress[record.partition], record.value)
-                    continue
-                outbound = OutboundMessage.decode(record.value)
-                assert outbound.customer_id is not None
-                entry = by_customer.setdefault(outbound.customer_id, (record.partition, []))
-                entry[1].append(outbound)
-            # Each customer's state is read and written once per batch, however many
-            # messages and judgements it takes in.
-            touched: dict[bytes, tuple[int, CustomerMessages]] = {}
-            for customer, (partition, messages) in by_customer.items():
-                state = self._record(partition, customer, messages)
-                touched[customer.encode()] = (partition, state)
-            for partition in sorted(partitions):
-                await self._judge_customers(partition, touched)
-            for key, (partition, state) in touched.items():
-                self.frequency.put(partition, key, state.encode())
-                self.customers_due.set(partition, key, True if state.waiting else None)
+            partitions = set()
+            for batch in by_partition(events):
+                partitions.add(batch[0].message.partition)
+                await self._count_partition(batch)
+            if self.fatigue:
+                topic = self.topology.customer_messages
+                await self._pass_marks_on(topic, self.customer_progress, partitions)
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    def _record(
-        self, partition: int, customer: str, messages: list[OutboundMessage]
-    ) -> CustomerMessages:
-        raw = self.frequency.get(customer.encode())
-        state = CustomerMessages() if raw is None else CustomerMessages.decode(raw)
-        for outbound in messages:
-            message = outbound.message
-            judged_to = state.judged_to_ms
-            if self.policy.record(state, message):
-                metrics.count_outbound(message)
-                if judged_to is not None and message.sent_at_ms <= judged_to:
-                    self._after_verdict(partition, message.sent_at_ms, judged_to)
-        window = self.policy.inside(state, state.messages[-1].sent_at_ms)
-        metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
-        return state
+    async def _count_partition(self, batch: list[Event]) -> None:
+        """One partition's messages and answers taken in, its customers judged and its
+        answers put in cohorts up to its watermark, all stored before any of it is applied.
+
+        Each customer's state is read and written once per batch, however many messages,
+        answers and judgements it takes in.
+        """
+        partition = batch[0].message.partition
+        done = await self.customers.resume(partition)
+        fed: dict[bytes, CustomerMessages] = {}
+        messaged: set[bytes] = set()
+        for record in opened(batch):
+            if record.key == PROGRESS_KEY:
+                self._take_marks(self.customer_progress[partition], record.value)
+                continue
+            if record.offset <= done.offset:
+                continue  # in the checkpoint applied before a stop
+            state = fed.get(record.key)
+            if state is None:
+                state = fed[record.key] = self._customer(record.key)
+            if ANSWER_RECORD in record.headers:
+                answer = CustomerAnswer.decode(record.value)
+                state.answer(Answered(answer.answered_at_ms, answer.digest, answer.tally))
+            else:
+                self._record(partition, state, OutboundMessage.decode(record.value).message)
+                messaged.add(record.key)
+        for key in messaged:
+            state = fed[key]
+            window = self.policy.inside(state, state.messages[-1].sent_at_ms)
+            metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
+        judged, sends, cohorts = self._judge_customers(partition, fed)
+        offset = max(done.offset, batch[-1].message.offset)
+        changes = [Change(key, state.encode(), sends.get(key, [])) for key, state in fed.items()]
+        rest = [Change(key, state.encode(), sends.get(key, [])) for key, state in judged.items()]
+        source = source_name(self.topology.customer_messages.get_topic_name(), partition)
+        partials = self.topology.touchpoint_partials.get_topic_name()
+        for checkpoint in chunked(offset, done.sequence, changes, rest):
+            for customer in checkpoint.states:
+                for at_ms, count_class, tally in cohorts.get(customer.encode(), []):
+                    self.cohort_tallies.add_cohort(at_ms, count_class, tally)
+            # Named by the checkpoint: sent again after a stop, it is known downstream.
+            for partial in self.cohort_tallies.drain(source, checkpoint.sequence):
+                checkpoint.sends.append(Send(partials, FATIGUE_SUBJECT.encode(), partial.encode()))
+            await self.customers.store(partition, checkpoint)
+
+    def _customer(self, key: bytes) -> CustomerMessages:
+        raw = self.customers.states.get(key)
+        return CustomerMessages() if raw is None else CustomerMessages.decode(raw)
+
+    def _record(self, partition: int, state: CustomerMessages, message: Message) -> None:
+        judged_to = state.judged_to_ms
+        if self.policy.record(state, message):
+            metrics.count_outbound(message)
+            if judged_to is not None and message.sent_at_ms <= judged_to:
+                self._after_verdict(partition, message.sent_at_ms, judged_to)
 
     def _after_verdict(self, partition: int, sent_at_ms: int, judged_to_ms: int) -> None:
         metrics.MESSAGES_AFTER_VERDICT.inc()
@@ -859,61 +919,69 @@ class Pipeline:
             sorted((m.source, m.watermark_ms, m.idle) for m in marks),
         )
 
-    async def _judge_customers(
-        self, partition: int, touched: dict[bytes, tuple[int, CustomerMessages]]
-    ) -> None:
-        """Judge every waiting customer of the partition up to its watermark, in event time."""
+    def _judge_customers(
+        self, partition: int, fed: dict[bytes, CustomerMessages]
+    ) -> tuple[
+        dict[bytes, CustomerMessages],
+        dict[bytes, list[Send]],
+        dict[bytes, list[tuple[int, str, Tally]]],
+    ]:
+        """Every waiting customer of the partition judged up to its watermark, in event time,
+        and its answers put in cohorts up to the watermark less the grace.
+
+        Returns the customers judged that were not fed, the alerts each sends, and the
+        answers each put in a cohort (time, count class, tally).
+        """
+        judged: dict[bytes, CustomerMessages] = {}
+        sends: dict[bytes, list[Send]] = {}
+        cohorts: dict[bytes, list[tuple[int, str, Tally]]] = {}
         watermark = self.customer_progress[partition].watermark()
         if watermark is None or watermark <= self.customers_judged_to.get(partition, -1):
-            return
+            return judged, sends, cohorts
         self.customers_judged_to[partition] = watermark
-        due = self.customers_due.of(partition)
-        waiting = due.keys() | {key for key, (p, _) in touched.items() if p == partition}
-        for key in sorted(waiting):
-            if key in touched:
-                state = touched[key][1]
+        closed = watermark - self.core.catalog.scores.grace_ms
+        for key in sorted(self.customers.due.of(partition).keys() | fed.keys()):
+            state = fed.get(key)
+            if state is None:
+                state = judged[key] = self._customer(key)
+            if self.fatigue:
+                cohorts[key] = self.cohorts.classify(state, closed)
             else:
-                raw = self.frequency.get(key)
-                if raw is None:
-                    due.pop(key, None)
-                    continue
-                state = CustomerMessages.decode(raw)
-                touched[key] = (partition, state)
-            for alert in self.policy.advance(state, key.decode(), watermark):
-                await self._emit(alert)
+                state.answers.clear()  # kept under a catalog that had fatigue rules
+            alerts = self.policy.advance(state, key.decode(), watermark)
+            sends[key] = [self._alert_send(alert) for alert in alerts]
+        return judged, sends, cohorts
 
     # Journey breaks, stage 2: each customer's attempts, decided behind the watermark.
 
     async def follow_journeys(self, stream: StreamT[bytes]) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            offsets: dict[int, int] = {}
+            stored: dict[int, KeyedCheckpoint] = {}
             progressed: set[int] = set()
             fed: dict[bytes, CustomerJourneys] = {}
             for batch in by_partition(events):
                 partition = batch[0].message.partition
-                done = await self._resume_journeys(partition)
+                done = stored[partition] = await self.journey_states.resume(partition)
                 for record in opened(batch):
                     if record.key == PROGRESS_KEY:
                         # Marks only ever raise the watermark: read twice, they change nothing.
                         self._take_marks(self.journey_progress[partition], record.value)
                         progressed.add(partition)
-                    elif record.offset > done:
+                    elif record.offset > done.offset:
                         entry = CustomerVisits.decode(record.value)
                         self._remember_visits(partition, entry, fed)
-                offsets[partition] = max(done, batch[-1].message.offset)
+                done.offset = max(done.offset, batch[-1].message.offset)
             decided, outcomes = self._decide_journeys(progressed, fed)
-            for partition, offset in sorted(offsets.items()):
-                for checkpoint in journey_checkpoints(partition, offset, fed, decided, outcomes):
-                    await self._store_journeys(partition, checkpoint)
-            # Marks travel behind the attempts they cover, so the break stage waits for them.
-            source = self.topology.journey_visits.get_topic_name()
-            for partition in sorted(progressed):
-                progress = self.journey_progress[partition]
-                mark = SourceMark(
-                    source_name(source, partition), progress.watermark(), progress.all_idle()
+            for partition, done in sorted(stored.items()):
+                first, rest = (
+                    self._journey_changes(partition, states, outcomes) for states in (fed, decided)
                 )
-                await self._send_marks([mark], source)
+                for checkpoint in chunked(done.offset, done.sequence, first, rest):
+                    await self.journey_states.store(partition, checkpoint)
+            await self._pass_marks_on(
+                self.topology.journey_visits, self.journey_progress, progressed
+            )
             metrics.BATCH_SECONDS.labels("journeys").observe(time.perf_counter() - started)
 
     def _remember_visits(
@@ -922,7 +990,7 @@ class Pipeline:
         key = entry.customer.encode()
         state = fed.get(key)
         if state is None:
-            raw = self.journey_customers.get(key)
+            raw = self.journey_states.states.get(key)
             state = CustomerJourneys(partition) if raw is None else CustomerJourneys.decode(raw)
             fed[key] = state
         for touchpoint, visits in entry.visits.items():
@@ -945,9 +1013,9 @@ class Pipeline:
         if not closing:
             return decided, outcomes
         for partition, closing_at in closing.items():
-            for key, due in self.journeys_due.of(partition).items():
+            for key, due in self.journey_states.due.of(partition).items():
                 if due < closing_at and key not in fed:
-                    raw = self.journey_customers.get(key)
+                    raw = self.journey_states.states.get(key)
                     assert raw is not None, "the index follows every write"
                     decided[key] = CustomerJourneys.decode(raw)
         for states in (fed, decided):
@@ -957,52 +1025,23 @@ class Pipeline:
                     outcomes[key] = self.journeys.advance(state, key.decode(), closed)
         return decided, outcomes
 
-    async def _resume_journeys(self, partition: int) -> int:
-        """What a worker that died mid-batch stored but may not have written: written now."""
-        key = self._journey_checkpoint_key(partition)
-        raw = self.journey_checkpoints.get(key)
-        if raw is None:
-            return -1
-        checkpoint = JourneyCheckpoint.decode(raw)
-        if checkpoint.customers or checkpoint.outcomes:
-            log.info(
-                "writing again %d customers and %d attempts of journey partition %d",
-                len(checkpoint.customers),
-                len(checkpoint.outcomes),
-                partition,
-            )
-            await self._apply_journeys(partition, checkpoint)
-        return checkpoint.offset
-
-    async def _store_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
-        """Stored with its offset before anything is written or sent, then applied."""
-        key = self._journey_checkpoint_key(partition)
-        await self.journey_checkpoints.put(partition, key, checkpoint.encode())
-        await self._apply_journeys(partition, checkpoint)
-
-    async def _apply_journeys(self, partition: int, checkpoint: JourneyCheckpoint) -> None:
+    def _journey_changes(
+        self,
+        partition: int,
+        states: dict[bytes, CustomerJourneys],
+        outcomes: dict[bytes, list[Outcome]],
+    ) -> list[Change]:
+        """The partition's customers as stored: the empty ones leave, each with its attempts."""
         topic = self.topology.journey_outcomes.get_topic_name()
-        await self._deliver(
-            [Send(topic, o.break_id.encode(), o.encode()) for o in checkpoint.outcomes]
-        )
-        writes: list[Awaitable[object]] = []
-        for customer, raw in checkpoint.customers.items():
-            key = customer.encode()
-            if raw is None:
-                self.journeys_due.set(partition, key, None)
-                deleted = self.journey_customers.delete(partition, key)
-                if deleted is not None:
-                    writes.append(deleted)
-                continue
-            writes.append(self.journey_customers.put(partition, key, raw))
-            self.journeys_due.set(partition, key, CustomerJourneys.header(raw)[1])
-        # On the broker before the checkpoint forgets them: changelogs are separate topics.
-        await asyncio.gather(*writes)
-        done = JourneyCheckpoint(checkpoint.offset).encode()
-        self.journey_checkpoints.put(partition, self._journey_checkpoint_key(partition), done)
-
-    def _journey_checkpoint_key(self, partition: int) -> bytes:
-        return source_name(self.topology.journey_visits.get_topic_name(), partition).encode()
+        return [
+            Change(
+                key,
+                None if state.empty else state.encode(),
+                [Send(topic, o.break_id.encode(), o.encode()) for o in outcomes.get(key, [])],
+            )
+            for key, state in states.items()
+            if state.partition == partition
+        ]
 
     # Journey breaks, stage 3: the break rate by window, and its incidents.
 
@@ -1051,12 +1090,46 @@ class Pipeline:
 
     async def _emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""
+        await self._deliver([self._alert_send(alert)])
+
+    def _alert_send(self, alert: Alert) -> Send:
+        """An alert as it goes out, counted and logged once when it is made."""
         metrics.ALERTS.labels(alert.kind.value, alert.status.value).inc()
         # A customer's fingerprint is an unkeyed hash of the id: logs get neither.
         about = "" if is_customer_kind(alert.kind.value) else f" {alert.subject}"
         log.info("alert %s %s%s", alert.status.value, alert.kind.value, about)
         topic = self.topology.alerts.get_topic_name()
-        await self._deliver([Send(topic, alert.fingerprint.encode(), encode_alert(alert))])
+        return Send(topic, alert.fingerprint.encode(), encode_alert(alert))
+
+
+def gap_subjects(catalog: Catalog, cohorts: Cohorts) -> dict[str, GapRules]:
+    """The subjects of gap rules: journey stages (consistency) and fatigue's cohorts."""
+    found = {stage_subject(stage): rules for stage, rules in stage_rules(catalog).items()}
+    if catalog.fatigue:
+        found[FATIGUE_SUBJECT] = cohorts.rules
+    return found
+
+
+def downstream(topology: Topology, catalog: Catalog) -> dict[str, list[faust.TopicT]]:
+    """Where each topic's event-time progress must be known: the stages it feeds."""
+    events = [topology.touchpoint_partials, topology.customer_messages, topology.contacts]
+    if catalog.breaks:
+        # Without breaks nobody reads the visits topic: spare it the progress marks.
+        events.append(topology.journey_visits)
+    answers = [topology.touchpoint_partials]
+    found = {
+        topology.touchpoint_events.get_topic_name(): events,
+        topology.survey_answers.get_topic_name(): answers,
+        topology.identity_links.get_topic_name(): [topology.contacts],
+        topology.contacts.get_topic_name(): [topology.customer_messages],
+        topology.journey_visits.get_topic_name(): [topology.journey_outcomes],
+    }
+    if catalog.fatigue:
+        # Answers go to their customer's frequency state too (through the contact stage when
+        # they name a contact), whose cohort tallies go on to the scoring stage.
+        answers += [topology.contacts, topology.customer_messages]
+        found[topology.customer_messages.get_topic_name()] = [topology.touchpoint_partials]
+    return found
 
 
 def waiting_customer(raw: bytes) -> bool | None:
@@ -1067,34 +1140,6 @@ def waiting_customer(raw: bytes) -> bool | None:
 def journey_due(raw: bytes) -> int | None:
     """When a stored customer has an attempt to decide, read from its header line alone."""
     return CustomerJourneys.header(raw)[1]
-
-
-def journey_checkpoints(
-    partition: int,
-    offset: int,
-    fed: dict[bytes, CustomerJourneys],
-    decided: dict[bytes, CustomerJourneys],
-    outcomes: dict[bytes, list[Outcome]],
-) -> Iterator[JourneyCheckpoint]:
-    """One partition's changes as checkpoints that each fit a produce request.
-
-    Every customer fed visits rides the first, with the offset that covers the visits;
-    customers only decided follow in as many as they need. Nothing changed: nothing to store.
-    """
-    checkpoint, size = JourneyCheckpoint(offset), 0
-    for first, states in ((True, fed), (False, decided)):
-        for key, state in states.items():
-            if state.partition != partition:
-                continue
-            if not first and size > MAX_JOURNEY_CHECKPOINT_BYTES:
-                yield checkpoint
-                checkpoint, size = JourneyCheckpoint(offset), 0
-            raw = None if state.empty else state.encode()
-            checkpoint.customers[key.decode()] = raw
-            checkpoint.outcomes += outcomes.get(key, [])
-            size += len(key) + len(raw or b"") + 64 * len(outcomes.get(key, []))
-    if checkpoint.customers:
-        yield checkpoint
 
 
 def by_subject(

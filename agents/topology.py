@@ -122,7 +122,14 @@ class Topology:
         self.held_messages = table(
             "held-contact-messages", "Contact-only messages waiting for the links of their time."
         )
-        self.customer_frequency = table("customer-frequency", "Messages per customer in window.")
+        self.customer_frequency = table(
+            "customer-frequency",
+            "Per customer: messages in window, its incident, answers for messaging fatigue.",
+        )
+        self.customer_checkpoints = table(
+            "customer-checkpoints",
+            "Per customer-messages partition: offset done, customers and sends not yet written.",
+        )
         self.firing_alerts = table("firing-alerts", "Alerts firing, re-sent to Alertmanager.")
         self.journey_customers = table(
             "journey-customers", "Per customer: visits not decided yet and open attempts."
@@ -152,7 +159,8 @@ class Topology:
     def tables(self) -> list[BulkRestoredTable]:
         return [
             self.ingest_checkpoints, self.seen_ids, self.touchpoint_windows, self.identities,
-            self.held_messages, self.customer_frequency, self.firing_alerts,
+            self.held_messages, self.customer_frequency, self.customer_checkpoints,
+            self.firing_alerts,
             self.journey_customers, self.journey_checkpoints, self.journey_breaks,
         ]  # fmt: skip
 

@@ -56,6 +56,7 @@ from tests.harness import (
     describe,
     differences,
     free_port,
+    gap_differences,
     reference,
     shown,
     touchpoint_differences,
@@ -546,6 +547,8 @@ def apart(one: Observed, two: Observed) -> list[str]:
         *shown(touchpoint_differences(one.touchpoints, two.touchpoints, catalog())),
         *shown(customer_differences(one.customers, two.customers, catalog())),
         *shown(break_differences(one.breaks, two.breaks)),
+        *shown(gap_differences(one.stages, two.stages)),
+        *shown(gap_differences({"fatigue": one.fatigue}, {"fatigue": two.fatigue})),
         *shown(
             [f"alert only one worker sent: {describe(t)}" for t in sorted(first - second, key=repr)]
         ),

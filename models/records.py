@@ -61,6 +61,7 @@ class AlertKind(StrEnum):
     NO_DATA = "no_data"
     JOURNEY_BREAK = "journey_break"
     CHANNEL_INCONSISTENT = "channel_inconsistent"
+    MESSAGING_FATIGUE = "messaging_fatigue"
 
 
 class AlertStatus(StrEnum):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from enum import StrEnum
 from functools import reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -241,28 +242,23 @@ class JourneyBreak:
         return self.max_rate if self.recover_at is None else self.recover_at
 
 
-@dataclass(frozen=True, slots=True)
-class ChannelConsistency:
-    """Each channel of a journey stage against the stage's other channels, pooled.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GapRule:
+    """One group's score against another's, window by window.
 
     The gap is taken in the direction that is worse for the metric, so a positive gap is
-    always the channel doing worse than the rest of its stage.
+    always the judged group doing worse. An incident fires when the gap is past `max_gap`
+    (with `confidence`, its whole interval) and resolves at or under `recover_at`.
     """
 
-    stage: Stage
     metric: ScoreMetric
-    max_gap: float  # fires when the gap is past this (with `confidence`, its whole interval)
+    max_gap: float
     window_ms: int
     step_ms: int
-    min_samples: int  # for the channel and for the rest, each
+    min_samples: int  # for each of the two groups
     severity: Severity = Severity.WARNING
     recover_at: float | None = None  # the gap at or under which it resolves; None: max_gap
     confidence: float | None = None
-
-    @property
-    def id(self) -> str:
-        """The key of its state and the start of its alerts' subjects: `stage/metric`."""
-        return f"{self.stage.value}/{self.metric.value}"
 
     @property
     def recover_gap(self) -> float:
@@ -273,6 +269,38 @@ class ChannelConsistency:
         return self.metric not in WORSE_WHEN_LOWER
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChannelConsistency(GapRule):
+    """Each channel of a journey stage against the stage's other channels, pooled."""
+
+    stage: Stage
+
+    @property
+    def id(self) -> str:
+        """The key of its state and the start of its alerts' subjects: `stage/metric`."""
+        return f"{self.stage.value}/{self.metric.value}"
+
+
+# Survey figures a customer gives: what messaging fatigue can show in.
+FATIGUE_METRICS = (ScoreMetric.NPS, ScoreMetric.CSAT, ScoreMetric.CES, ScoreMetric.SENTIMENT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagingFatigue(GapRule):
+    """Answers of heavily messaged customers against everyone else's.
+
+    An answer is in the messaged cohort when its customer had at least `messages` counted
+    messages in the messaging policy's window at the instant they answered.
+    """
+
+    messages: int
+
+    @property
+    def id(self) -> str:
+        """The key of its state and its alerts' subject: the metric."""
+        return self.metric.value
+
+
 @dataclass(frozen=True)
 class Catalog:
     touchpoints: dict[str, Stage] = field(default_factory=dict)
@@ -281,6 +309,7 @@ class Catalog:
     scores: ScoreWindow = field(default_factory=ScoreWindow)
     breaks: tuple[JourneyBreak, ...] = ()
     consistency: tuple[ChannelConsistency, ...] = ()
+    fatigue: tuple[MessagingFatigue, ...] = ()
     warnings: tuple[CatalogWarning, ...] = field(default=(), compare=False)
 
     def consistency_by_stage(self) -> dict[Stage, tuple[ChannelConsistency, ...]]:
@@ -335,7 +364,8 @@ def describe_catalog(catalog: Catalog, source: str) -> list[str]:
     lines = [
         f"{source}: {len(catalog.touchpoints)} touchpoints, {len(catalog.key_moments)} key "
         f"moments, {len(catalog.breaks)} journey breaks"
-        + (f", {len(catalog.consistency)} consistency rules" if catalog.consistency else ""),
+        + (f", {len(catalog.consistency)} consistency rules" if catalog.consistency else "")
+        + (f", {len(catalog.fatigue)} fatigue rules" if catalog.fatigue else ""),
         f"scores: {_windows(catalog.scores.window_ms, catalog.scores.step_ms)}, judged "
         f"{format_duration(catalog.scores.grace_ms)} after a window ends, so late events "
         "still count",
@@ -355,6 +385,9 @@ def describe_catalog(catalog: Catalog, source: str) -> list[str]:
     if catalog.consistency:
         lines.append("channel consistency:")
         lines += [f"  {_describe_consistency(rule)}" for rule in catalog.consistency]
+    if catalog.fatigue:
+        lines.append("messaging fatigue:")
+        lines += [f"  {_describe_fatigue(rule, catalog.messaging)}" for rule in catalog.fatigue]
     policy = catalog.messaging
     categories = " or ".join(sorted(category.value for category in policy.categories))
     quiet = policy.quiet_hours
@@ -402,16 +435,27 @@ def _describe_break(journey: JourneyBreak) -> str:
 
 
 def _describe_consistency(rule: ChannelConsistency) -> str:
-    parts = [
+    verdict = (
         f"inconsistent when a channel's {rule.metric.value} is worse than the stage's other "
         f"channels by more than {rule.max_gap:g}"
-    ]
+    )
+    return _describe_gap(rule, verdict, "for the channel and for the rest")
+
+
+def _describe_fatigue(rule: MessagingFatigue, policy: MessagingPolicy) -> str:
+    verdict = (
+        f"fatigued when the {rule.metric.value} of customers who had at least {rule.messages} "
+        f"counted messages in the {format_duration(policy.window_ms)} before answering is "
+        f"worse than the others' by more than {rule.max_gap:g}"
+    )
+    return _describe_gap(rule, verdict, "in each cohort")
+
+
+def _describe_gap(rule: ChannelConsistency | MessagingFatigue, verdict: str, samples: str) -> str:
+    parts = [verdict]
     if rule.confidence is not None:
         parts.append(f"with {rule.confidence:g} confidence")
-    parts += [
-        _windows(rule.window_ms, rule.step_ms),
-        f"min {rule.min_samples} samples for the channel and for the rest",
-    ]
+    parts += [_windows(rule.window_ms, rule.step_ms), f"min {rule.min_samples} samples {samples}"]
     if rule.recover_at is not None:
         parts.append(f"recovers at {rule.recover_at:g}")
     return f"{rule.id}: {', '.join(parts)}; severity {rule.severity.value}"
@@ -448,14 +492,32 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
     sections = reader.mapping(root, "the catalog")
     reader.only(
         sections,
-        {"touchpoints", "key_moments", "breaks", "consistency", "messaging", "scores"},
+        {"touchpoints", "key_moments", "breaks", "consistency", "fatigue", "messaging", "scores"},
         root,
     )
     scores = reader.score_window(sections.get("scores"))
     touchpoints = reader.touchpoints(sections.get("touchpoints"))
-    key_moments = reader.key_moments(sections.get("key_moments"), scores)
-    breaks = reader.breaks(sections.get("breaks"), scores)
-    consistency = reader.consistency(sections.get("consistency"), scores, touchpoints)
+    key_moments = reader.unique(
+        sections.get("key_moments"),
+        "key_moments",
+        "key moment",
+        lambda node: reader.key_moment(node, scores),
+    )
+    breaks = reader.unique(
+        sections.get("breaks"), "breaks", "break", lambda node: reader.journey_break(node, scores)
+    )
+    consistency = reader.unique(
+        sections.get("consistency"),
+        "consistency",
+        "consistency",
+        lambda node: reader.channel_consistency(node, scores, touchpoints),
+    )
+    fatigue = reader.unique(
+        sections.get("fatigue"),
+        "fatigue",
+        "fatigue",
+        lambda node: reader.messaging_fatigue(node, scores),
+    )
     reader.check_declared()
     return Catalog(
         touchpoints=touchpoints,
@@ -464,6 +526,7 @@ def parse_catalog(text: str, source: str = "<catalog>") -> Catalog:
         scores=scores,
         breaks=breaks,
         consistency=consistency,
+        fatigue=fatigue,
         warnings=tuple(reader.warnings),
     )
 
@@ -511,6 +574,7 @@ CONSISTENCY_KEYS = {
     "confidence",
     "severity",
 }
+FATIGUE_KEYS = (CONSISTENCY_KEYS - {"stage"}) | {"messages"}
 DRIFT_LIMITS = {Detector.CUSUM: 5.0, Detector.EWMA_CHART: 3.0}
 MESSAGING_KEYS = {
     "window",
@@ -520,6 +584,14 @@ MESSAGING_KEYS = {
     "quiet_hours",
     "severity",
 }
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Identified = TypeVar("Identified", bound=_HasId)
 
 
 class _Reader:
@@ -652,18 +724,24 @@ class _Reader:
                 stages[name] = self.choice(fields["stage"], f"touchpoint {name}: stage", Stage)
         return stages
 
-    def key_moments(self, node: yaml.Node | None, scores: ScoreWindow) -> tuple[KeyMoment, ...]:
+    def unique(
+        self,
+        node: yaml.Node | None,
+        section: str,
+        what: str,
+        read: Callable[[yaml.Node], Identified],
+    ) -> tuple[Identified, ...]:
+        """The entries of one of the catalog's lists, each read by `read`; two with the same
+        id are refused on the second's line."""
         if node is None:
             return ()
-        moments: list[KeyMoment] = []
-        seen: set[str] = set()
-        for entry in self.sequence(node, "key_moments"):
-            moment = self.key_moment(entry, scores)
-            if moment.id in seen:
-                raise self.fail(entry, f"key moment {moment.id} is declared twice")
-            seen.add(moment.id)
-            moments.append(moment)
-        return tuple(moments)
+        found: dict[str, Identified] = {}
+        for entry in self.sequence(node, section):
+            item = read(entry)
+            if item.id in found:
+                raise self.fail(entry, f"{what} {item.id} is declared twice")
+            found[item.id] = item
+        return tuple(found.values())
 
     def key_moment(self, node: yaml.Node, scores: ScoreWindow) -> KeyMoment:
         fields = self.mapping(node, "a key moment")
@@ -754,17 +832,6 @@ class _Reader:
         severity: Severity = self.choice(fields["severity"], f"{what}: severity", Severity)
         return severity
 
-    def breaks(self, node: yaml.Node | None, scores: ScoreWindow) -> tuple[JourneyBreak, ...]:
-        if node is None:
-            return ()
-        breaks: list[JourneyBreak] = []
-        for entry in self.sequence(node, "breaks"):
-            journey = self.journey_break(entry, scores)
-            if any(other.id == journey.id for other in breaks):
-                raise self.fail(entry, f"break {journey.id} is declared twice")
-            breaks.append(journey)
-        return tuple(breaks)
-
     def journey_break(self, node: yaml.Node, scores: ScoreWindow) -> JourneyBreak:
         fields = self.mapping(node, "a break")
         self.only(fields, BREAK_KEYS, node)
@@ -806,19 +873,6 @@ class _Reader:
             recover_at=recover_at,
         )
 
-    def consistency(
-        self, node: yaml.Node | None, scores: ScoreWindow, touchpoints: dict[str, Stage]
-    ) -> tuple[ChannelConsistency, ...]:
-        if node is None:
-            return ()
-        rules: list[ChannelConsistency] = []
-        for entry in self.sequence(node, "consistency"):
-            rule = self.channel_consistency(entry, scores, touchpoints)
-            if any(other.id == rule.id for other in rules):
-                raise self.fail(entry, f"consistency {rule.id} is declared twice")
-            rules.append(rule)
-        return tuple(rules)
-
     def channel_consistency(
         self, node: yaml.Node, scores: ScoreWindow, touchpoints: dict[str, Stage]
     ) -> ChannelConsistency:
@@ -836,7 +890,40 @@ class _Reader:
                 "touchpoints under touchpoints with their stage",
             )
         metric: ScoreMetric = self.choice(fields["metric"], f"{what}: metric", ScoreMetric)
-        what = f"consistency {stage.value}/{metric.value}"
+        return ChannelConsistency(
+            stage=stage, **self.gap_rule(node, fields, scores, metric, f"{what}/{metric.value}")
+        )
+
+    def messaging_fatigue(self, node: yaml.Node, scores: ScoreWindow) -> MessagingFatigue:
+        fields = self.mapping(node, "a fatigue rule")
+        self.only(fields, FATIGUE_KEYS, node)
+        for required in ("metric", "messages", "max_gap"):
+            if required not in fields:
+                raise self.fail(node, f"a fatigue rule needs {required!r}")
+        metric: ScoreMetric = self.choice(fields["metric"], "fatigue: metric", ScoreMetric)
+        what = f"fatigue {metric.value}"
+        if metric not in FATIGUE_METRICS:
+            raise self.fail(
+                fields["metric"],
+                f"{what}: fatigue shows in survey answers: metric must be "
+                + ", ".join(m.value for m in FATIGUE_METRICS),
+            )
+        messages = self.count(fields["messages"], f"{what}: messages")
+        if messages < 1:
+            raise self.fail(fields["messages"], f"{what}: messages must be at least 1")
+        return MessagingFatigue(
+            messages=messages, **self.gap_rule(node, fields, scores, metric, what)
+        )
+
+    def gap_rule(
+        self,
+        node: yaml.Node,
+        fields: dict[str, yaml.Node],
+        scores: ScoreWindow,
+        metric: ScoreMetric,
+        what: str,
+    ) -> dict[str, Any]:
+        """What every rule comparing two groups' scores says, checked: the GapRule fields."""
         max_gap = self.number(fields["max_gap"], f"{what}: max_gap")
         if max_gap < 0:
             raise self.fail(fields["max_gap"], f"{what}: max_gap must not be negative")
@@ -848,17 +935,16 @@ class _Reader:
                     fields["recover_at"], f"{what}: recover_at must be between 0 and {max_gap:g}"
                 )
         window, step = self.window_and_step(node, fields, scores, what)
-        return ChannelConsistency(
-            stage=stage,
-            metric=metric,
-            max_gap=max_gap,
-            window_ms=window,
-            step_ms=step,
-            min_samples=self.min_samples(fields, what),
-            severity=self.severity(fields, what),
-            recover_at=recover_at,
-            confidence=self.confidence(fields, what),
-        )
+        return {
+            "metric": metric,
+            "max_gap": max_gap,
+            "window_ms": window,
+            "step_ms": step,
+            "min_samples": self.min_samples(fields, what),
+            "severity": self.severity(fields, what),
+            "recover_at": recover_at,
+            "confidence": self.confidence(fields, what),
+        }
 
     def relative(
         self,

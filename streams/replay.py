@@ -15,9 +15,18 @@ from models.decode import (
 )
 from models.records import Alert, TouchpointEvent
 from streams.catalog import Catalog
-from streams.core.consistency import StageConsistencies, StageState
+from streams.core.consistency import stage_rules
+from streams.core.fatigue import Cohorts
+from streams.core.gaps import RulesState
 from streams.core.identity import add_link, customer_at, encode_link
-from streams.core.ingest import OutboundMessage, PartialTallies, outbound_message, subject_stage
+from streams.core.ingest import (
+    CustomerAnswer,
+    OutboundMessage,
+    PartialTallies,
+    customer_answer,
+    outbound_message,
+    subject_stage,
+)
 from streams.core.journeys import BreakState, BreakWindows, CustomerJourneys, JourneyTracker
 from streams.core.messaging import CustomerMessages, FrequencyPolicy
 from streams.core.sentiment import SentimentScorer
@@ -34,7 +43,8 @@ class ReplayResult:
     touchpoints: dict[str, TouchpointState] = field(default_factory=dict)
     customers: dict[str, CustomerMessages] = field(default_factory=dict)
     breaks: dict[str, BreakState] = field(default_factory=dict)
-    stages: dict[str, StageState] = field(default_factory=dict)  # by stage, for consistency
+    stages: dict[str, RulesState] = field(default_factory=dict)  # by stage, for consistency
+    fatigue: RulesState = field(default_factory=RulesState)
 
 
 class OfflineMonitor:
@@ -45,7 +55,10 @@ class OfflineMonitor:
         self.policy = FrequencyPolicy(catalog.messaging)
         self.catalog = catalog
         self.journeys = JourneyTracker(catalog)
-        self.stages = StageConsistencies.of(catalog)
+        self.stages = stage_rules(catalog)
+        self.cohorts = Cohorts(catalog)
+        # Answers the fatigue rules put in cohorts at the end.
+        self.answers: list[CustomerAnswer] = []
         self.journey_customers: dict[str, CustomerJourneys] = {}
         self.seen: set[tuple[Role, str]] = set()
         self.links: dict[str, bytes] = {}
@@ -75,7 +88,9 @@ class OfflineMonitor:
                 return
             answer = decode_survey_answer(raw)
             if self._first_time(role, answer.answer_id):
-                self.partials.add_answer(answer)
+                sentiment = self.partials.add_answer(answer)
+                if self.catalog.fatigue:
+                    self.answers.append(customer_answer(answer, sentiment))
                 self._advance(answer.answered_at_ms, messages=False)
         except InvalidRecord as exc:
             self.result.rejected[role].append(exc.reason)
@@ -90,7 +105,7 @@ class OfflineMonitor:
         for partial in self.partials.drain("replay", 0):
             stage = subject_stage(partial.touchpoint)
             if stage is not None:
-                stage_state = result.stages.setdefault(stage.value, StageState())
+                stage_state = result.stages.setdefault(stage.value, RulesState())
                 for bucket in partial.buckets:
                     assert bucket.channel is not None
                     self.stages[stage].add(
@@ -116,15 +131,27 @@ class OfflineMonitor:
         for stage, consistencies in self.stages.items():
             watermark = self.watermark_ms if until_ms is None else until_ms + grace
             if watermark is not None:
-                stage_state = result.stages.setdefault(stage.value, StageState())
+                stage_state = result.stages.setdefault(stage.value, RulesState())
                 for _, judged in consistencies.advance(stage_state, watermark - grace):
                     result.alerts += judged.alerts
-        for customer in sorted(self.messages):
+        # Answers wait in their customer's state until every message before them is in:
+        # those the grace has not passed yet are in no cohort.
+        watermark = self.watermark_ms if until_ms is None else until_ms + grace
+        closed = None if watermark is None else watermark - grace
+        answers = self._answers_by_customer(closed)
+        for customer in sorted(self.messages.keys() | answers.keys()):
+            if customer not in self.messages:  # answered, never messaged
+                self._put_in_cohorts(CustomerMessages(), answers[customer])
+                continue
             frequency = result.customers.setdefault(customer, CustomerMessages())
             for message in self.messages[customer]:
                 self.policy.record(frequency, message.message)
+            self._put_in_cohorts(frequency, answers.get(customer, []))
             if message_watermark is not None:
                 result.alerts += self.policy.advance(frequency, customer, message_watermark)
+        if closed is not None:
+            for _, judged in self.cohorts.rules.advance(result.fatigue, closed):
+                result.alerts += judged.alerts
         if until_ms is not None:
             result.alerts += self._journey_breaks(until_ms)
         elif self.message_watermark_ms is not None:
@@ -132,6 +159,28 @@ class OfflineMonitor:
                 self.message_watermark_ms - self.catalog.scores.grace_ms
             )
         return result
+
+    def _answers_by_customer(self, closed: int | None) -> dict[str, list[CustomerAnswer]]:
+        """Each answer before `closed` under its customer, a contact's resolved by the links
+        at its time."""
+        found: dict[str, list[CustomerAnswer]] = defaultdict(list)
+        for answer in self.answers:
+            if closed is None or answer.answered_at_ms >= closed:
+                continue
+            customer = answer.customer_id
+            if customer is None:
+                assert answer.contact_key is not None
+                key = answer.contact_key
+                customer = customer_at(self.links.get(key), answer.answered_at_ms) or key
+            found[customer].append(answer)
+        return found
+
+    def _put_in_cohorts(self, frequency: CustomerMessages, answers: list[CustomerAnswer]) -> None:
+        """Every messaged customer's messages are in, none expired: each answer's cohort."""
+        for answer in answers:
+            at_ms = answer.answered_at_ms
+            count_class = self.cohorts.count_class(self.policy.counted_at(frequency, at_ms))
+            self.cohorts.rules.add(self.result.fatigue, at_ms, count_class, answer.tally)
 
     def _visit(self, event: TouchpointEvent) -> None:
         found = self.journeys.visit_of(event)

@@ -28,8 +28,8 @@ from models.records import Alert
 from streams.catalog import Catalog, load_catalog
 from streams.commands.publish import Outgoing, follow, send_all
 from streams.commands.simulate import SimulatedRecord
-from streams.core.consistency import ConsistencyState, StageState
-from streams.core.ingest import subject_stage
+from streams.core.gaps import GapState, RulesState
+from streams.core.ingest import FATIGUE_SUBJECT, is_gap_subject, subject_stage
 from streams.core.journeys import BreakState
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message
 from streams.core.scores import Tally
@@ -395,7 +395,8 @@ class Observed:
     touchpoints: dict[str, TouchpointState]
     customers: dict[str, CustomerMessages]
     breaks: dict[str, BreakState]
-    stages: dict[str, StageState]
+    stages: dict[str, RulesState]
+    fatigue: RulesState
     alerts: list[dict[str, Any]]
     dead_letters: list[Received]
 
@@ -407,13 +408,16 @@ class Observed:
             touchpoints={
                 key.decode(): TouchpointState.decode(unwrap(value)[1])
                 for key, value in windows.items()
-                if subject_stage(key.decode()) is None
+                if not is_gap_subject(key.decode())
             },
             stages={
-                stage.value: StageState.decode(unwrap(value)[1])
+                stage.value: RulesState.decode(unwrap(value)[1])
                 for key, value in windows.items()
                 if (stage := subject_stage(key.decode())) is not None
             },
+            fatigue=RulesState.decode(unwrap(windows[FATIGUE_SUBJECT.encode()])[1])
+            if FATIGUE_SUBJECT.encode() in windows
+            else RulesState(),
             customers={
                 key.decode(): CustomerMessages.decode(value)
                 for key, value in deployment.table("customer-frequency").items()
@@ -437,7 +441,8 @@ def differences(expected: ReplayResult, observed: Observed, catalog: Catalog) ->
         *shown(touchpoint_differences(expected.touchpoints, observed.touchpoints, catalog)),
         *shown(customer_differences(expected.customers, observed.customers, catalog)),
         *shown(break_differences(expected.breaks, observed.breaks)),
-        *shown(stage_differences(expected.stages, observed.stages)),
+        *shown(gap_differences(expected.stages, observed.stages)),
+        *shown(gap_differences({"fatigue": expected.fatigue}, {"fatigue": observed.fatigue})),
         *shown(alert_differences(expected.alerts, observed.alerts)),
         *shown(dead_letter_differences(expected, observed.dead_letters)),
     ]
@@ -470,33 +475,32 @@ def break_differences(
     return found
 
 
-def stage_differences(
-    expected: dict[str, StageState], observed: dict[str, StageState]
-) -> list[str]:
-    """Each consistency rule's judged time, open incidents and tallies by step and channel."""
+def gap_differences(expected: dict[str, RulesState], observed: dict[str, RulesState]) -> list[str]:
+    """Each gap rule's judged time, open incidents and tallies by step and group (a channel
+    for consistency, a cohort for fatigue), by subject."""
     found: list[str] = []
-    for stage in sorted(expected.keys() | observed.keys()):
-        want, got = expected.get(stage, StageState()), observed.get(stage, StageState())
+    for subject in sorted(expected.keys() | observed.keys()):
+        want, got = expected.get(subject, RulesState()), observed.get(subject, RulesState())
         for rule in sorted(want.rules.keys() | got.rules.keys()):
-            mine = got.rules.get(rule, ConsistencyState())
-            theirs = want.rules.get(rule, ConsistencyState())
+            mine = got.rules.get(rule, GapState())
+            theirs = want.rules.get(rule, GapState())
             if (mine.evaluated_until_ms, mine.incidents) != (
                 theirs.evaluated_until_ms,
                 theirs.incidents,
             ):
                 found.append(
-                    f"consistency {rule}: judged to {at(mine.evaluated_until_ms)} with incidents "
+                    f"gap rule {rule}: judged to {at(mine.evaluated_until_ms)} with incidents "
                     f"{mine.incidents}, the reference to {at(theirs.evaluated_until_ms)} with "
                     f"{theirs.incidents}"
                 )
             for start in sorted(mine.buckets.keys() | theirs.buckets.keys()):
                 ours, reference = mine.buckets.get(start, {}), theirs.buckets.get(start, {})
-                for channel in sorted(ours.keys() | reference.keys()):
+                for group in sorted(ours.keys() | reference.keys()):
                     apart = tally_differences(
-                        reference.get(channel, Tally()), ours.get(channel, Tally())
+                        reference.get(group, Tally()), ours.get(group, Tally())
                     )
                     if apart:
-                        found.append(f"consistency {rule} {at(start)} {channel}: {apart}")
+                        found.append(f"gap rule {rule} {at(start)} {group}: {apart}")
     return found
 
 
@@ -563,7 +567,11 @@ def customer_differences(
     # revisiting a customer it has judged, so compare what each holds inside that window.
     ends = [c.judged_to_ms for c in expected.values() if c.judged_to_ms is not None]
     if not ends:
-        return [f"customer {name}: not in the reference" for name in sorted(observed)]
+        return [
+            f"customer {name}: not in the reference"
+            for name in sorted(observed)
+            if observed[name].messages
+        ]
     now = max(ends)
     found: list[str] = []
     for name in sorted(expected.keys() | observed.keys()):

@@ -11,16 +11,17 @@ from typing import Any, cast
 
 import orjson
 import pytest
+import yaml
 from faust.types import TP
 
+from agents.checkpointed import Change, chunked
 from agents.commits import Offsets
 from agents.metrics import REGISTRY, declare_catalog
 from agents.pipeline import (
+    ANSWER_RECORD,
     LINK_RECORD,
     MAX_DEAD_LETTER_BYTES,
-    RECORD_HEADER,
     Pipeline,
-    journey_checkpoints,
     partition_of,
 )
 from agents.streaming import Event
@@ -28,15 +29,21 @@ from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
 from models.records import Category, Stage, SurveyAnswer, SurveyMetric
 from streams.catalog import parse_catalog
-from streams.core.ingest import BucketTally, OutboundMessage, TouchpointPartial, stage_subject
-from streams.core.journeys import CustomerJourneys, CustomerVisits, JourneyCheckpoint, Outcome
-from streams.core.messaging import CustomerMessages, Message, message_digest
+from streams.core.ingest import (
+    FATIGUE_SUBJECT,
+    BucketTally,
+    OutboundMessage,
+    TouchpointPartial,
+    stage_subject,
+)
+from streams.core.journeys import CustomerJourneys, CustomerVisits, Outcome
+from streams.core.messaging import Answered, CustomerMessages, Message, message_digest
 from streams.core.privacy import STATE_PSEUDONYM_HEX, pseudonym
 from streams.core.scores import Tally
 from streams.settings import Settings
 from streams.state.dedup import OFFSET_BITS, SeenBatch, id_digest
-from streams.state.delivery import Checkpoint, Send
-from streams.state.envelope import ENVELOPE_KEY, unpack
+from streams.state.delivery import Checkpoint, KeyedCheckpoint, Send
+from streams.state.envelope import ENVELOPE_KEY, Record, pack, unpack
 from streams.state.watermarks import (
     PROGRESS_KEY,
     SourceMark,
@@ -90,7 +97,14 @@ class Harness:
 
 @pytest.fixture
 async def harness(tmp_path: Any) -> Harness:
-    return build_harness(tmp_path)
+    """The example catalog without its fatigue rule: answers then reach only the scoring
+    stage, and the other stages wait for no progress from them (the fatigue test builds
+    its own)."""
+    catalog = yaml.safe_load(Settings().catalog.read_text(encoding="utf-8"))
+    del catalog["fatigue"]
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog), encoding="utf-8")
+    return build_harness(tmp_path, CXMON_CATALOG=str(path))
 
 
 def build_harness(tmp_path: Any, **env: str) -> Harness:
@@ -399,7 +413,7 @@ async def test_contact_only_messages_resolve_by_the_link_in_force_at_their_time(
     await harness.feed("ingest_identity_links", [(phone, link, 0)])
     (update,) = harness.data(topology.contacts)
     assert update.key == phone
-    assert update.headers == {RECORD_HEADER: LINK_RECORD}
+    assert update.headers == dict([LINK_RECORD])
     await harness.feed(
         "resolve_contacts", [(phone, update.value or b"", 0)], [*update.headers.items()]
     )
@@ -647,6 +661,128 @@ async def test_restored_customers_still_waiting_are_judged_when_event_time_moves
     assert [(a["status"], a["subject"]) for a in alerts] == [("firing", "c-waits")]
 
 
+FATIGUE_CATALOG = """
+scores: {window: 10m, step: 10m, grace: 1m}
+messaging: {window: 1h, max_messages: 9, max_per_channel: 9, categories: [marketing]}
+fatigue:
+  - {metric: csat, messages: 2, max_gap: 1, window: 10m, step: 10m, min_samples: 1}
+"""
+
+
+def csat_answer(answer_id: str, minute: int, score: int, **who: Any) -> bytes:
+    at_ms = START_MS + minute * 60_000
+    doc = {"answer_id": answer_id, "answered_at": at_ms, "touchpoint": "call_center.support",
+           "metric": "csat", "score": score, **who}  # fmt: skip
+    return orjson.dumps(doc)
+
+
+async def test_answers_reach_their_customer_and_go_in_cohorts_once_behind_the_grace(
+    tmp_path: Any,
+) -> None:
+    """c-1 gets marketing messages at 0 and 1 minute and answers CSAT 1 at 2 minutes (two
+    messages: messaged); c-2, never messaged, answers 5 at 3 minutes (others). The
+    customer stage puts each answer in its cohort only once the watermark less the grace
+    (1 minute) is past it, sends the cohort tallies to scoring once, named by its
+    checkpoint, and the scoring stage fires on a gap of 4 and counts a tally sent again once.
+    """
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(FATIGUE_CATALOG)
+    harness = build_harness(tmp_path, CXMON_CATALOG=str(catalog))
+    topology = harness.topology
+    phone = {"type": "phone", "value": "+8613800000000"}
+    answers = [
+        (b"c-1", csat_answer("a-1", 2, 1, customer_id="c-1"), 0),
+        (b"c-2", csat_answer("a-2", 3, 5, customer_id="c-2"), 0),
+        (b"phone", csat_answer("a-3", 3, 4, contact=phone), 0),
+    ]
+    await harness.feed("ingest_survey_answers", answers)
+    routed = harness.data(topology.customer_messages)
+    assert [(s.key, s.headers) for s in routed] == [
+        (b"c-1", dict([ANSWER_RECORD])),
+        (b"c-2", dict([ANSWER_RECORD])),
+    ]
+    (held,) = harness.data(topology.contacts)
+    assert (held.key, held.headers) == (b"phone:+8613800000000", dict([ANSWER_RECORD]))
+
+    def message(n: int) -> Record:
+        sent = Message(START_MS + n * 60_000, "sms", Category.MARKETING, message_digest(f"e-{n}"))
+        return Record(b"c-1", OutboundMessage(f"e-{n}", "c-1", None, sent).encode())
+
+    # As the first stage sends them: messages and answers in one envelope.
+    records = [message(0), message(1)]
+    records += [Record(s.key or b"", s.value or b"", (ANSWER_RECORD,)) for s in routed]
+    (envelope,) = pack(records, 1_000_000)
+    await harness.feed("count_customer_messages", [(ENVELOPE_KEY, envelope, 0)])
+    inputs = (topology.touchpoint_events, topology.contacts, topology.survey_answers)
+
+    def cohort_tallies() -> list[Sent]:
+        return [
+            s for s in harness.data(topology.touchpoint_partials) if s.key != b"call_center.support"
+        ]
+
+    marks = all_idle(topology, START_MS + 3 * 60_000, *inputs)
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    assert cohort_tallies() == [], "a message at 2 minutes may still come for a-1"
+    for _ in range(2):  # the same watermark again changes nothing
+        marks = all_idle(topology, START_MS + 5 * 60_000, *inputs)
+        await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    (sent,) = cohort_tallies()
+    partial = TouchpointPartial.decode(sent.value or b"")
+    assert (sent.key, partial.touchpoint) == (FATIGUE_SUBJECT.encode(), FATIGUE_SUBJECT)
+    assert partial.source == source_name(topology.customer_messages.get_topic_name(), 0)
+    cohorts = {
+        b.channel: (b.start_ms, b.tally.csat_count, b.tally.csat_sum) for b in partial.buckets
+    }
+    # By count of messages (capped at the highest line), so one tally serves every rule.
+    assert cohorts == {"2": (START_MS, 1, 1.0), "0": (START_MS, 1, 5.0)}
+    stored = CustomerMessages.decode(harness.pipeline.customers.states.get(b"c-1") or b"")
+    assert [(a.at_ms, a.tally) for a in stored.answers] == [(START_MS + 2 * 60_000, None)]
+    # The frequency stage's own progress follows its tallies to the scoring stage.
+    assert harness.to(topology.touchpoint_partials)[-1].key == PROGRESS_KEY
+
+    scored = [(sent.key, sent.value or b"", 0)] * 2  # delivered twice: counted once
+    await harness.feed("score_touchpoints", scored)
+    judged = all_idle(
+        topology,
+        START_MS + 12 * 60_000,
+        topology.touchpoint_events,
+        topology.survey_answers,
+        topology.customer_messages,
+    )
+    await harness.feed("score_touchpoints", [(PROGRESS_KEY, judged, 0)])
+    alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
+    assert [(a["kind"], a["status"], a["subject"], a["observed"]) for a in alerts] == [
+        ("messaging_fatigue", "firing", "csat", 4.0)
+    ]
+    assert (alerts[0]["messaged_samples"], alerts[0]["others_samples"]) == (1, 1)
+    assert sample("cxmon_messaging_fatigue", metric="csat", severity="warning") == 1
+    assert sample("cxmon_fatigue_cohort_score", metric="csat", cohort="messaged") == 1
+    assert sample("cxmon_fatigue_cohort_score", metric="csat", cohort="others") == 5
+    assert sample("cxmon_fatigue_gap", metric="csat") == 4
+
+
+async def test_what_fatigue_left_behind_is_dropped_by_a_catalog_without_it(
+    harness: Harness,
+) -> None:
+    """A worker restarted without the fatigue rule finds an answer waiting in a customer's
+    state and a cohort tally on its way to scoring: the answer is dropped (its customer no
+    longer waits, nor keeps its messages for it) and the tally is not taken for a touchpoint.
+    """
+    topology = harness.topology
+    waiting = CustomerMessages(answers=[Answered(START_MS, 7, Tally(csat_count=1, csat_sum=2))])
+    topology.customer_frequency.store.put(0, b"c-1", waiting.encode())
+    marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
+    await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
+    stored = harness.pipeline.customers.states.get(b"c-1") or b""
+    assert CustomerMessages.decode(stored).answers == []
+    assert not CustomerMessages.stored_waiting(stored)
+
+    bucket = BucketTally(START_MS, START_MS, Tally(csat_count=1, csat_sum=2), "4")
+    tally = TouchpointPartial(FATIGUE_SUBJECT, "cx-monitor.customer-messages-0", 1, [bucket])
+    await harness.feed("score_touchpoints", [(FATIGUE_SUBJECT.encode(), tally.encode(), 0)])
+    assert harness.pipeline.windows.get(FATIGUE_SUBJECT.encode()) is None
+
+
 def test_a_relative_standard_exports_its_state_but_no_fixed_line() -> None:
     catalog = parse_catalog(
         """
@@ -777,45 +913,50 @@ async def test_journey_stage_writes_a_stored_batch_again_and_never_reapplies_its
     topology, pipeline = harness.topology, harness.pipeline
     customer = b"c-1"
     partition = partition_of(customer, PARTITIONS)
-    pipeline.journey_customers.put(partition, customer, CustomerJourneys(partition).encode())
+    states = pipeline.journey_states
+    states.states.put(partition, customer, CustomerJourneys(partition).encode())
     attempt = Outcome("app.cart -> checkout.payment", START_MS + 600_000, True, 42)
-    stored = JourneyCheckpoint(offset=5, customers={"c-1": None}, outcomes=[attempt])
+    outcomes = topology.journey_outcomes.get_topic_name()
+    sent_again = Send(outcomes, attempt.break_id.encode(), attempt.encode())
+    stored = KeyedCheckpoint(offset=5, sequence=3, states={"c-1": None}, sends=[sent_again])
     key = source_name(topology.journey_visits.get_topic_name(), partition).encode()
-    pipeline.journey_checkpoints.put(partition, key, stored.encode())
+    states.checkpoints.put(partition, key, stored.encode())
 
     # Redelivered from before the crash (offsets 0 and 1, both covered by offset 5).
     visits = CustomerVisits("c-1", {"app.cart": [(START_MS, 7)]}).encode()
     await harness.feed("follow_journeys", [(customer, visits, partition)] * 2)
     sent = [Outcome.decode(s.value or b"") for s in harness.data(topology.journey_outcomes)]
     assert sent == [attempt], "the stored attempt is sent again"
-    assert pipeline.journey_customers.get(customer) is None, "and its customer deleted"
+    assert states.states.get(customer) is None, "and its customer deleted"
     assert (topology.journey_customers.name, partition, customer, None) in harness.changelog
-    cleared = JourneyCheckpoint.decode(pipeline.journey_checkpoints.get(key) or b"")
-    assert cleared == JourneyCheckpoint(offset=5)
+    cleared = KeyedCheckpoint.decode(states.checkpoints.get(key) or b"")
+    assert cleared == KeyedCheckpoint(offset=5, sequence=3)
 
 
-def test_journey_checkpoints_keep_fed_customers_first_and_each_within_the_limit() -> None:
-    def customer(partition: int, visits: int) -> CustomerJourneys:
-        state = CustomerJourneys(partition)
+def test_checkpoints_keep_fed_customers_first_and_each_within_the_limit() -> None:
+    def customer(visits: int) -> bytes:
+        state = CustomerJourneys(0)
         state.visits["app.cart"] = [(START_MS + n, n) for n in range(visits)]
-        return state
+        return state.encode()
 
-    fed = {f"f{n}".encode(): customer(0, 2) for n in range(3)} | {b"other": customer(1, 2)}
+    fed = [Change(f"f{n}".encode(), customer(2)) for n in range(3)]
     # Each decided customer holds about 40 KB of visits: a few fill one checkpoint.
-    decided = {f"d{n}".encode(): customer(0, 2_000) for n in range(30)}
-    attempt = Outcome("a -> b", START_MS, True, 1)
-    chunks = list(journey_checkpoints(0, 9, fed, decided, {b"d0": [attempt]}))
+    decided = [Change(f"d{n}".encode(), customer(2_000)) for n in range(30)]
+    attempt = Send("outcomes", b"a -> b", b"broken")
+    decided[0].sends.append(attempt)
+    chunks = list(chunked(9, 3, fed, decided))
     assert len(chunks) > 1
     assert all(c.offset == 9 for c in chunks)
-    assert list(chunks[0].customers)[:3] == ["f0", "f1", "f2"], "fed customers ride the first"
-    assert [k for c in chunks for k in c.customers] == ["f0", "f1", "f2"] + [
+    assert [c.sequence for c in chunks] == list(range(4, 4 + len(chunks))), "each its own"
+    assert list(chunks[0].states)[:3] == ["f0", "f1", "f2"], "fed customers ride the first"
+    assert [k for c in chunks for k in c.states] == ["f0", "f1", "f2"] + [
         f"d{n}" for n in range(30)
     ]
-    assert chunks[0].outcomes == [attempt]
+    assert chunks[0].sends == [attempt], "a customer's sends ride with its state"
     for chunk in chunks:
         assert len(chunk.encode()) < PRODUCER_MAX_REQUEST_BYTES // 2
-        assert JourneyCheckpoint.decode(chunk.encode()) == chunk
-    assert list(journey_checkpoints(2, 9, fed, decided, {})) == [], "nothing changed there"
+        assert KeyedCheckpoint.decode(chunk.encode()) == chunk
+    assert list(chunked(9, 3, [], [])) == [], "nothing changed: nothing to store"
 
 
 async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(

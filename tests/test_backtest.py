@@ -336,6 +336,58 @@ def test_an_inconsistent_channel_fires_and_resolves_as_hand_computed(tmp_path: P
     assert "app 2 (n 4) vs the rest 4 (n 4); gap interval 2 to 2" in text
 
 
+FATIGUE_CATALOG = """\
+scores: {window: 10m, step: 5m, grace: 1m}
+messaging: {window: 1h, max_messages: 9, max_per_channel: 9, categories: [marketing]}
+fatigue:
+  - {metric: csat, messages: 2, max_gap: 1, window: 10m, step: 5m, min_samples: 4}
+"""
+
+
+def test_messaging_fatigue_fires_and_resolves_as_hand_computed(tmp_path: Path) -> None:
+    """Minutes after T0; the span is [60, 120). Customers m-0 to m-3 get two marketing
+    messages each at 55 and 56; o-0 to o-3 get none.
+
+    * [60, 65): each m answers CSAT 2 (two messages in the hour before: messaged), each o
+      answers 4 (others). The window ending at 65 ([55, 65)): 2 against 4, a gap of 2 > 1:
+      FIRING at 65.
+    * [65, 70): everyone answers 4. The window ending at 70: the messaged 3 over 8 answers
+      against 4 over 8, a gap of exactly 1, at the line: RESOLVED at 70.
+    * An event at 100 moves event time past the windows' grace.
+    """
+
+    def answer(customer: str, number: int, minute: int, score: int) -> bytes:
+        doc = {"answer_id": f"{customer}-a{number}", "answered_at": T0 + minute * MINUTE,
+               "customer_id": customer, "touchpoint": "call_center.support", "metric": "csat",
+               "score": score}  # fmt: skip
+        return orjson.dumps(doc)
+
+    lines = [
+        *(message(10 * n + k, 55 + k, customer_id=f"m-{n}") for n in range(4) for k in (0, 1)),
+        *(answer(f"m-{n}", 0, 60 + n, 2) for n in range(4)),
+        *(answer(f"o-{n}", 0, 60 + n, 4) for n in range(4)),
+        *(answer(who, 1, 65 + n, 4) for n in range(4) for who in (f"m-{n}", f"o-{n}")),
+        event(99, 100),
+    ]
+    args = written(tmp_path, FATIGUE_CATALOG, lines, to=at(120))
+    report = backtest_json(args)
+    figures = ("kind", "status", "subject", "starts_at", "ends_at", "observed")
+    got = [tuple(a[f] for f in figures) for a in report["alerts"]]
+    assert got == [
+        ("messaging_fatigue", "firing", "csat", at(65), None, 2),
+        ("messaging_fatigue", "resolved", "csat", at(65), at(70), 1),
+    ]
+    firing = report["alerts"][0]
+    assert (firing["messaged_value"], firing["others_value"]) == (2, 4)
+    assert (firing["messaged_samples"], firing["others_samples"]) == (4, 4)
+    fatigue = report["summary"]["other_kinds"]["messaging_fatigue"]
+    assert (fatigue["incidents"], fatigue["open_ms"]) == (1, 5 * MINUTE)
+
+    text = cxmon("backtest", *args).stdout
+    assert f"{at(65)}  FIRING   warning  messaging_fatigue    csat" in text
+    assert "messaged 2 (n 4) vs the others 4 (n 4); gap interval 2 to 2" in text
+
+
 def test_the_text_report_shows_each_transition_with_its_figures_and_the_tables(
     files: tuple[Path, Path],
 ) -> None:

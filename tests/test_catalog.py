@@ -944,7 +944,8 @@ def test_without_declared_touchpoints_there_is_nothing_to_warn_of() -> None:
 
 def test_check_catalog_prints_what_it_understood() -> None:
     assert describe_catalog(load_catalog(EXAMPLE), "example.yaml") == [
-        "example.yaml: 15 touchpoints, 5 key moments, 1 journey breaks, 1 consistency rules",
+        "example.yaml: 15 touchpoints, 5 key moments, 1 journey breaks, 1 consistency rules, "
+        "1 fatigue rules",
         "scores: 1h windows every 5m, judged 1m after a window ends, so late events still count",
         "touchpoints by stage:",
         "  awareness: douyin.ad, xiaohongshu.note",
@@ -972,6 +973,11 @@ def test_check_catalog_prints_what_it_understood() -> None:
         "  purchase/nps: inconsistent when a channel's nps is worse than the stage's other "
         "channels by more than 20, with 0.95 confidence, 1h windows every 10m, min 30 samples "
         "for the channel and for the rest, recovers at 15; severity warning",
+        "messaging fatigue:",
+        "  nps: fatigued when the nps of customers who had at least 4 counted messages in the "
+        "24h before answering is worse than the others' by more than 15, with 0.95 "
+        "confidence, 1h windows every 10m, min 30 samples in each cohort, recovers at 10; "
+        "severity warning",
         "messaging: at most 5 marketing messages a customer in any 24h, 3 on any one channel, "
         "none in quiet hours 22:00-08:00 Asia/Shanghai; severity warning",
     ]

@@ -190,7 +190,8 @@ def test_break_journey_breaks_the_cart_to_checkout_hand_off_half_way(
 def test_the_demo_shows_every_kind_of_stream_alert() -> None:
     """What `make run` publishes (seed 7, three hours from 2026-11-22T00:00Z), through the
     offline reference: logins slow down, checkout answers after paying in the mini program
-    turn bad, carts stop reaching checkout and three customers are flooded, half-way."""
+    turn bad, carts stop reaching checkout, a campaign tires half the customers and three
+    customers are flooded, half-way."""
     parser = argparse.ArgumentParser()
     add_simulation_options(parser, demo=True)
     config = simulation_config(parser.parse_args(["--start", "2026-11-22T00:00:00Z"]))
@@ -205,6 +206,7 @@ def test_the_demo_shows_every_kind_of_stream_alert() -> None:
         ("key_moment_degraded", "checkout.payment"),
         ("channel_inconsistent", "purchase/nps/mini_program"),
         ("journey_break", "app.cart -> checkout.payment"),
+        ("messaging_fatigue", "nps"),
     } <= fired
     assert len({subject for kind, subject in fired if kind == "over_messaged"}) == 3
 

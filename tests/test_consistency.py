@@ -29,13 +29,8 @@ from streams.catalog import (
     parse_catalog,
 )
 from streams.core.alerts import fingerprint
-from streams.core.consistency import (
-    ConsistencyState,
-    StageConsistencies,
-    StageConsistency,
-    StageState,
-    gap_between,
-)
+from streams.core.consistency import StageConsistency
+from streams.core.gaps import GapRules, GapState, RulesState, gap_between
 from streams.core.scores import Tally
 from streams.core.sentiment import build_scorer
 from streams.core.stats import Estimate, z_score
@@ -79,9 +74,9 @@ def nps(promoters: int, passives: int, detractors: int) -> Tally:
 
 def judged(
     consistency: StageConsistency, *channels: tuple[str, Tally]
-) -> tuple[ConsistencyState, list[Alert]]:
+) -> tuple[GapState, list[Alert]]:
     """One bucket of the given channels, judged on the window that ends 10 minutes later."""
-    state = ConsistencyState()
+    state = GapState()
     for channel, tally in channels:
         assert consistency.add(state, T0, channel, tally)
     alerts = consistency.advance(state, T0 + 10 * MINUTE).alerts
@@ -163,7 +158,7 @@ def test_the_rest_is_every_other_channel_of_the_stage_pooled() -> None:
     web and mini_program have fewer than 30 answers each, so only app is judged.
     """
     consistency = StageConsistency(rule())
-    state = ConsistencyState()
+    state = GapState()
     for channel, tally in [
         ("app", csat(2, 30)),
         ("web", csat(4, 20)),
@@ -171,7 +166,7 @@ def test_the_rest_is_every_other_channel_of_the_stage_pooled() -> None:
     ]:
         consistency.add(state, T0, channel, tally)
     (reading,) = consistency.readings(state, T0 + 10 * MINUTE, [T0])
-    assert reading.channel == "app"
+    assert reading.group == "app"
     assert reading.gap.rest.value == 4.5
     assert reading.gap.rest.samples == 40
     assert reading.gap.value == 2.5
@@ -186,7 +181,7 @@ def test_a_channel_with_too_few_samples_is_not_judged() -> None:
 def test_a_channel_whose_rest_has_too_few_samples_is_not_judged() -> None:
     """app has 30, but the rest only web's 29: neither side can be judged."""
     consistency = StageConsistency(rule())
-    state = ConsistencyState()
+    state = GapState()
     consistency.add(state, T0, "app", csat(2, 30))
     consistency.add(state, T0, "web", csat(4, 29))
     assert consistency.readings(state, T0 + 10 * MINUTE, [T0]) == []
@@ -219,7 +214,7 @@ def test_an_incident_fires_once_and_resolves_once_at_recover_at() -> None:
     window holds the new buckets alone.
     """
     consistency = StageConsistency(rule(recover_at=1.0))
-    state = ConsistencyState()
+    state = GapState()
     alerts = []
     for step in range(12):
         bucket = T0 + step * 10 * MINUTE
@@ -241,7 +236,7 @@ def test_an_incident_fires_once_and_resolves_once_at_recover_at() -> None:
 
 def test_each_window_is_judged_once_however_often_it_is_advanced() -> None:
     consistency = StageConsistency(rule())
-    state = ConsistencyState()
+    state = GapState()
     consistency.add(state, T0, "app", csat(2, 30))
     consistency.add(state, T0, "web", csat(4, 30))
     first = consistency.advance(state, T0 + 10 * MINUTE).alerts
@@ -254,13 +249,13 @@ def test_the_gauges_read_the_newest_window_judged_and_nothing_when_none_closed()
     """Buckets at 0 and 10 minutes, judged to 20: the windows ending at 10 and 20 close,
     and the newest holds both buckets (app CSAT 2 over 60 answers, web 4 over 60)."""
     consistency = StageConsistency(rule())
-    state = ConsistencyState()
+    state = GapState()
     for start in (T0, T0 + 10 * MINUTE):
         consistency.add(state, start, "app", csat(2, 30))
         consistency.add(state, start, "web", csat(4, 30))
     judged = consistency.advance(state, T0 + 20 * MINUTE)
     assert judged.latest is not None
-    assert [(r.channel, r.window_end_ms, r.gap.channel.samples) for r in judged.latest] == [
+    assert [(r.group, r.window_end_ms, r.gap.group.samples) for r in judged.latest] == [
         ("app", T0 + 20 * MINUTE, 60),
         ("web", T0 + 20 * MINUTE, 60),
     ]
@@ -271,7 +266,7 @@ def test_a_tally_for_a_window_already_judged_is_refused() -> None:
     """Judged to 70 minutes in: the bucket at 10 fed only windows ending 20-70, all judged;
     the bucket at 20 still feeds the window ending at 80."""
     consistency = StageConsistency(rule())
-    state = ConsistencyState()
+    state = GapState()
     consistency.add(state, T0, "app", csat(2, 30))
     consistency.advance(state, T0 + 70 * MINUTE)
     assert not consistency.add(state, T0 + 10 * MINUTE, "web", csat(4, 30))
@@ -281,7 +276,7 @@ def test_a_tally_for_a_window_already_judged_is_refused() -> None:
 def test_the_state_survives_its_encoding() -> None:
     consistency = StageConsistency(rule())
     rule_state, _ = judged(consistency, ("app", csat(2, 30)), ("web", csat(4, 30)))
-    decoded = StageState.decode(StageState({"purchase/csat": rule_state}).encode())
+    decoded = RulesState.decode(RulesState({"purchase/csat": rule_state}).encode())
     (again,) = decoded.rules.values()
     assert again.incidents == rule_state.incidents == {"app": T0 + 10 * MINUTE}
     assert again.evaluated_until_ms == rule_state.evaluated_until_ms
@@ -291,8 +286,10 @@ def test_the_state_survives_its_encoding() -> None:
 def test_every_rule_of_a_stage_keeps_its_own_tallies() -> None:
     """A tally merged into two rules' states is copied, never shared: the NPS rule judged
     on 10-minute steps and the CSAT rule on 5-minute ones each count the 30 answers once."""
-    rules = StageConsistencies([rule(), rule(metric=ScoreMetric.NPS, step_ms=5 * MINUTE)])
-    state = StageState()
+    rules = GapRules(
+        StageConsistency(r) for r in (rule(), rule(metric=ScoreMetric.NPS, step_ms=5 * MINUTE))
+    )
+    state = RulesState()
     first, again = csat(2, 30), csat(2, 30)
     assert rules.add(state, T0 + 7 * MINUTE, "app", first)
     assert rules.add(state, T0 + 8 * MINUTE, "app", again)

@@ -58,7 +58,9 @@ from models.records import (
 from streams.catalog import Detector, ScoreMetric, parse_catalog
 from streams.commands.simulate import SimulationConfig, generate
 from streams.core.alerts import fingerprint
-from streams.core.consistency import StageConsistencies, StageState
+from streams.core.consistency import stage_rules
+from streams.core.fatigue import Fatigue
+from streams.core.gaps import GapState, RulesState
 from streams.core.journeys import BreakState, BreakWindows
 from streams.core.journeys import Outcome as Attempt
 from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
@@ -854,14 +856,29 @@ def consistency_alerts() -> list[Alert]:
         "consistency:\n  - {stage: purchase, metric: csat, max_gap: 1, confidence: 0.95,"
         " window: 10m, step: 5m, min_samples: 4, severity: critical}\n"
     )
-    (rules,) = StageConsistencies.of(catalog).values()
-    state, alerts = StageState(), []
+    (rules,) = stage_rules(catalog).values()
+    state, alerts = RulesState(), []
     for step in range(6):
         at = T0 + step * 5 * MINUTE
         app_score = 2 if step < 3 else 4
         rules.add(state, at, "app", csat(app_score, app_score + 1, app_score, app_score + 1))
         rules.add(state, at, "web", csat(4, 5, 4, 5))
         alerts += [a for _, judged in rules.advance(state, at + 5 * MINUTE) for a in judged.alerts]
+    return alerts
+
+
+def fatigue_alerts() -> list[Alert]:
+    """Messaged customers' CSAT at 2 against the others' 4, then at 4 too: fired, resolved."""
+    (rule,) = parse_catalog(
+        "fatigue:\n  - {metric: csat, messages: 3, max_gap: 1, window: 5m, step: 5m,"
+        " min_samples: 4}\n"
+    ).fatigue
+    fatigue, state, alerts = Fatigue(rule), GapState(), []
+    for step, score in enumerate((2, 4)):
+        at = T0 + step * 5 * MINUTE
+        fatigue.add(state, at, str(rule.messages), csat(score, score + 1, score, score + 1))
+        fatigue.add(state, at, "0", csat(4, 5, 4, 5))
+        alerts += fatigue.advance(state, at + 5 * MINUTE).alerts
     return alerts
 
 
@@ -902,6 +919,7 @@ def monitor_alerts() -> list[Alert]:
         *messaging_alerts(),
         *journey_alerts(),
         *consistency_alerts(),
+        *fatigue_alerts(),
     ]
 
 

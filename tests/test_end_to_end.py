@@ -9,7 +9,8 @@ import pytest
 
 from models.decode import encode_alert, parse_timestamp_ms
 from streams.commands.simulate import SimulationConfig, generate
-from tests.harness import Deployment, Observed, reference, stage_differences
+from streams.replay import ReplayResult
+from tests.harness import Deployment, Observed, gap_differences, reference
 
 pytestmark = pytest.mark.broker
 
@@ -91,6 +92,40 @@ def test_restart_recovers_tables_and_still_matches_the_reference(deployment: Dep
     deployment.alerts_equal_to(expected)
 
 
+def fires_and_resolves_live(
+    deployment: Deployment,
+    config: SimulationConfig,
+    kind: str,
+    subject: str,
+    *,
+    max_gap: float,
+    recover_at: float,
+    samples: tuple[str, str],
+) -> tuple[ReplayResult, Observed]:
+    """A gap rule on a live worker: the reference fires one incident with its whole interval
+    past `max_gap` and resolves it at or under `recover_at`; the worker sends every alert
+    the reference does, this incident's with the same figures, and settles."""
+    records = list(generate(config))
+    result = reference(deployment.catalog, records)
+    expected = [orjson.loads(encode_alert(a)) for a in result.alerts]
+    incident = [a for a in expected if a["kind"] == kind]
+    assert [(a["subject"], a["status"]) for a in incident] == [
+        (subject, "firing"),
+        (subject, "resolved"),
+    ]
+    assert incident[0]["gap_low"] > max_gap
+    assert incident[1]["observed"] <= recover_at
+
+    deployment.start_worker()
+    assert deployment.publish(records) == len(records)
+    received = deployment.alerts_equal_to(expected)
+    figures = ("observed", "gap_low", "gap_high", *samples)
+    got = [[a[f] for f in figures] for a in received if a["kind"] == kind]
+    assert got == [[a[f] for f in figures] for a in incident]
+    deployment.wait_drained()
+    return result, Observed.of(deployment)
+
+
 def test_an_inconsistent_channel_fires_and_resolves_as_the_offline_reference_says(
     deployment: Deployment,
 ) -> None:
@@ -106,26 +141,46 @@ def test_an_inconsistent_channel_fires_and_resolves_as_the_offline_reference_say
         degrade_until_ms=START_MS + 2 * HOUR_MS,
         duplicate_ratio=0.02,
     )
-    records = list(generate(config))
-    result = reference(deployment.catalog, records)
-    expected = [orjson.loads(encode_alert(a)) for a in result.alerts]
-    inconsistent = [a for a in expected if a["kind"] == "channel_inconsistent"]
-    assert [(a["subject"], a["status"]) for a in inconsistent] == [
-        ("purchase/nps/mini_program", "firing"),
-        ("purchase/nps/mini_program", "resolved"),
-    ]
-    assert inconsistent[0]["gap_low"] > 20
-    assert inconsistent[1]["observed"] <= 15
+    result, observed = fires_and_resolves_live(
+        deployment,
+        config,
+        "channel_inconsistent",
+        "purchase/nps/mini_program",
+        max_gap=20,
+        recover_at=15,
+        samples=("channel_samples", "rest_samples"),
+    )
+    assert gap_differences(result.stages, observed.stages) == []
 
-    deployment.start_worker()
-    assert deployment.publish(records) == len(records)
-    received = deployment.alerts_equal_to(expected)
-    figures = ("observed", "gap_low", "gap_high", "channel_samples", "rest_samples")
-    got = [[a[f] for f in figures] for a in received if a["kind"] == "channel_inconsistent"]
-    assert got == [[a[f] for f in figures] for a in inconsistent]
-    deployment.wait_drained()
-    observed = Observed.of(deployment)
-    assert stage_differences(result.stages, observed.stages) == []
+
+def test_messaging_fatigue_fires_and_resolves_as_the_offline_reference_says(
+    deployment: Deployment,
+) -> None:
+    """An hour in which a campaign messages half the customers 4 times and those answer a
+    notch worse: the example catalog's NPS fatigue rule (max_gap 15 with 95% confidence,
+    recover_at 10) fires once and resolves once, with the reference's figures, and every
+    answer lands in the cohort the reference puts it in."""
+    config = SimulationConfig(
+        start_ms=START_MS,
+        journeys_per_hour=3_000,
+        duration_ms=4 * HOUR_MS,
+        fatigue=True,
+        degrade_from_ms=START_MS + HOUR_MS,
+        degrade_until_ms=START_MS + 2 * HOUR_MS,
+        duplicate_ratio=0.02,
+    )
+    result, observed = fires_and_resolves_live(
+        deployment,
+        config,
+        "messaging_fatigue",
+        "nps",
+        max_gap=15,
+        recover_at=10,
+        samples=("messaged_samples", "others_samples"),
+    )
+    over_messaged = [a for a in result.alerts if a.kind.value == "over_messaged"]
+    assert not over_messaged, "the campaign alone breaks no messaging policy"
+    assert gap_differences({"fatigue": result.fatigue}, {"fatigue": observed.fatigue}) == []
 
 
 def test_a_broken_journey_raises_the_alerts_of_the_offline_reference(

@@ -55,17 +55,20 @@ pytestmark = pytest.mark.broker
 AFTER_VERDICT = "after its customer was judged"
 START_MS = 1_795_305_600_000  # a fixed past day, so runs agree
 MINUTE_MS = 60_000
-# An hour, ~6,600 records at half the simulator's default rate. For 25 minutes logins
+# An hour, ~11,000 records at half the simulator's default rate. For 25 minutes logins
 # slow down and checkout answers after paying in the mini program turn bad (incidents on
 # app.login's waiting time and checkout's NPS, and the mini program inconsistent with the
 # stage's other channels), carts stop reaching checkout (a journey break: each attempt
-# decided once, whatever the crash); flooded customers (incidents that fire).
+# decided once, whatever the crash), a campaign messages half the customers four times
+# and they answer worse (messaging fatigue: each answer in its cohort once); flooded
+# customers (incidents that fire).
 SCENARIO = SimulationConfig(
     start_ms=START_MS,
     duration_ms=60 * MINUTE_MS,
     journeys_per_hour=3_000,
     degrade_touchpoint="app.login",
     inconsistent_channel=("purchase", "mini_program"),
+    fatigue=True,
     degrade_from_ms=START_MS + 15 * MINUTE_MS,
     degrade_until_ms=START_MS + 40 * MINUTE_MS,
     break_from_ms=START_MS + 15 * MINUTE_MS,
@@ -84,11 +87,14 @@ class Scenario:
 
 @pytest.fixture(scope="module")
 def fault_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example catalog, its consistency rule over 30 minutes with 20 answers a side:
-    an hour at this rate holds too few mini program answers for the example's hour."""
+    """The example catalog, its consistency rule over 30 minutes with 20 answers a side and
+    its fatigue rule over 20 minutes with 15: an hour at this rate holds too few mini
+    program answers, and too few answers of messaged customers, for the example's hour."""
     catalog = yaml.safe_load(CATALOG.read_text(encoding="utf-8"))
     for rule in catalog["consistency"]:
         rule.update(window="30m", step="5m", min_samples=20)
+    for rule in catalog["fatigue"]:
+        rule.update(window="20m", step="5m", min_samples=15)
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog), encoding="utf-8")
     return path
@@ -111,6 +117,7 @@ def scenario(fault_catalog: Path) -> Scenario:
         ("over_messaged", "firing"),
         ("journey_break", "firing"),
         ("channel_inconsistent", "firing"),
+        ("messaging_fatigue", "firing"),
     }, "the scenario must fire and resolve incidents, or the alert checks prove little"
     assert expected.duplicates > 0
     assert any(expected.rejected.values())

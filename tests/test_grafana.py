@@ -81,6 +81,10 @@ EXPORTED: dict[str, tuple[str, frozenset[str]]] = {
         ("cxmon_channel_score", "gauge", ["stage", "metric", "channel"]),
         ("cxmon_channel_gap", "gauge", ["stage", "metric", "channel"]),
         ("cxmon_channel_samples", "gauge", ["stage", "metric", "channel"]),
+        ("cxmon_messaging_fatigue", "gauge", ["metric", "severity"]),
+        ("cxmon_fatigue_cohort_score", "gauge", ["metric", "cohort"]),
+        ("cxmon_fatigue_cohort_samples", "gauge", ["metric", "cohort"]),
+        ("cxmon_fatigue_gap", "gauge", ["metric"]),
         ("cxmon_consumer_lag_records", "gauge", ["topic", "partition"]),
         ("cxmon_outbound_messages_total", "counter", ["channel", "category"]),
         ("cxmon_customer_window_messages", "histogram", []),
@@ -96,6 +100,7 @@ HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 LABEL_VALUES: dict[str, frozenset[str]] = {
     "metric": frozenset(m.value for m in ScoreMetric),
     "statistic": frozenset({"mean", "p95"}),
+    "cohort": frozenset({"messaged", "others"}),
     "kind": frozenset(kind.value for kind in AlertKind),
     "status": frozenset({"firing", "resolved"}),
     "outcome": frozenset({"sent", "failed"}),
@@ -130,6 +135,9 @@ OVERVIEW_TOPICS = [
     "cxmon_channel_score",
     "cxmon_channel_gap",
     "cxmon_channel_inconsistent",
+    "cxmon_fatigue_cohort_score",
+    "cxmon_fatigue_gap",
+    "cxmon_messaging_fatigue",
 ]
 
 METRIC_IN_EXPR = re.compile(r"cxmon_[a-z_]+")

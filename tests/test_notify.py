@@ -196,6 +196,37 @@ def test_an_inconsistent_channel_is_labelled_by_stage_metric_and_channel() -> No
     )
 
 
+def test_messaging_fatigue_is_labelled_by_its_metric_and_links_the_overview() -> None:
+    alert = key_moment_alert(
+        kind="messaging_fatigue",
+        subject="nps",
+        summary="Messaging fatigue in NPS: NPS -25 from customers with 4 or more messages ...",
+        observed=50,
+        threshold=10,
+        metric="nps",
+        messages=4,
+        messaged_value=-25,
+        messaged_samples=40,
+        others_value=25,
+        others_samples=40,
+    )
+    posted = convert(alert)
+    assert posted["labels"] == {
+        "alertname": "MessagingFatigue",
+        "kind": "messaging_fatigue",
+        "severity": "critical",
+        "source": "stream",
+        "metric": "nps",
+    }
+    annotations = posted["annotations"]
+    assert annotations["runbook_url"] == "https://runbooks.example/cx.md#messagingfatigue"
+    assert annotations["dashboard_url"] == "http://grafana.example:3000/d/cxmon-overview"
+    assert (
+        "messaged_value -25; messaged_samples 40; others_value 25; others_samples 40"
+        in annotations["description"]
+    )
+
+
 def test_resolved_alert_ends_when_the_incident_ended() -> None:
     posted = convert(key_moment_alert("resolved"))
     assert posted["endsAt"] == format_timestamp(NOW_MS - 5 * MINUTE_MS)

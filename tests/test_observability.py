@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from streams.core.privacy import pseudonym
 from streams.kafka.broker import LocalBroker
 from tests.dashboards import DASHBOARDS, instantiate, panel_queries
 from tests.harness import Deployment, WorkerProcess, free_port
-from tests.prometheus import query, start_prometheus
+from tests.prometheus import query, query_range, start_prometheus
 from tests.services import (
     Service,
     alertmanager,
@@ -44,6 +45,31 @@ DEGRADED = (START_MS + HOUR_MS, START_MS + 2 * HOUR_MS)
 PSEUDONYM_KEY = "test-pseudonym-key"
 
 
+# The Prometheus fallbacks the scenario's open incidents fire, each inhibited by the
+# stream's own alert, and the labels that tell their subject.
+FALLBACKS = {
+    "CxMonitorKeyMomentDegraded": "touchpoint",
+    "CxMonitorChannelInconsistent": "channel",
+    "CxMonitorMessagingFatigue": "metric",
+}
+# Gauges of the open incidents on the worker: name -> labels.
+OPEN_GAUGES = {
+    "cxmon_channel_inconsistent": {"stage": "purchase", "metric": "nps",
+                                   "channel": "mini_program", "severity": "warning"},
+    "cxmon_channel_gap": {"stage": "purchase", "metric": "nps", "channel": "mini_program"},
+    "cxmon_messaging_fatigue": {"metric": "nps", "severity": "warning"},
+    "cxmon_fatigue_gap": {"metric": "nps"},
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FirstHalf:
+    """What the first half shows while its incidents are open."""
+
+    inhibited: dict[str, set[str]]  # fallback alertname -> subjects Alertmanager holds back
+    gauges: dict[str, float]  # OPEN_GAUGES on the worker
+
+
 @dataclass
 class Stack:
     deployment: Deployment
@@ -53,12 +79,31 @@ class Stack:
     webhook_out: Path
     later: list[SimulatedRecord]
     recovered: bool = False
+    first_half: FirstHalf | None = None
+    started_at: float = field(default_factory=time.time)
 
     def recover(self) -> None:
-        """Publishes the second half, where checkout is healthy again, once."""
+        """Publishes the second half, where checkout is healthy again, once: only after the
+        first half has been read, whichever test (in whichever process) gets here first."""
+        self.before_recovery()
         if not self.recovered:
             self.deployment.publish(self.later)
             self.recovered = True
+
+    def before_recovery(self) -> FirstHalf:
+        """The open incidents' fallbacks held back and their gauges, read once before the
+        second half, with Prometheus having scraped the gap gauges (the dashboards show them)."""
+        if self.first_half is None:
+            assert not self.recovered
+            inhibited = {
+                name: {a["labels"][subject] for a in self.inhibited(name)}
+                for name, subject in FALLBACKS.items()
+            }
+            scraped = "cxmon_channel_gap and on() cxmon_fatigue_gap"
+            wait_for("the gap gauges scraped", lambda: self.query(scraped), timeout_s=60)
+            gauges = {name: self.metric(name, **labels) for name, labels in OPEN_GAUGES.items()}
+            self.first_half = FirstHalf(inhibited, gauges)
+        return self.first_half
 
     def metric(self, name: str, **labels: str) -> float:
         """A sample from the worker's own /metrics page, 0 when absent."""
@@ -108,6 +153,7 @@ def scenario() -> list[SimulatedRecord]:
                 customers=800,
                 journeys_per_hour=1_500,
                 inconsistent_channel=("purchase", "mini_program"),
+                fatigue=True,
                 degrade_from_ms=DEGRADED[0],
                 degrade_until_ms=DEGRADED[1],
                 over_messaged_customers=3,
@@ -226,17 +272,8 @@ def test_degraded_key_moment_reaches_the_webhook_through_alertmanager_and_resolv
 
     # Prometheus sees the same key moment on the worker's gauge; Alertmanager holds its
     # fallback alert back, because the stream alert with the richer figures inhibits it.
-    wait_for(
-        "the CxMonitorKeyMomentDegraded rule firing in Prometheus",
-        lambda: [
-            a
-            for a in get_json(f"{stack.prometheus_url}/api/v1/alerts")["data"]["alerts"]
-            if a["labels"]["alertname"] == "CxMonitorKeyMomentDegraded" and a["state"] == "firing"
-        ],
-        timeout_s=60,
-    )
-    suppressed = stack.inhibited("CxMonitorKeyMomentDegraded")
-    assert {a["labels"]["touchpoint"] for a in suppressed} == {"checkout.payment"}
+    first_half = stack.before_recovery()
+    assert first_half.inhibited["CxMonitorKeyMomentDegraded"] == {"checkout.payment"}
     assert not stack.notified("/on-call", "CxMonitorKeyMomentDegraded", "firing")
 
     stack.recover()
@@ -290,17 +327,56 @@ def test_an_inconsistent_channel_reaches_cx_ops_through_alertmanager(stack: Stac
     assert annotations["dashboard_url"] == "http://grafana.test:3000/d/cxmon-overview"
     assert "rest_samples" in annotations["description"]
 
-    # The fallback rule on the worker's gauge fires in Prometheus and is held back.
-    labels = {"stage": "purchase", "metric": "nps", "channel": "mini_program"}
-    assert stack.metric("cxmon_channel_inconsistent", **labels, severity="warning") == 1
-    assert stack.metric("cxmon_channel_gap", **labels) > 20
-    suppressed = stack.inhibited("CxMonitorChannelInconsistent")
-    assert {a["labels"]["channel"] for a in suppressed} == {"mini_program"}
+    # The fallback rule on the worker's gauge fires in Prometheus and is held back. The
+    # incident is open, so every window judged since it fired was past recover_at (15).
+    first_half = stack.before_recovery()
+    assert first_half.gauges["cxmon_channel_inconsistent"] == 1
+    assert first_half.gauges["cxmon_channel_gap"] > 15
+    assert first_half.inhibited["CxMonitorChannelInconsistent"] == {"mini_program"}
     assert not stack.notified("/cx-ops", "CxMonitorChannelInconsistent", "firing")
+
+
+def test_messaging_fatigue_reaches_cx_ops_through_alertmanager(stack: Stack) -> None:
+    firing = wait_for(
+        "MessagingFatigue firing at the cx-ops receiver",
+        lambda: stack.notified("/cx-ops", "MessagingFatigue", "firing"),
+        timeout_s=60,
+    )
+    (alert,) = [a for n in firing for a in n["alerts"] if a["status"] == "firing"][:1]
+    assert alert["labels"] == {
+        "alertname": "MessagingFatigue",
+        "kind": "messaging_fatigue",
+        "severity": "warning",
+        "source": "stream",
+        "metric": "nps",
+    }
+    annotations = alert["annotations"]
+    assert annotations["summary"].startswith("Messaging fatigue in NPS: NPS ")
+    assert "from customers with 4 or more messages against" in annotations["summary"]
+    assert annotations["runbook_url"].endswith("docs/runbook.md#messagingfatigue")
+    assert annotations["dashboard_url"] == "http://grafana.test:3000/d/cxmon-overview"
+    assert "others_samples" in annotations["description"]
+
+    # The fallback rule on the worker's gauge fires in Prometheus and is held back. The
+    # incident is open, so every window judged since it fired was past recover_at (10).
+    first_half = stack.before_recovery()
+    assert first_half.gauges["cxmon_messaging_fatigue"] == 1
+    assert first_half.gauges["cxmon_fatigue_gap"] > 10
+    assert first_half.inhibited["CxMonitorMessagingFatigue"] == {"nps"}
+    assert not stack.notified("/cx-ops", "CxMonitorMessagingFatigue", "firing")
 
 
 def test_every_dashboard_query_returns_data_from_the_scraped_worker(stack: Stack) -> None:
     stack.recover()
+    # What the panels show at the end is what the worker holds once it has read everything:
+    # scraped twice (1 s apart) after that.
+    stack.deployment.wait_drained()
+    drained_at = time.time()
+    wait_for(
+        "two scrapes of the drained worker",
+        lambda: stack.query(f'timestamp(up{{job="cx-monitor"}}) > {drained_at + 1.5}'),
+        timeout_s=30,
+    )
     wait_for(
         "a resolved alert counted by Prometheus",
         lambda: stack.query('cxmon_alerts_total{status="resolved"}'),
@@ -325,9 +401,17 @@ def test_every_dashboard_query_returns_data_from_the_scraped_worker(stack: Stack
     }
     queries = [q for path in sorted(DASHBOARDS.glob("*.json")) for q in panel_queries(path)]
     assert len(queries) >= 15
+    # As a panel shows them: over the run, the first half's open incidents included.
+    start, end = stack.started_at, time.time()
+
+    def has_data(expr: str) -> bool:
+        answer = query_range(stack.prometheus_url, expr, start, end, 1)
+        assert answer["status"] == "success", (expr, answer)
+        return bool(answer["data"]["result"])
+
     empty = [
         f"{q.dashboard} / {q.panel} / {q.ref_id}: {q.expr}"
         for q in queries
-        if not stack.query(instantiate(q.expr, variables))
+        if not has_data(instantiate(q.expr, variables))
     ]
     assert not empty, "panels with no data:\n" + "\n".join(empty)

@@ -474,11 +474,15 @@ def figures(alert: Alert) -> str:
     if "samples" in details:
         parts.append(f"n {details['samples']}")
     if "gap_low" in details:
+        # A channel against the rest of its stage, or the messaged cohort against the others.
+        if "channel" in details:
+            (group, own), (rest, other) = (details["channel"], "channel"), ("the rest", "rest")
+        else:
+            (group, own), (rest, other) = ("messaged", "messaged"), ("the others", "others")
         parts.append(
-            f"{details['channel']} {_number(details['channel_value'])} "
-            f"(n {details['channel_samples']}) vs the rest {_number(details['rest_value'])} "
-            f"(n {details['rest_samples']}); gap interval {_number(details['gap_low'])} "
-            f"to {_number(details['gap_high'])}"
+            f"{group} {_number(details[f'{own}_value'])} (n {details[f'{own}_samples']}) vs "
+            f"{rest} {_number(details[f'{other}_value'])} (n {details[f'{other}_samples']}); "
+            f"gap interval {_number(details['gap_low'])} to {_number(details['gap_high'])}"
         )
     if details.get("breaches"):
         parts.append(f"breaches {','.join(map(str, details['breaches']))}")

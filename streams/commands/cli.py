@@ -226,6 +226,14 @@ def add_simulation_options(parser: argparse.ArgumentParser, *, demo: bool = Fals
         "span as --degrade's, e.g. purchase:mini_program",
     )
     parser.add_argument(
+        "--fatigue",
+        action=argparse.BooleanOptionalAction,
+        default=demo,
+        help="a campaign messages half the customers 4 times over the same span as "
+        "--degrade's, and customers with 4 or more marketing messages in 24 h answer a notch "
+        "worse",
+    )
+    parser.add_argument(
         "--over-messaged",
         type=int,
         default=3 if demo else 0,
@@ -270,6 +278,7 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
         start_ms = (int(time.time() * 1000) - span_ms) // 60_000 * 60_000
     trouble_from_ms = start_ms + (span_ms // 2 if args.trouble_at is None else args.trouble_at)
     trouble_until_ms = None if args.trouble_for is None else trouble_from_ms + args.trouble_for
+    troubled = bool(args.degrade or args.inconsistent_channel or args.fatigue)
     return SimulationConfig(
         seed=args.seed,
         customers=args.customers,
@@ -277,14 +286,15 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
         duration_ms=span_ms,
         journeys_per_hour=args.journeys_per_hour,
         degrade_touchpoint=args.degrade,
-        degrade_from_ms=trouble_from_ms if args.degrade or args.inconsistent_channel else None,
-        degrade_until_ms=trouble_until_ms if args.degrade or args.inconsistent_channel else None,
+        degrade_from_ms=trouble_from_ms if troubled else None,
+        degrade_until_ms=trouble_until_ms if troubled else None,
         over_messaged_customers=args.over_messaged,
         break_from_ms=trouble_from_ms if args.break_journey else None,
         break_until_ms=trouble_until_ms if args.break_journey else None,
         duplicate_ratio=args.duplicates,
         invalid_ratio=args.invalid,
         inconsistent_channel=args.inconsistent_channel,
+        fatigue=args.fatigue,
     )
 
 

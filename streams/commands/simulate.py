@@ -36,6 +36,9 @@ _QUIET_START_MS = 22 * HOUR_MS  # 22:00 Asia/Shanghai
 _QUIET_END_MS = 8 * HOUR_MS  # 08:00 Asia/Shanghai
 _SLOW_MS = 3_000  # most visitors leave a page that does not load in 3 s
 _MARKETING_PER_DAY = 2  # hard frequency cap of normal traffic, any rolling 24 h
+FATIGUED_AFTER = 4  # marketing messages in 24 h that make a customer answer worse (--fatigue)
+_CAMPAIGN_SHARE = 2  # --fatigue's campaign reaches one customer in this many
+_CAMPAIGN_GAP_MS = 60_000  # between one customer's campaign messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,11 @@ class SimulationConfig:
     `inconsistent_channel` (stage, channel): from `degrade_from_ms` (or the start) to
     `degrade_until_ms` (or the end), customers who answer a survey about a touchpoint of
     that stage after using it on that channel answer as after a bad experience.
+    `fatigue`: when that span starts, a campaign sends half the customers FATIGUED_AFTER
+    marketing messages a minute apart (and none of the usual ones from a day before the
+    span to its end); over the span, a customer with FATIGUED_AFTER or more marketing
+    messages in the 24 h before answering a survey answers one notch worse (as after a
+    mediocre experience when it was good, a bad one when it was mediocre).
     """
 
     start_ms: int
@@ -137,6 +145,7 @@ class SimulationConfig:
     duplicate_ratio: float = 0.0
     invalid_ratio: float = 0.0
     inconsistent_channel: tuple[str, str] | None = None
+    fatigue: bool = False
 
     def __post_init__(self) -> None:
         if self.customers < 1:
@@ -345,6 +354,14 @@ def _in_quiet_hours(ms: int) -> bool:
     return local >= _QUIET_START_MS or local < _QUIET_END_MS
 
 
+def _held_out_of_quiet_hours(ms: int, jitter_ms: int) -> int:
+    """When a marketing scheduler sends what it would send at `ms`: in quiet hours, held
+    until the next morning (plus `jitter_ms`)."""
+    if not _in_quiet_hours(ms):
+        return ms
+    return ms + (_QUIET_END_MS - _local_ms_of_day(ms)) % DAY_MS + jitter_ms
+
+
 def _contacts(customer_id: str) -> dict[str, str]:
     """Deterministic, distinct contact values of a customer, by contact type."""
     if customer_id.startswith("c-flood-"):
@@ -440,9 +457,18 @@ class _Simulation:
         return (
             self.inconsistent is not None
             and self.inconsistent == (TOUCHPOINTS[touchpoint].stage, channel)
-            and t >= self.degrade_from
-            and (self.degrade_until is None or t < self.degrade_until)
+            and self._trouble(t)
         )
+
+    def _trouble(self, t: int) -> bool:
+        return t >= self.degrade_from and (self.degrade_until is None or t < self.degrade_until)
+
+    def _fatigued(self, customer_id: str, t: int) -> bool:
+        """Whether a customer answering at `t` has had too many marketing messages."""
+        if not (self.cfg.fatigue and self._trouble(t)):
+            return False
+        times = self.marketing_times.get(customer_id, ())
+        return sum(1 for sent in times if t - DAY_MS < sent <= t) >= FATIGUED_AFTER
 
     def _broken(self, t: int) -> bool:
         """Whether a customer ready to go on from the cart at `t` is lost to the break."""
@@ -569,6 +595,8 @@ class _Simulation:
         channel = channel or TOUCHPOINTS[touchpoint].channel
         if self._inconsistent(touchpoint, channel, t):
             quality = 2
+        elif self._fatigued(customer_id, t):
+            quality = min(2, quality + 1)  # tired of the brand: one notch worse
         low, dists = _CUM_SCALES[metric]
         cum = dists[quality]
         score = low + rng.choices(range(len(cum)), cum_weights=cum)[0]
@@ -617,17 +645,52 @@ class _Simulation:
 
     def _marketing(self, t: int, customer_id: str, channel: str) -> None:
         """A journey-triggered marketing message, within quiet hours and the frequency cap."""
-        if _in_quiet_hours(t):  # the scheduler holds it until the next morning
-            local = _local_ms_of_day(t)
-            wait = (_QUIET_END_MS - local) % DAY_MS
-            t += wait + self.rng.randint(0, 90 * 60_000)
+        if _in_quiet_hours(t):
+            t = _held_out_of_quiet_hours(t, self.rng.randint(0, 90 * 60_000))
         if t >= self.end:
             return
         times = self.marketing_times.setdefault(customer_id, [])
+        if self._before_campaign(customer_id, t):
+            return  # the campaign is all they get from a day before it to its end
         if sum(1 for other in times if abs(other - t) <= DAY_MS) >= _MARKETING_PER_DAY:
             return
         times.append(t)
         self._message(t, customer_id, channel)
+
+    def _in_campaign(self, customer_id: str) -> bool:
+        return int(customer_id.rsplit("-", 1)[1]) % _CAMPAIGN_SHARE == 0
+
+    def _before_campaign(self, customer_id: str, t: int) -> bool:
+        """From a day before --fatigue's span to its end, for the customers of its campaign."""
+        return (
+            self.cfg.fatigue
+            and self.degrade_from - DAY_MS <= t
+            and (self.degrade_until is None or t < self.degrade_until)
+            and self._in_campaign(customer_id)
+        )
+
+    def _campaign(self) -> None:
+        """--fatigue: FATIGUED_AFTER marketing messages to each customer of the campaign,
+        each on another channel: alone in their window, they break no messaging policy
+        that allows FATIGUED_AFTER, even on one channel. Held out of quiet hours, like the rest.
+        """
+        rng = Random(f"{self.cfg.seed}:campaign")
+        channels = sorted(MARKETING_TOUCHPOINT_BY_CHANNEL)
+        for customer_id in self.customer_ids:
+            if not self._in_campaign(customer_id):
+                continue
+            start = _held_out_of_quiet_hours(
+                self.degrade_from + rng.randrange(2 * _CAMPAIGN_GAP_MS),
+                rng.randrange(10 * _CAMPAIGN_GAP_MS),
+            )
+            first_channel = rng.randrange(len(channels))
+            times = self.marketing_times.setdefault(customer_id, [])
+            for number in range(FATIGUED_AFTER):
+                at = start + number * _CAMPAIGN_GAP_MS
+                if at < self.end:
+                    times.append(at)
+                    channel = channels[(first_channel + number) % len(channels)]
+                    self._message(at, customer_id, channel)
 
     def _message(self, t: int, customer_id: str, channel: str) -> None:
         touchpoint = MARKETING_TOUCHPOINT_BY_CHANNEL[channel]
@@ -894,6 +957,8 @@ class _Simulation:
     def run(self) -> Iterator[SimulatedRecord]:
         heap = self.heap
         self._floods()
+        if self.cfg.fatigue:
+            self._campaign()
         if self.cfg.journeys_per_hour > 0:
             rate = self.cfg.journeys_per_hour / HOUR_MS
             t = float(self.cfg.start_ms)

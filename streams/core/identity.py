@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from models.records import IdentityLink
-from streams.core.ingest import OutboundMessage
+from streams.core.ingest import CustomerAnswer, OutboundMessage
 
 
 def encode_link(link: IdentityLink) -> bytes:
@@ -43,25 +44,43 @@ def customer_at(history: bytes | None, at_ms: int) -> str | None:
 
 @dataclass(slots=True)
 class HeldMessages:
-    """Contact-only messages waiting for the identity links of their time to arrive."""
+    """Contact-only messages (and survey answers, for messaging fatigue) waiting for the
+    identity links of their time to arrive."""
 
     partition: int
     messages: list[OutboundMessage] = field(default_factory=list)
+    answers: list[CustomerAnswer] = field(default_factory=list)
 
-    def hold(self, message: OutboundMessage) -> None:
-        if message not in self.messages:
-            self.messages.append(message)
+    def hold(self, record: OutboundMessage | CustomerAnswer) -> None:
+        held: list[Any] = self.answers if isinstance(record, CustomerAnswer) else self.messages
+        if record not in held:
+            held.append(record)
 
-    def release(self, watermark_ms: int) -> list[OutboundMessage]:
-        """The messages every link up to `watermark_ms` has been applied for."""
-        due = [m for m in self.messages if m.message.sent_at_ms <= watermark_ms]
+    def release(self, watermark_ms: int) -> list[OutboundMessage | CustomerAnswer]:
+        """The records every link up to `watermark_ms` has been applied for."""
+        due: list[OutboundMessage | CustomerAnswer] = [
+            m for m in self.messages if m.message.sent_at_ms <= watermark_ms
+        ]
+        due += [a for a in self.answers if a.answered_at_ms <= watermark_ms]
         self.messages = [m for m in self.messages if m.message.sent_at_ms > watermark_ms]
+        self.answers = [a for a in self.answers if a.answered_at_ms > watermark_ms]
         return due
 
+    @property
+    def empty(self) -> bool:
+        return not (self.messages or self.answers)
+
     def encode(self) -> bytes:
-        return orjson.dumps([self.partition, [m.to_wire() for m in self.messages]])
+        wire: list[Any] = [self.partition, [m.to_wire() for m in self.messages]]
+        if self.answers:
+            wire.append([a.to_wire() for a in self.answers])
+        return orjson.dumps(wire)
 
     @classmethod
     def decode(cls, raw: bytes) -> HeldMessages:
-        partition, wires = orjson.loads(raw)
-        return cls(partition, [OutboundMessage.from_wire(wire) for wire in wires])
+        partition, messages, *answers = orjson.loads(raw)
+        return cls(
+            partition,
+            [OutboundMessage.from_wire(wire) for wire in messages],
+            [CustomerAnswer.from_wire(wire) for held in answers for wire in held],
+        )

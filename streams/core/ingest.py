@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, Self
 
 import orjson
 
@@ -75,8 +76,28 @@ class TouchpointPartial:
         return cls(touchpoint, source, last_offset, [BucketTally.from_wire(b) for b in buckets])
 
 
+class Wired(ABC):
+    """A record that travels between stages as the JSON of its `to_wire` list."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def to_wire(self) -> list[object]: ...
+
+    @classmethod
+    @abstractmethod
+    def from_wire(cls, wire: list[Any]) -> Self: ...
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.to_wire())
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Self:
+        return cls.from_wire(orjson.loads(raw))
+
+
 @dataclass(frozen=True, slots=True)
-class OutboundMessage:
+class OutboundMessage(Wired):
     """An outbound message on its way to its customer's frequency state."""
 
     event_id: str
@@ -101,15 +122,48 @@ class OutboundMessage:
         message = Message(sent_at, channel, Category(category), message_digest(event_id))
         return cls(event_id, customer, contact, message)
 
-    def encode(self) -> bytes:
-        return orjson.dumps(self.to_wire())
-
-    @classmethod
-    def decode(cls, raw: bytes) -> OutboundMessage:
-        return cls.from_wire(orjson.loads(raw))
-
     def resolved_to(self, customer_id: str) -> OutboundMessage:
         return OutboundMessage(self.event_id, customer_id, None, self.message)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerAnswer(Wired):
+    """A survey answer on its way to its customer's frequency state, for messaging fatigue:
+    only its time and its tally (its comment's sentiment scored once, at ingest)."""
+
+    answer_id: str
+    customer_id: str | None
+    contact_key: str | None
+    answered_at_ms: int
+    tally: Tally
+
+    @property
+    def digest(self) -> int:
+        return message_digest(self.answer_id)
+
+    def to_wire(self) -> list[object]:
+        return [
+            self.answer_id,
+            self.customer_id,
+            self.contact_key,
+            self.answered_at_ms,
+            self.tally.to_wire(),
+        ]
+
+    @classmethod
+    def from_wire(cls, wire: list[Any]) -> CustomerAnswer:
+        answer_id, customer, contact, at, tally = wire
+        return cls(answer_id, customer, contact, at, Tally.from_wire(tally))
+
+    def resolved_to(self, customer_id: str) -> CustomerAnswer:
+        return CustomerAnswer(self.answer_id, customer_id, None, self.answered_at_ms, self.tally)
+
+
+def customer_answer(answer: SurveyAnswer, sentiment: float | None) -> CustomerAnswer:
+    tally = Tally()
+    tally.add_answer(answer, sentiment)
+    contact = None if answer.customer_id or answer.contact is None else answer.contact.key
+    return CustomerAnswer(answer.answer_id, answer.customer_id, contact, answer.at_ms, tally)
 
 
 class PartialTallies:
@@ -128,6 +182,7 @@ class PartialTallies:
             stage: reduce(math.gcd, [rule.step_ms for rule in rules])
             for stage, rules in catalog.consistency_by_stage().items()
         }
+        self.fatigue_bucket_ms = reduce(math.gcd, [rule.step_ms for rule in catalog.fatigue], 0)
 
     def windows(self, touchpoint: str) -> TouchpointWindows:
         windows = self._windows.get(touchpoint)
@@ -139,10 +194,12 @@ class PartialTallies:
         for tally in self._tallies(event.touchpoint, event.channel, event.occurred_at_ms):
             tally.add_event(event)
 
-    def add_answer(self, answer: SurveyAnswer) -> None:
+    def add_answer(self, answer: SurveyAnswer) -> float | None:
+        """Folded into its touchpoint's (and stage's) tally; returns its comment's sentiment."""
         sentiment = self.scorer.score(answer.comment) if answer.comment else None
         for tally in self._tallies(answer.touchpoint, answer.channel, answer.answered_at_ms):
             tally.add_answer(answer, sentiment)
+        return sentiment
 
     def _tallies(self, touchpoint: str, channel: str | None, at_ms: int) -> Iterator[Tally]:
         yield self._bucket(touchpoint, at_ms, self.windows(touchpoint).bucket_of(at_ms)).tally
@@ -151,6 +208,11 @@ class PartialTallies:
         if stage is not None and bucket_ms is not None and channel is not None:
             start = at_ms - at_ms % bucket_ms
             yield self._bucket(stage_subject(stage), at_ms, start, known_channel(channel)).tally
+
+    def add_cohort(self, at_ms: int, count_class: str, tally: Tally) -> None:
+        """An answer the frequency stage has put in its cohort: fatigue's tally, by count."""
+        start = at_ms - at_ms % self.fatigue_bucket_ms
+        self._bucket(FATIGUE_SUBJECT, at_ms, start, count_class).tally.merge(tally)
 
     def drain(self, source: str, last_offset: int) -> list[TouchpointPartial]:
         """What was folded since the last drain, as the batch `last_offset` of `source`."""
@@ -173,8 +235,10 @@ class PartialTallies:
         return bucket
 
 
-# No touchpoint a record may name starts with it (models/decode.py's TOUCHPOINT_PATTERN).
+# No touchpoint a record may name starts with either (models/decode.py's TOUCHPOINT_PATTERN).
 STAGE_SUBJECT_PREFIX = "#"
+# The subject messaging fatigue's tallies travel and are kept under, by count class.
+FATIGUE_SUBJECT = "~fatigue"
 
 
 def stage_subject(stage: Stage) -> str:
@@ -182,8 +246,13 @@ def stage_subject(stage: Stage) -> str:
     return f"{STAGE_SUBJECT_PREFIX}{stage.value}"
 
 
+def is_gap_subject(subject: str) -> bool:
+    """A subject of gap rules (a journey stage's channels, fatigue's cohorts), not a touchpoint."""
+    return subject == FATIGUE_SUBJECT or subject.startswith(STAGE_SUBJECT_PREFIX)
+
+
 def subject_stage(subject: str) -> Stage | None:
-    """The journey stage a subject is, or None for a touchpoint."""
+    """The journey stage a subject is, or None for a touchpoint (or fatigue)."""
     if not subject.startswith(STAGE_SUBJECT_PREFIX):
         return None
     return Stage(subject.removeprefix(STAGE_SUBJECT_PREFIX))

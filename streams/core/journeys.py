@@ -23,7 +23,7 @@ nothing: the incident stays as it is.
 
 Every outcome carries an identity (the customer and the attempt's start), so an outcome
 delivered twice counts once; its bucket is kept while any window still open needs it. The
-customer stage applies each batch of visits once (JourneyCheckpoint), so an attempt is
+customer stage applies each batch of visits once (agents/checkpointed.py), so an attempt is
 never decided twice from different visits.
 """
 
@@ -125,40 +125,6 @@ class CustomerJourneys:
             open_since,
             decided_to,
             due,
-        )
-
-
-@dataclass(slots=True)
-class JourneyCheckpoint:
-    """How far the customer stage has got in one partition, and what it has yet to write.
-
-    Each batch's changed customers (None: leaves the table) and decided attempts are stored
-    here, in one table value, before any of them is written or sent. A worker that dies in
-    between writes and sends them again and skips the visits up to `offset`: no visit is
-    applied twice, not even to a customer that has left the table since, so no attempt is
-    decided twice with different visits.
-    """
-
-    offset: int = -1
-    customers: dict[str, bytes | None] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.offset,
-                {key: None if raw is None else raw.decode() for key, raw in self.customers.items()},
-                [[o.break_id, o.decided_at_ms, o.broken, o.ident] for o in self.outcomes],
-            ]
-        )
-
-    @classmethod
-    def decode(cls, raw: bytes) -> JourneyCheckpoint:
-        offset, customers, outcomes = orjson.loads(raw)
-        return cls(
-            offset,
-            {key: None if text is None else text.encode() for key, text in customers.items()},
-            [Outcome(*wire) for wire in outcomes],
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -12,6 +13,7 @@ from models.decode import format_timestamp
 from models.records import Alert, AlertKind, AlertStatus, Category
 from streams.catalog import MessagingPolicy, format_duration
 from streams.core.alerts import Incident, fingerprint
+from streams.core.scores import Tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,42 +32,74 @@ def message_digest(event_id: str) -> int:
 
 
 @dataclass(slots=True)
+class Answered:
+    """A survey answer of the customer, for messaging fatigue: its tally until it is put in
+    its cohort, then None, kept while messages are to know a redelivery."""
+
+    at_ms: int
+    digest: int
+    tally: Tally | None
+
+
+@dataclass(slots=True)
 class CustomerMessages:
-    """Messages still inside the window, oldest first, the open incident, how far it is judged."""
+    """Messages still inside the window, oldest first, the open incident, how far it is judged,
+    and the customer's survey answers in time order (only when a fatigue rule watches)."""
 
     messages: list[Message] = field(default_factory=list)
     incident_start_ms: int | None = None
     judged_to_ms: int | None = None
+    answers: list[Answered] = field(default_factory=list)
 
     @property
     def waiting(self) -> bool:
-        """Messages not judged yet, or an incident still open: event time must come back here."""
-        if self.incident_start_ms is not None:
+        """Messages not judged yet, an incident still open or answers not in their cohort:
+        event time must come back here."""
+        if self.incident_start_ms is not None or self.oldest_waiting_answer_ms is not None:
             return True
         return bool(self.messages) and (
             self.judged_to_ms is None or self.messages[-1].sent_at_ms > self.judged_to_ms
         )
 
+    @property
+    def oldest_waiting_answer_ms(self) -> int | None:
+        return next((a.at_ms for a in self.answers if a.tally is not None), None)
+
     @staticmethod
     def stored_waiting(raw: bytes) -> bool:
         """`waiting` of a stored state, read without building its messages."""
-        incident, messages, judged_to = orjson.loads(raw)
-        if incident is not None:
+        incident, messages, judged_to, *answers = orjson.loads(raw)
+        if incident is not None or any(tally is not None for _, _, tally in answers):
             return True
         return bool(messages) and (judged_to is None or messages[-1][0] > judged_to)
 
+    def answer(self, answered: Answered) -> bool:
+        """Keep an answer in time order; False for one already held (a redelivery)."""
+        answers = self.answers
+        index = len(answers)
+        while index and answers[index - 1].at_ms >= answered.at_ms:
+            held = answers[index - 1]
+            if (held.at_ms, held.digest) == (answered.at_ms, answered.digest):
+                return False
+            index -= 1
+        answers.insert(index, answered)
+        return True
+
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.incident_start_ms,
-                [[m.sent_at_ms, m.channel, m.category.value, m.digest] for m in self.messages],
-                self.judged_to_ms,
-            ]
-        )
+        wire: list[Any] = [
+            self.incident_start_ms,
+            [[m.sent_at_ms, m.channel, m.category.value, m.digest] for m in self.messages],
+            self.judged_to_ms,
+        ]
+        wire += [
+            [a.at_ms, a.digest, None if a.tally is None else a.tally.to_wire()]
+            for a in self.answers
+        ]
+        return orjson.dumps(wire)
 
     @classmethod
     def decode(cls, raw: bytes) -> CustomerMessages:
-        incident, messages, judged_to = orjson.loads(raw)
+        incident, messages, judged_to, *answers = orjson.loads(raw)
         return cls(
             messages=[
                 Message(at, channel, Category(category), digest)
@@ -73,6 +107,10 @@ class CustomerMessages:
             ],
             incident_start_ms=incident,
             judged_to_ms=judged_to,
+            answers=[
+                Answered(at, digest, None if tally is None else Tally.from_wire(tally))
+                for at, digest, tally in answers
+            ],
         )
 
 
@@ -124,16 +162,25 @@ class FrequencyPolicy:
         return True
 
     def expire(self, state: CustomerMessages, now_ms: int) -> None:
-        horizon = now_ms - self.policy.window_ms
+        """Forget what no verdict can use: answers still to be put in a cohort keep the
+        messages of their own window."""
+        waiting = state.oldest_waiting_answer_ms
+        horizon = (now_ms if waiting is None else min(now_ms, waiting)) - self.policy.window_ms
         keep = 0
         while keep < len(state.messages) and state.messages[keep].sent_at_ms <= horizon:
             keep += 1
         if keep:
             del state.messages[:keep]
+        state.answers = [a for a in state.answers if a.at_ms > horizon]
 
     def inside(self, state: CustomerMessages, now_ms: int) -> list[Message]:
         horizon = now_ms - self.policy.window_ms
         return [m for m in state.messages if horizon < m.sent_at_ms <= now_ms]
+
+    def counted_at(self, state: CustomerMessages, at_ms: int) -> int:
+        """Counted messages in the window up to `at_ms`; the state must still hold them (not
+        judged past `at_ms`, whose window would have expired)."""
+        return len(self.counted(self.inside(state, at_ms)))
 
     def counted(self, messages: list[Message]) -> list[Message]:
         """The messages the policy limits: transactional ones are exempt by default."""

@@ -82,6 +82,8 @@ def to_alertmanager(
         # A stage of the catalog, a metric, a channel of the contract's list or `other`.
         for label in ("stage", "metric", "channel"):
             labels[label] = str(alert[label])
+    elif kind == AlertKind.MESSAGING_FATIGUE.value:
+        labels["metric"] = str(alert["metric"])
     else:
         touchpoint = subject
         labels["touchpoint"] = subject
@@ -118,6 +120,10 @@ DESCRIBED_FIGURES = (
     "channel_samples",
     "rest_value",
     "rest_samples",
+    "messaged_value",
+    "messaged_samples",
+    "others_value",
+    "others_samples",
     "gap_low",
     "gap_high",
     "min_samples",

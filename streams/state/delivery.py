@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from base64 import b64decode, b64encode
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -22,6 +23,30 @@ def _text(raw: bytes) -> str:
     return b64encode(raw).decode()
 
 
+def _sends_to_wire(sends: list[Send]) -> list[Any]:
+    return [
+        [
+            s.topic,
+            None if s.key is None else _text(s.key),
+            _text(s.value),
+            [[name, _text(value)] for name, value in s.headers],
+        ]
+        for s in sends
+    ]
+
+
+def _sends_from_wire(wire: list[Any]) -> list[Send]:
+    return [
+        Send(
+            topic,
+            None if key is None else b64decode(key),
+            b64decode(value),
+            tuple((name, b64decode(header)) for name, header in headers),
+        )
+        for topic, key, value, headers in wire
+    ]
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """How far the first stage has got in one input partition, and what it has yet to send.
@@ -38,37 +63,54 @@ class Checkpoint:
     unsent: list[Send] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.offset,
-                self.watermark_ms,
-                [
-                    [
-                        s.topic,
-                        None if s.key is None else _text(s.key),
-                        _text(s.value),
-                        [[name, _text(value)] for name, value in s.headers],
-                    ]
-                    for s in self.unsent
-                ],
-            ]
-        )
+        return orjson.dumps([self.offset, self.watermark_ms, _sends_to_wire(self.unsent)])
 
     @classmethod
     def decode(cls, raw: bytes) -> Checkpoint:
         offset, watermark, unsent = orjson.loads(raw)
+        return cls(offset, watermark, _sends_from_wire(unsent))
+
+
+@dataclass(slots=True)
+class KeyedCheckpoint:
+    """How far a stage keyed by customer has got in one partition, and what it has yet to
+    write and send.
+
+    Each batch's changed states (None: the key leaves the table) and what it sends are
+    stored here, in one table value, before any of them is written or sent. A worker that
+    dies in between writes and sends them again and skips the records up to `offset`: no
+    record is applied twice, not even to a key that has left the table since, and what is
+    sent on is sent again as it was (the next stage knows it by its source and offset).
+    """
+
+    offset: int = -1
+    # Counts the partition's checkpoints: what a stage sends on names its batch by it.
+    sequence: int = 0
+    states: dict[str, bytes | None] = field(default_factory=dict)
+    sends: list[Send] = field(default_factory=list)
+
+    @property
+    def applied(self) -> bool:
+        return not (self.states or self.sends)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.offset,
+                self.sequence,
+                {key: None if raw is None else raw.decode() for key, raw in self.states.items()},
+                _sends_to_wire(self.sends),
+            ]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> KeyedCheckpoint:
+        offset, sequence, states, sends = orjson.loads(raw)
         return cls(
             offset,
-            watermark,
-            [
-                Send(
-                    topic,
-                    None if key is None else b64decode(key),
-                    b64decode(value),
-                    tuple((name, b64decode(header)) for name, header in headers),
-                )
-                for topic, key, value, headers in unsent
-            ],
+            sequence,
+            {key: None if text is None else text.encode() for key, text in states.items()},
+            _sends_from_wire(sends),
         )
 
 

@@ -1,0 +1,121 @@
+"""Stages keyed by customer: each batch's changed states and sends stored whole, then applied."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from agents.streaming import DueIndex, PartitionedState
+from agents.tables import BulkRestoredTable
+from agents.topology import PRODUCER_MAX_REQUEST_BYTES
+from streams.state.delivery import KeyedCheckpoint, Send
+from streams.state.watermarks import source_name
+
+log = logging.getLogger(__name__)
+
+# A checkpoint is one table value: well within one produce request.
+MAX_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
+
+
+@dataclass(slots=True)
+class Change:
+    """One key's new state (None: it leaves the table) and what its change sends on."""
+
+    key: bytes
+    raw: bytes | None
+    sends: list[Send] = field(default_factory=list)
+
+
+def chunked(
+    offset: int, sequence: int, fed: list[Change], rest: list[Change]
+) -> Iterator[KeyedCheckpoint]:
+    """One partition's changes as checkpoints that each fit a produce request.
+
+    Every key fed records rides the first, with the offset that covers the records; keys
+    only judged follow in as many as they need, each with the next sequence number.
+    Nothing changed: nothing to store.
+    """
+    checkpoint, size = KeyedCheckpoint(offset, sequence + 1), 0
+    for first, changes in ((True, fed), (False, rest)):
+        for change in changes:
+            if not first and size > MAX_CHECKPOINT_BYTES:
+                yield checkpoint
+                checkpoint, size = KeyedCheckpoint(offset, checkpoint.sequence + 1), 0
+            checkpoint.states[change.key.decode()] = change.raw
+            checkpoint.sends += change.sends
+            size += len(change.key) + len(change.raw or b"")
+            size += sum(len(send.value) + 64 for send in change.sends)
+    if checkpoint.states:
+        yield checkpoint
+
+
+class CheckpointedTable:
+    """A table keyed by customer, written only through checkpoints stored first.
+
+    A batch's changes are stored, with the input offset they cover, in one value of the
+    checkpoint table before any of them is written or sent; a worker that dies in between
+    writes and sends them again when it resumes the partition, and skips the records up to
+    the offset, so no record is applied twice, nor anything decided twice from other records.
+    """
+
+    def __init__(
+        self,
+        states: BulkRestoredTable,
+        due_of: Callable[[bytes], Any],
+        checkpoints: BulkRestoredTable,
+        topic: faust.TopicT,
+        deliver: Callable[[list[Send]], Awaitable[None]],
+    ) -> None:
+        self.states = PartitionedState(states)
+        # Per partition, the keys waiting for event time, with `due_of` their stored value.
+        self.due = DueIndex(self.states, due_of)
+        self.checkpoints = PartitionedState(checkpoints)
+        self.topic = topic.get_topic_name()
+        self.deliver = deliver
+
+    def _key(self, partition: int) -> bytes:
+        return source_name(self.topic, partition).encode()
+
+    async def resume(self, partition: int) -> KeyedCheckpoint:
+        """The partition's last checkpoint, applied now if a stop came before it was."""
+        raw = self.checkpoints.get(self._key(partition))
+        if raw is None:
+            return KeyedCheckpoint()
+        checkpoint = KeyedCheckpoint.decode(raw)
+        if not checkpoint.applied:
+            log.info(
+                "writing again %d states and sending again %d records of %s",
+                len(checkpoint.states),
+                len(checkpoint.sends),
+                self._key(partition).decode(),
+            )
+            await self._apply(partition, checkpoint)
+        return checkpoint
+
+    async def store(self, partition: int, checkpoint: KeyedCheckpoint) -> None:
+        """Stored with its offset before anything is written or sent, then applied."""
+        await self.checkpoints.put(partition, self._key(partition), checkpoint.encode())
+        await self._apply(partition, checkpoint)
+
+    async def _apply(self, partition: int, checkpoint: KeyedCheckpoint) -> None:
+        await self.deliver(checkpoint.sends)
+        writes: list[Awaitable[object]] = []
+        for customer, raw in checkpoint.states.items():
+            key = customer.encode()
+            if raw is None:
+                self.due.set(partition, key, None)
+                deleted = self.states.delete(partition, key)
+                if deleted is not None:
+                    writes.append(deleted)
+                continue
+            writes.append(self.states.put(partition, key, raw))
+            self.due.set(partition, key, self.due.due_of(raw))
+        # On the broker before the checkpoint forgets them: changelogs are separate topics.
+        await asyncio.gather(*writes)
+        done = KeyedCheckpoint(checkpoint.offset, checkpoint.sequence).encode()
+        self.checkpoints.put(partition, self._key(partition), done)
