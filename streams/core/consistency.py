@@ -11,7 +11,6 @@ from collections.abc import Iterable
 
 from models.records import Alert, AlertKind, AlertStatus, Stage
 from streams.catalog import Catalog, ChannelConsistency
-from streams.core.alerts import figure
 from streams.core.gaps import GapRules, GroupGaps, GroupReading
 from streams.core.touchpoints import METRIC_LABELS
 
@@ -45,10 +44,7 @@ class StageConsistency(GroupGaps[ChannelConsistency]):
                 "stage": stage,
                 "metric": rule.metric.value,
                 "channel": channel,
-                "channel_value": figure(gap.group.value),
-                "channel_samples": gap.group.samples,
-                "rest_value": figure(gap.rest.value),
-                "rest_samples": gap.rest.samples,
+                **self._sides(reading, "channel", "rest"),
             },
         )
 

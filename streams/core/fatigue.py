@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 from models.records import Alert, AlertKind, AlertStatus
 from streams.catalog import Catalog, MessagingFatigue
-from streams.core.alerts import figure
 from streams.core.gaps import GapRules, GroupGaps, GroupReading
 from streams.core.messaging import CustomerMessages, FrequencyPolicy
 from streams.core.scores import Tally
@@ -59,10 +58,7 @@ class Fatigue(GroupGaps[MessagingFatigue]):
             figures={
                 "metric": rule.metric.value,
                 "messages": rule.messages,
-                "messaged_value": figure(gap.group.value),
-                "messaged_samples": gap.group.samples,
-                "others_value": figure(gap.rest.value),
-                "others_samples": gap.rest.samples,
+                **self._sides(reading, "messaged", "others"),
             },
         )
 

@@ -209,6 +209,16 @@ class GroupGaps(ABC, Generic[Rule]):
             f"{gap.high:.4g}; {gap.group.samples} and {gap.rest.samples}"
         )
 
+    def _sides(self, reading: GroupReading, group: str, rest: str) -> dict[str, Any]:
+        """Each side's score and samples, under the names the alert gives them."""
+        gap = reading.gap
+        return {
+            f"{group}_value": figure(gap.group.value),
+            f"{group}_samples": gap.group.samples,
+            f"{rest}_value": figure(gap.rest.value),
+            f"{rest}_samples": gap.rest.samples,
+        }
+
     def _line(self, status: AlertStatus) -> str:
         """What the gap was judged against: past max_gap to fire, recover_at to resolve."""
         rule = self.rule
