@@ -6,8 +6,8 @@ from typing import Any
 
 import faust
 
-from agents.paced_transport import use_paced_fetches
 from agents.tables import BulkRestoredTable, ChangelogLoader
+from agents.transport import use_paced_fetches
 from streams.kafka.topics import COMPACTED, TopicSpec, input_topics
 from streams.settings import Settings
 

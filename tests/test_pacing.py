@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from agents.paced_transport import PacedTransport
 from agents.topology import build_app
+from agents.transport import PacedTransport
 from streams.kafka.pacing import pace_fetches
 from streams.settings import Settings
 

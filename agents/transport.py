@@ -1,0 +1,94 @@
+"""The worker's Kafka transport: fetches at a steady pace, records handed over without tasks.
+
+A worker reads every partition of eight topics or so. Each fetch request names them all
+and each response is parsed partition by partition in Python, so a fetch costs the same
+whether it brings one record or thousands. The worker's own internal topics trickle all
+the time, and a broker that answers at once (the local broker ignores `fetch.min.bytes`,
+measured) then has the consumer fetch thousands of times a second, a record or two each:
+a third of the worker's CPU in one profile. At most one fetch a broker every
+`CXMON_FETCH_INTERVAL_MS` bounds that cost; it adds at most that much to a record's wait.
+
+Faust hands each fetched record to its streams through `wait_first(deliver(record),
+suspend_flow.wait())`: four tasks, an `asyncio.wait` and three cancellations a record, so
+that a delivery blocked on a full stream buffer gives way when a rebalance suspends the
+flow. A delivery that cannot block needs none of that, and is awaited directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, cast
+
+import faust
+from faust.transport.drivers import aiokafka as kafka_driver
+from faust.types import Message
+from mode.services import WaitArgT, WaitResults
+
+from streams.kafka.pacing import pace_fetches
+
+
+class PacedConsumerThread(kafka_driver.AIOKafkaConsumerThread):
+    async def on_start(self) -> None:
+        await super().on_start()
+        interval_s = cast(PacedTransport, self.transport).fetch_interval_s
+        if interval_s > 0:
+            pace_fetches(self._consumer, interval_s)
+
+
+class Delivery:
+    """One fetched record on its way to the streams, awaitable as the callback it wraps."""
+
+    __slots__ = ("deliver", "message")
+
+    def __init__(self, deliver: Callable[[Message], Awaitable[None]], message: Message) -> None:
+        self.deliver = deliver
+        self.message = message
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.deliver(self.message).__await__()
+
+
+class PacedConsumer(kafka_driver.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        deliver = self.callback
+        # Faust's fetch loop calls this for every record and waits on what it returns.
+        self.callback = lambda message: Delivery(deliver, message)
+
+    def _new_consumer_thread(self) -> kafka_driver.AIOKafkaConsumerThread:
+        return PacedConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def wait_first(self, *coros: WaitArgT, **options: Any) -> WaitResults:
+        delivery = coros[0] if coros else None
+        if isinstance(delivery, Delivery) and self._delivers_at_once(delivery.message):
+            for other in coros[1:]:
+                cast(Any, other).close()  # the suspend_flow wait, never started
+            await delivery
+            return WaitResults([delivery], [None], False)
+        return await super().wait_first(*coros, **options)
+
+    def _delivers_at_once(self, message: Message) -> bool:
+        """Whether handing the record over cannot block, on any of the conductor's waits."""
+        app = self.app
+        conductor = cast(Any, app.topics)
+        buffer = app.producer.buffer
+        return (
+            not self.suspend_flow.is_set()
+            and not self.should_stop
+            and not self._crashed.is_set()
+            and app.flow_control.is_active()
+            and buffer.size <= buffer.max_messages
+            and not conductor._tp_to_callback_lock.locked()
+            and not any(channel.queue.full() for channel in conductor._tp_index[message.tp])
+        )
+
+
+class PacedTransport(kafka_driver.Transport):
+    Consumer = PacedConsumer
+    fetch_interval_s = 0.0
+
+
+def use_paced_fetches(app: faust.App, interval_s: float) -> None:
+    transport = PacedTransport(app.conf.broker_consumer, app)
+    transport.fetch_interval_s = interval_s
+    app.transport = transport
