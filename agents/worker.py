@@ -13,8 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.membership import GroupWatch, claim_data_dir
 from agents.metrics import REGISTRY
 from agents.notifier import Notifier
-from agents.pipeline import Core, Pipeline
+from agents.pipeline import Pipeline
 from agents.pressure import PressurePage
+from agents.stages.wiring import Core
 from agents.streaming import Batches
 from agents.topology import Topology, build_app
 from streams.catalog import load_catalog
@@ -38,7 +39,7 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
     pipeline = Pipeline(app, topology, settings, core, batches)
     pipeline.attach()
     Notifier(app, topology, settings, batches).attach()
-    PressurePage(app, topology, settings, pipeline.policy).attach()
+    PressurePage(app, topology, settings, pipeline.frequency.policy).attach()
     GroupWatch(app, settings, settings.instance_id or "").attach()
     # Faust pauses a stream whenever more than 100 changelog writes wait to be sent;
     # a batch writes up to one per record, so let a whole batch through at once.

@@ -17,13 +17,9 @@ from faust.types import TP
 from agents.checkpointed import Change, chunked
 from agents.commits import Offsets
 from agents.metrics import REGISTRY, declare_catalog
-from agents.pipeline import (
-    ANSWER_RECORD,
-    LINK_RECORD,
-    MAX_DEAD_LETTER_BYTES,
-    Pipeline,
-    partition_of,
-)
+from agents.pipeline import Pipeline
+from agents.stages.ingest import MAX_DEAD_LETTER_BYTES
+from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, partition_of
 from agents.streaming import Event
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
@@ -118,7 +114,7 @@ def build_harness(tmp_path: Any, **env: str) -> Harness:
         }
     )
     app, topology, pipeline = assemble(settings)
-    pipeline.batches.offsets = EveryRecord(app, settings)
+    pipeline.wiring.batches.offsets = EveryRecord(app, settings)
     app.finalize()
     app.flow_control.resume()
     result = Harness(app, topology, pipeline)
@@ -372,7 +368,7 @@ async def test_ingest_stores_each_batch_before_sending_and_resends_after_a_crash
     source = source_name(topology.touchpoint_events.get_topic_name(), 1)
     partials = topology.touchpoint_partials.get_topic_name()
     stored = Checkpoint(5, START_MS, [Send(partials, b"app.login", b"stored partial")])
-    harness.pipeline.checkpoints.put(1, source.encode(), stored.encode())
+    harness.pipeline.ingest.checkpoints.put(1, source.encode(), stored.encode())
     await harness.feed("ingest_touchpoint_events", [(b"c-1", event("e-3"), 1)])
     resent = [s for s in harness.sent if s.key != PROGRESS_KEY][len(data) :]
     assert [(s.topic, s.key, s.value) for s in resent] == [
@@ -476,7 +472,7 @@ async def test_key_moment_fires_once_when_the_low_watermark_closes_the_window(
     # A rebalance moves the touchpoint away: this worker stops exporting its last figures...
     owner = partition_of(key, PARTITIONS)
     revoked = {TP(topology.touchpoint_partials.get_topic_name(), owner)}
-    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    harness.pipeline.scoring.forget_revoked_touchpoints(harness.app, revoked, signal=None)
     assert sample(degraded, **moment, severity="critical") == 0
     assert REGISTRY.get_sample_value("cxmon_touchpoint_score", moment) is None
     # ...and whoever owns it exports the incident restored with the table, not only on a
@@ -535,7 +531,7 @@ async def test_a_stage_exports_each_channel_against_the_rest_and_forgets_them_wh
     assert sample("cxmon_channel_samples", **app) == 5
 
     revoked = {TP(topology.touchpoint_partials.get_topic_name(), owner)}
-    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    harness.pipeline.scoring.forget_revoked_touchpoints(harness.app, revoked, signal=None)
     for name in ("cxmon_channel_score", "cxmon_channel_gap", "cxmon_channel_samples"):
         assert REGISTRY.get_sample_value(name, app) is None
     assert (
@@ -578,7 +574,7 @@ async def test_marks_read_again_after_a_rebalance_vouch_only_for_what_they_said(
     partition = 0
     records = [(PROGRESS_KEY, marks, partition) for marks in progress]
     await harness.feed("score_touchpoints", records)
-    progress_of = harness.pipeline.touchpoint_progress
+    progress_of = harness.pipeline.scoring.progress
     assert progress_of[partition].watermark() == START_MS + 10 * minute
 
     revoked = {TP(topology.touchpoint_partials.get_topic_name(), partition)}
@@ -735,7 +731,7 @@ async def test_answers_reach_their_customer_and_go_in_cohorts_once_behind_the_gr
     }
     # By count of messages (capped at the highest line), so one tally serves every rule.
     assert cohorts == {"2": (START_MS, 1, 1.0), "0": (START_MS, 1, 5.0)}
-    stored = CustomerMessages.decode(harness.pipeline.customers.states.get(b"c-1") or b"")
+    stored = CustomerMessages.decode(harness.pipeline.frequency.customers.states.get(b"c-1") or b"")
     assert [(a.at_ms, a.tally) for a in stored.answers] == [(START_MS + 2 * 60_000, None)]
     # The frequency stage's own progress follows its tallies to the scoring stage.
     assert harness.to(topology.touchpoint_partials)[-1].key == PROGRESS_KEY
@@ -773,14 +769,14 @@ async def test_what_fatigue_left_behind_is_dropped_by_a_catalog_without_it(
     topology.customer_frequency.store.put(0, b"c-1", waiting.encode())
     marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
-    stored = harness.pipeline.customers.states.get(b"c-1") or b""
+    stored = harness.pipeline.frequency.customers.states.get(b"c-1") or b""
     assert CustomerMessages.decode(stored).answers == []
     assert not CustomerMessages.stored_waiting(stored)
 
     bucket = BucketTally(START_MS, START_MS, Tally(csat_count=1, csat_sum=2), "4")
     tally = TouchpointPartial(FATIGUE_SUBJECT, "cx-monitor.customer-messages-0", 1, [bucket])
     await harness.feed("score_touchpoints", [(FATIGUE_SUBJECT.encode(), tally.encode(), 0)])
-    assert harness.pipeline.windows.get(FATIGUE_SUBJECT.encode()) is None
+    assert harness.pipeline.scoring.windows.get(FATIGUE_SUBJECT.encode()) is None
 
 
 def test_a_relative_standard_exports_its_state_but_no_fixed_line() -> None:
@@ -894,7 +890,7 @@ async def test_journey_break_decided_per_customer_then_judged_per_break(tmp_path
     assert len(harness.to(topology.alerts)) == 1, "an incident fires once"
 
     revoked = {TP(topology.journey_outcomes.get_topic_name(), owner)}
-    harness.pipeline.forget_revoked_touchpoints(harness.app, revoked, signal=None)
+    harness.pipeline.breaks.forget_revoked_breaks(harness.app, revoked, signal=None)
     assert sample("cxmon_journey_broken", **labels, severity="critical") == 0
     assert REGISTRY.get_sample_value("cxmon_journey_break_rate", labels) is None
 
@@ -913,7 +909,7 @@ async def test_journey_stage_writes_a_stored_batch_again_and_never_reapplies_its
     topology, pipeline = harness.topology, harness.pipeline
     customer = b"c-1"
     partition = partition_of(customer, PARTITIONS)
-    states = pipeline.journey_states
+    states = pipeline.journeys.customers
     states.states.put(partition, customer, CustomerJourneys(partition).encode())
     attempt = Outcome("app.cart -> checkout.payment", START_MS + 600_000, True, 42)
     outcomes = topology.journey_outcomes.get_topic_name()
@@ -965,7 +961,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     """A worker (re)started after the group committed an input to its end reads none of it,
     yet must say it is idle, or every stage it feeds waits for it for good; an input read
     only partly by what was committed, or handed to an agent but not finished, is not."""
-    topology, offsets = harness.topology, harness.pipeline.batches.offsets
+    topology, offsets = harness.topology, harness.pipeline.wiring.batches.offsets
     events, answers = (
         topology.touchpoint_events.get_topic_name(),
         topology.survey_answers.get_topic_name(),
@@ -984,7 +980,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
         return {tp: offset for tp, offset in {done: 40, behind: 25}.items() if tp in tps}
 
     offsets._committed = committed  # type: ignore[method-assign]
-    await harness.pipeline.report_idle_inputs()
+    await harness.pipeline.ingest.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
@@ -995,16 +991,16 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     assert offsets.cursors.admit(behind, 25) is not None
     offsets.cursors.cursors[behind].next_offset = 40
     harness.sent.clear()
-    harness.pipeline.sources.idle_reported_at = 0.0
-    await harness.pipeline.report_idle_inputs()
+    harness.pipeline.wiring.sources.idle_reported_at = 0.0
+    await harness.pipeline.ingest.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
     assert source_name(answers, 1) not in {m.source for m in marks}
     offsets.cursors.finished(behind, 39)
     harness.sent.clear()
-    harness.pipeline.sources.idle_reported_at = 0.0
-    await harness.pipeline.report_idle_inputs()
+    harness.pipeline.wiring.sources.idle_reported_at = 0.0
+    await harness.pipeline.ingest.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
@@ -1018,7 +1014,7 @@ async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
     is slow (a 10 MB record) looks caught up while records wait behind it. Said idle every
     tick, it vouched for the others' newer times, and its own records came in late (the
     10 MB fault test, 1 of 20 runs with two test processes). The broker is asked."""
-    topology, offsets = harness.topology, harness.pipeline.batches.offsets
+    topology, offsets = harness.topology, harness.pipeline.wiring.batches.offsets
     events = topology.touchpoint_events.get_topic_name()
     stale, caught_up = TP(events, 0), TP(events, 1)
     consumer: Any = harness.app.consumer
@@ -1033,7 +1029,7 @@ async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
 
     consumer.highwaters = highwaters
     offsets._committed = committed  # type: ignore[method-assign]
-    await harness.pipeline.report_idle_inputs()
+    await harness.pipeline.ingest.report_idle_inputs()
     marks = {
         m.source
         for s in harness.to(topology.touchpoint_partials)
@@ -1045,7 +1041,7 @@ async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
 
 def test_a_batch_reports_its_partitions_as_still_read(harness: Harness) -> None:
     """A batch's own marks never say idle: the end its fetch saw may be old by now."""
-    sources = harness.pipeline.sources
+    sources = harness.pipeline.wiring.sources
     events = harness.topology.touchpoint_events.get_topic_name()
     sources.saw(events, 0, 9, START_MS)
     assert sources.reading(events, 0) == SourceMark(source_name(events, 0), START_MS, False)
@@ -1059,5 +1055,5 @@ def test_a_partition_revoked_meanwhile_is_reported_not_idle_instead_of_crashing(
 
     app = SimpleNamespace(consumer=SimpleNamespace(highwater=revoked))
     events = harness.topology.touchpoint_events.get_topic_name()
-    mark = harness.pipeline.sources.mark(cast(Any, app), events, 0, 10)
+    mark = harness.pipeline.wiring.sources.mark(cast(Any, app), events, 0, 10)
     assert mark.idle is False

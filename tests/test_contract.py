@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 
-from agents.pipeline import MAX_DEAD_LETTER_BYTES, MAX_ERROR_DETAIL, Pipeline
+from agents.stages.ingest import MAX_DEAD_LETTER_BYTES, MAX_ERROR_DETAIL, Ingest
 from models.decode import (
     CHANNEL_PATTERN,
     MAX_COMMENT_LENGTH,
@@ -404,8 +404,8 @@ def dead_letter_headers(raw: bytes, error: InvalidRecord) -> dict[str, str]:
             dead_letters=SimpleNamespace(get_topic_name=lambda: Topics().dead_letters)
         ),
     )
-    send = Pipeline._dead_letter(
-        cast(Pipeline, worker), cast(Any, SimpleNamespace(message=message)), error
+    send = Ingest._dead_letter(
+        cast(Ingest, worker), cast(Any, SimpleNamespace(message=message)), error
     )
     assert send.topic == Topics().dead_letters
     assert send.key == b"c-20417", "the key as received"

@@ -17,7 +17,7 @@ AT_MS = 1_795_305_600_000  # 2026-11-22T00:00:00Z
 
 
 def headers(reason: str, error: str, offset: int, **extra: str) -> list[tuple[str, bytes]]:
-    """As the worker writes them (agents/pipeline.py `_dead_letter`)."""
+    """As the worker writes them (agents/stages/ingest.py `_dead_letter`)."""
     named = {
         "cxmon-reason": reason,
         "cxmon-error": error,

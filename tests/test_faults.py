@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.pipeline import partition_of
+from agents.stages.wiring import partition_of
 from models.decode import InvalidRecord, decode_touchpoint_event
 from streams.catalog import load_catalog
 from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
@@ -51,7 +51,7 @@ from tests.services import wait_for
 
 pytestmark = pytest.mark.broker
 
-# What a worker logs of a message counted after its customer's verdict (agents/pipeline.py).
+# What a worker logs of a message counted after its customer's verdict (agents/stages/frequency.py).
 AFTER_VERDICT = "after its customer was judged"
 START_MS = 1_795_305_600_000  # a fixed past day, so runs agree
 MINUTE_MS = 60_000

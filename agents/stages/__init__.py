@@ -1,0 +1,1 @@
+"""The worker's stages, one module each; `wiring` holds what they share."""

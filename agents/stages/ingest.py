@@ -1,0 +1,383 @@
+"""The first stage: validate, deduplicate, fold into partial tallies, route what others need.
+
+It reads the three input topics. Each input partition's batch is folded once and what it
+sends is stored in a checkpoint before it goes out, so a crash sends it again rather than
+folding again. It also tells every downstream partition how far each input has got in
+event time, idle inputs included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any, cast
+
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP, StreamT
+
+from agents import metrics
+from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, Wiring, by_partition
+from agents.streaming import Event, PartitionedState, payload
+from agents.topology import PRODUCER_MAX_REQUEST_BYTES
+from models.decode import (
+    InvalidRecord,
+    Reason,
+    decode_identity_link,
+    decode_survey_answer,
+    decode_touchpoint_event,
+)
+from streams.core.identity import encode_link
+from streams.core.ingest import PartialTallies, customer_answer, outbound_message
+from streams.core.journeys import JourneyTracker, VisitBatch
+from streams.core.privacy import pseudonymised
+from streams.core.timeliness import Timeliness
+from streams.state.dedup import SeenBatch, SeenIds, batch_key, batch_prefix, id_digest
+from streams.state.dedup import newest_ms as stored_newest_ms
+from streams.state.delivery import Checkpoint, Send
+from streams.state.watermarks import SourceMark, source_name
+
+log = logging.getLogger(__name__)
+
+# A dead letter's value and headers must fit one produce request (PRODUCER_MAX_REQUEST_BYTES).
+MAX_DEAD_LETTER_BYTES = PRODUCER_MAX_REQUEST_BYTES - 16_384
+MAX_ERROR_DETAIL = 1_000
+
+# Idle inputs are reported every tick while the group has read input lately, here or (as
+# their marks say) on another worker: a burst may be reaching the partitions one after
+# another, and ours vouch only for what the others had reached when they said so. At least
+# this often otherwise.
+IDLE_REPORT_WHILE_READING_S = 5.0
+IDLE_REPORT_AT_LEAST_EVERY_S = 15.0
+
+
+class Ingest:
+    """The input topics' agents, their checkpoints and seen ids, and the inputs' progress."""
+
+    def __init__(self, wiring: Wiring, judged_to: Callable[[], int | None]) -> None:
+        self.wiring = wiring
+        self.app, self.topology, self.settings = wiring.app, wiring.topology, wiring.settings
+        self.sources, self.batches = wiring.sources, wiring.batches
+        topology, core = wiring.topology, wiring.core
+        # How far the scoring stage has judged: records older than that come too late.
+        self.judged_to = judged_to
+        self.partials = PartialTallies(core.catalog, core.scorer)
+        self.visit_batch = VisitBatch(JourneyTracker(core.catalog))
+        self.timeliness = Timeliness(core.catalog.scores.grace_ms, wiring.settings.max_future_ms)
+        self.seen = PartitionedState(topology.seen_ids)
+        self.seen_ids = SeenIds()
+        self.seen_loaded: set[str] = set()  # sources whose stored ids are in `seen_ids`
+        self.seen_batch = SeenBatch(0)  # the ids first counted in the batch being folded
+        self.dedup_sweeps: dict[str, int] = {}
+        self.checkpoints = PartitionedState(topology.ingest_checkpoints)
+        self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            await self._ingest(by_partition(events), decode_touchpoint_event, self._fold_event)
+            await self._report_progress(events)
+            self._observe_ingest(events, started)
+
+    async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            await self._ingest(by_partition(events), decode_survey_answer, self._fold_answer)
+            await self._report_progress(events)
+            self._observe_ingest(events, started)
+
+    async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
+        # Links are idempotent downstream: no checkpoint needed, at-least-once suffices.
+        async for events in self.batches.of(stream):
+            sends: list[Send] = []
+            for _, link in self._valid(events, decode_identity_link, dead_letters=sends):
+                sends.append(
+                    Send(
+                        self.topology.contacts.get_topic_name(),
+                        link.contact.key.encode(),
+                        encode_link(link),
+                        (LINK_RECORD,),
+                    )
+                )
+            await self.wiring.deliver(sends)
+            await self._report_progress(events)
+
+    def _observe_ingest(self, events: list[Event], started: float) -> None:
+        metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
+        oldest = min(event.message.timestamp for event in events)
+        metrics.INGEST_LATENCY.observe(max(0.0, time.time() - oldest))
+
+    async def _ingest(
+        self,
+        batches: list[list[Event]],
+        decode: Callable[[bytes], Any],
+        fold: Callable[[Event, Any, list[Send]], None],
+    ) -> None:
+        """Each input partition's batch folded once, its sends stored before they go out.
+
+        The partitions of a batch share the round trips: their checkpoints are stored
+        together, then everything they send goes out together.
+        """
+        async with contextlib.AsyncExitStack() as locks:
+            dead_letters: list[Send] = []
+            stored: list[tuple[int, bytes, Checkpoint]] = []
+            for events in batches:
+                first = events[0].message
+                source = source_name(first.topic, first.partition)
+                await locks.enter_async_context(self.checkpoint_locks[source])
+                checkpoint = await self._resend_unsent(source, first.partition)
+                fresh = [e for e in events if e.message.offset > checkpoint.offset]
+                for event in events[: len(events) - len(fresh)]:
+                    # Done before a crash or a rebalance: its sends are out already.
+                    self.sources.saw(first.topic, first.partition, event.message.offset, None)
+                if not fresh:
+                    continue
+                sends: list[Send] = []
+                self._load_seen(source)
+                self.seen_batch = SeenBatch(first.partition)
+                for event, record in self._valid(fresh, decode, dead_letters):
+                    fold(event, record, sends)
+                self._store_seen(source, fresh[0].message.offset)
+                last_offset = fresh[-1].message.offset
+                partials = self.topology.touchpoint_partials.get_topic_name()
+                for partial in self.partials.drain(source, last_offset):
+                    sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
+                visits = self.topology.journey_visits.get_topic_name()
+                for entry in self.visit_batch.drain():
+                    sends.append(Send(visits, entry.customer.encode(), entry.encode()))
+                watermark = self.sources.watermarks.get(source)
+                stored.append(
+                    (first.partition, source.encode(), Checkpoint(last_offset, watermark, sends))
+                )
+            # Dead letters are for people, not for the next stage: out first, at least
+            # once, and never kept in the checkpoint (a bad record may be a megabyte).
+            await self.wiring.deliver(dead_letters)
+            await asyncio.gather(
+                *(
+                    self.checkpoints.put(p, key, checkpoint.encode())
+                    for p, key, checkpoint in stored
+                )
+            )
+            unsent = [send for _, _, checkpoint in stored for send in checkpoint.unsent]
+            await self.wiring.deliver(unsent)
+            for partition, key, checkpoint in stored:
+                checkpoint.unsent = []
+                self.checkpoints.put(partition, key, checkpoint.encode())
+
+    async def _resend_unsent(self, source: str, partition: int) -> Checkpoint:
+        """What a worker that died mid-batch stored but may not have sent: sent now, again."""
+        raw = self.checkpoints.get(source.encode())
+        checkpoint = Checkpoint() if raw is None else Checkpoint.decode(raw)
+        self.sources.restore(source, checkpoint.watermark_ms)
+        if checkpoint.unsent:
+            log.info(
+                "sending again %d records of %s stored before a stop",
+                len(checkpoint.unsent),
+                source,
+            )
+            await self.wiring.deliver(checkpoint.unsent)
+            checkpoint.unsent = []
+            self.checkpoints.put(partition, source.encode(), checkpoint.encode())
+        return checkpoint
+
+    def _fold_event(self, event: Event, record: Any, sends: list[Send]) -> None:
+        if not self._first_time(event, record.event_id, record.occurred_at_ms):
+            return
+        self.partials.add_event(record)
+        self.visit_batch.add(record)
+        message = outbound_message(record)
+        if message is None:
+            return
+        if message.customer_id is not None:
+            topic, key = self.topology.customer_messages, message.customer_id
+        else:
+            assert message.contact_key is not None
+            topic, key = self.topology.contacts, message.contact_key
+        sends.append(Send(topic.get_topic_name(), key.encode(), message.encode()))
+
+    def _fold_answer(self, event: Event, record: Any, sends: list[Send]) -> None:
+        if not self._first_time(event, record.answer_id, record.answered_at_ms):
+            return
+        sentiment = self.partials.add_answer(record)
+        if not self.wiring.fatigue:
+            return
+        answer = customer_answer(record, sentiment)
+        if answer.customer_id is not None:
+            topic, key = self.topology.customer_messages, answer.customer_id
+        else:
+            assert answer.contact_key is not None
+            topic, key = self.topology.contacts, answer.contact_key
+        sends.append(Send(topic.get_topic_name(), key.encode(), answer.encode(), (ANSWER_RECORD,)))
+
+    def _valid(
+        self, events: list[Event], decode: Callable[[bytes], Any], dead_letters: list[Send]
+    ) -> list[tuple[Event, Any]]:
+        """The records that decode and keep to time; the others become `dead_letters`."""
+        valid = []
+        now_ms = int(time.time() * 1000)
+        judged_ms = self.judged_to()
+        for event in events:
+            message = event.message
+            metrics.RECORDS.labels(message.topic).inc()
+            newest_ms = self.sources.watermarks.get(source_name(message.topic, message.partition))
+            try:
+                record = decode(payload(event))
+                self.timeliness.check(record, newest_ms, now_ms, judged_ms)
+                if self.settings.pseudonymise_ids:
+                    record = pseudonymised(record, self.settings.pseudonym_key)
+            except InvalidRecord as exc:
+                if exc.reason is Reason.LATE:
+                    metrics.LATE_RECORDS.inc()
+                dead_letters.append(self._dead_letter(event, exc))
+                continue
+            valid.append((event, record))
+            self.sources.saw(message.topic, message.partition, message.offset, record.at_ms)
+        return valid
+
+    def _dead_letter(self, event: Event, error: InvalidRecord) -> Send:
+        message = event.message
+        self.sources.saw(message.topic, message.partition, message.offset, None)
+        metrics.DEAD_LETTERS.labels(message.topic, error.reason.value).inc()
+        value = payload(event)
+        headers = [
+            ("cxmon-reason", error.reason.value.encode()),
+            ("cxmon-error", error.detail[:MAX_ERROR_DETAIL].encode()),
+            ("cxmon-topic", message.topic.encode()),
+            ("cxmon-partition", str(message.partition).encode()),
+            ("cxmon-offset", str(message.offset).encode()),
+        ]
+        if len(value) > MAX_DEAD_LETTER_BYTES:
+            # Read from a broker allowing more than we may write: what fits, and the size.
+            headers.append(("cxmon-original-size", str(len(value)).encode()))
+            value = value[:MAX_DEAD_LETTER_BYTES]
+        return Send(self.topology.dead_letters.get_topic_name(), message.key, value, tuple(headers))
+
+    def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
+        """False for a duplicate id; the same record read again after a crash is no duplicate."""
+        message = event.message
+        digest = id_digest(message.topic, record_id)
+        if not self.seen_ids.first_time(digest, message.partition, message.offset):
+            metrics.DUPLICATES.labels(message.topic).inc()
+            return False
+        self.seen_batch.add(digest, message.offset, occurred_at_ms)
+        return True
+
+    def _load_seen(self, source: str) -> None:
+        """The ids a source's stored batches hold, indexed once it is ours (after recovery)."""
+        if source in self.seen_loaded:
+            return
+        self.seen_loaded.add(source)
+        for _key, raw in self._stored_seen(source):
+            self.seen_ids.load(SeenBatch.decode(raw))
+
+    def _stored_seen(self, source: str) -> list[tuple[bytes, bytes]]:
+        """The stored id batches of one input partition."""
+        prefix = batch_prefix(source)
+        return [(key, raw) for key, raw in self.seen.items() if key.startswith(prefix)]
+
+    def _store_seen(self, source: str, first_offset: int) -> None:
+        """One table write per input batch, then ids older than the TTL forgotten.
+
+        Expired at most once per TTL/24 of event time per source, a stored batch at a time.
+        """
+        batch = self.seen_batch
+        if not batch.pairs:
+            return
+        self.seen.put(batch.partition, batch_key(source, first_offset), batch.encode())
+        last_sweep = self.dedup_sweeps.setdefault(source, batch.newest_ms)
+        if batch.newest_ms - last_sweep < self.settings.dedup_ttl_ms // 24:
+            return
+        self.dedup_sweeps[source] = batch.newest_ms
+        horizon = batch.newest_ms - self.settings.dedup_ttl_ms
+        for key, raw in self._stored_seen(source):
+            if stored_newest_ms(raw) < horizon:
+                self.seen_ids.forget(SeenBatch.decode(raw))
+                self.seen.delete(batch.partition, key)
+
+    def forget_revoked_ids(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """Sources another worker reads now: their ids are indexed again if they come back."""
+        (revoked,) = cast(tuple[set[TP]], args)
+        for tp in revoked:
+            source = source_name(tp.topic, tp.partition)
+            if source not in self.seen_loaded:
+                continue
+            self.seen_loaded.discard(source)
+            for _key, raw in self._stored_seen(source):
+                self.seen_ids.forget(SeenBatch.decode(raw))
+
+    async def _report_progress(self, events: list[Event]) -> None:
+        """One message per downstream partition for the whole batch, whatever it touched.
+
+        Never idle: the end a batch's fetch saw may be behind the log by now, and an idle
+        mark sent after the others' newer ones would vouch for their times. Whether a
+        partition has caught up is for `report_idle_inputs`, which asks the broker.
+        """
+        for topic in sorted({event.message.tp.topic for event in events}):
+            partitions = {e.message.tp.partition for e in events if e.message.tp.topic == topic}
+            marks = [self.sources.reading(topic, partition) for partition in sorted(partitions)]
+            await self.wiring.send_marks(marks, topic)
+
+    async def report_idle_inputs(self) -> None:
+        """Inputs with nothing left to read must not hold the watermark back, even if empty.
+
+        Said again and again: downstream an idle input vouches only for how far the others
+        had got when it last said so (see `SourceProgress`).
+        """
+        now = time.monotonic()
+        reading = now - self.sources.read_at < IDLE_REPORT_WHILE_READING_S
+        if not reading and now - self.sources.idle_reported_at < IDLE_REPORT_AT_LEAST_EVERY_S:
+            return
+        offsets = self.batches.offsets
+        try:
+            inputs = {
+                tp for tp in self.app.consumer.assignment() if self.sources.is_input(tp.topic)
+            }
+            # An input this worker has read nothing of yet (all of it committed before a
+            # restart or a rebalance) is read to the group's commit, and may well be idle.
+            await offsets.learn(inputs)
+        except ConsumerNotStarted:
+            return
+        except Exception:
+            # Asked again on the next tick; what is known is reported meanwhile.
+            log.warning("where the inputs not read yet start is unknown", exc_info=True)
+        self.sources.idle_reported_at = now
+        candidates: dict[TP, tuple[int, SourceMark]] = {}
+        for tp in sorted(inputs):
+            read_to = offsets.finished_to(tp)
+            if read_to is None:
+                continue
+            self._restore_watermark(source_name(tp.topic, tp.partition))
+            mark = self.sources.mark(self.app, tp.topic, tp.partition, read_to)
+            if mark.idle:
+                candidates[tp] = (read_to, mark)
+        if not candidates:
+            return
+        # The consumer's highwater is what the last fetch of a partition said: one whose
+        # fetch is slow (a 10 MB record) or paused looks caught up while records wait, and
+        # said idle again and again it would vouch for the others' newer times. Asked afresh.
+        try:
+            ends = await self.app.consumer.highwaters(*candidates)
+        except Exception:
+            log.warning("the inputs' ends are unknown; idle ones say so next time", exc_info=True)
+            return
+        idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
+        for tp, (read_to, mark) in candidates.items():
+            if tp in ends and read_to >= ends[tp]:
+                idle[tp.topic].append(mark)
+        for topic, marks in idle.items():
+            await self.wiring.send_marks(marks, topic)
+
+    def _restore_watermark(self, source: str) -> None:
+        """The event time an input had reached, from its checkpoint, if not read here since.
+
+        Without it, a worker given a partition with nothing new to read (all of it done
+        before a restart or a rebalance) calls it idle at an unknown time, and the stages
+        it feeds take the newest time of the others for the end of the input.
+        """
+        if source not in self.sources.watermarks:
+            raw = self.checkpoints.get(source.encode())
+            if raw is not None:
+                self.sources.restore(source, Checkpoint.decode(raw).watermark_ms)
