@@ -132,12 +132,17 @@ def backlog(events: int, customers: int, seed: int) -> Data:
 
 
 @dataclass
-class Raw:
+class Floor:
+    """What a consumer that only decodes costs: the floor the worker is compared with."""
+
     records_per_s: float
     cpu_us_per_record: float
 
+    def __str__(self) -> str:
+        return f"{self.records_per_s:,.0f} records/s, {self.cpu_us_per_record:.1f} µs CPU a record"
 
-async def raw_rate(settings: Settings, topics: list[str], total: int) -> Raw:
+
+async def raw_rate(settings: Settings, topics: list[str], total: int) -> Floor:
     """A consumer that only decodes each value: the floor of any Kafka client.
 
     CPU time beside wall time: on a shared machine the CPU a record costs is what is
@@ -162,7 +167,39 @@ async def raw_rate(settings: Settings, topics: list[str], total: int) -> Raw:
     finally:
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await consumer.stop()
-    return Raw(seen / elapsed, cpu / seen * 1e6)
+    return Floor(seen / elapsed, cpu / seen * 1e6)
+
+
+def faust_rate(
+    settings: Settings, topics: list[str], total: int, root: Path, framework: str
+) -> Floor:
+    """A bare Faust agent that only decodes (`bench/faust_floor.py`): the framework's floor."""
+    out, log = root / f"faust-{framework}.json", root / f"faust-{framework}.log"
+    with log.open("wb") as written:
+        command = [
+            sys.executable, "-m", "bench.faust_floor",
+            "--broker", settings.broker_url,
+            "--topics", ",".join(topics),
+            "--records", str(total),
+            "--data-dir", str(root / f"faust-{framework}"),
+            "--out", str(out),
+            "--framework", framework,
+            "--fetch-interval-ms", str(settings.fetch_interval_ms),
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            stdout=written,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for("the bare Faust agent to read every record", out.exists, STALL_S)
+    except AssertionError as exc:
+        raise RuntimeError(f"{exc}:\n{log.read_text(errors='replace')[-4000:]}") from None
+    finally:
+        process.terminate()
+        process.wait(30)
+    timed = orjson.loads(out.read_bytes())
+    return Floor(timed["records"] / timed["seconds"], timed["cpu_seconds"] / timed["records"] * 1e6)
 
 
 def scrape(worker: WorkerProcess) -> list[tuple[str, str, float]]:
@@ -205,6 +242,7 @@ class Throughput:
     events_per_s: float
     seconds: float
     drained_seconds: float
+    drained_events_per_s: float  # the headline: every stage through the backlog
     cpu_us_per_event: float
     broker_cpu_us_per_event: float  # the broker shares the machine's cores
     rss_bytes: list[int]
@@ -305,6 +343,7 @@ def run_backlog(
         data.events / elapsed,
         elapsed,
         drained,
+        data.events / drained,
         cpu / data.events * 1e6,
         broker_cpu / data.events * 1e6,
         [rss_bytes(worker) for worker in workers],
@@ -644,7 +683,13 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
 
     say("raw aiokafka consumer, decode only")
     raw = asyncio.run(raw_rate(one.settings(), list(names.values()), len(outgoing)))
-    say(f"  {raw.records_per_s:,.0f} records/s, {raw.cpu_us_per_record:.1f} µs CPU a record")
+    say(f"  {raw}")
+    floors = {}
+    for framework in ("stock", "worker"):
+        say(f"bare Faust agent, decode only: {framework} Faust")
+        floor = faust_rate(one.settings(), list(names.values()), len(outgoing), root, framework)
+        say(f"  {floor}")
+        floors[framework] = floor
     say("offline reference: the same records through the pure core, no Kafka")
     expected = reference(CATALOG, data.records)
 
@@ -670,9 +715,13 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
             "active_customers": data.active_customers,
         },
         "raw": vars(raw),
+        "faust_floor": {framework: vars(floor) for framework, floor in floors.items()},
         "worker": vars(throughput),
-        "project_over_raw": throughput.events_per_s / raw.records_per_s,
+        "project_over_raw": throughput.drained_events_per_s / raw.records_per_s,
         "project_over_raw_by_cpu": raw.cpu_us_per_record / throughput.cpu_us_per_event,
+        "project_over_faust_by_cpu": (
+            floors["stock"].cpu_us_per_record / throughput.cpu_us_per_event
+        ),
         "same_as_reference": same_as_reference,
         "latency": vars(latency),
         "state": vars(state),
@@ -774,19 +823,25 @@ def agreed(comparison: dict[str, Any]) -> str:
 
 def table(results: dict[str, Any]) -> str:
     worker, latency = results["worker"], results["latency"]
+    floor, floor_here = results["faust_floor"]["stock"], results["faust_floor"]["worker"]
 
     def seconds(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f} s"
 
     rows = [
-        ("events/s, one worker (read to last record)", f"{worker['events_per_s']:,.0f}"),
-        ("  every stage drained after", f"{worker['drained_seconds']:.1f} s"),
+        ("events/s, one worker, every stage drained", f"{worker['drained_events_per_s']:,.0f}"),
+        ("  drained after", f"{worker['drained_seconds']:.1f} s"),
+        ("  read to the last record", f"{worker['events_per_s']:,.0f}/s"),
         ("  CPU a record, worker (all stages)", f"{worker['cpu_us_per_event']:.0f} µs"),
         ("  CPU a record, broker", f"{worker['broker_cpu_us_per_event']:.0f} µs"),
         ("raw aiokafka consumer, decode only", f"{results['raw']['records_per_s']:,.0f}/s"),
         ("  CPU a record, raw", f"{results['raw']['cpu_us_per_record']:.1f} µs"),
-        ("project / raw, by rate", f"{results['project_over_raw']:.3f}"),
+        ("bare Faust agent, decode only", f"{floor['records_per_s']:,.0f}/s"),
+        ("  CPU a record, bare Faust", f"{floor['cpu_us_per_record']:.1f} µs"),
+        ("  the same, Faust as the worker runs it", f"{floor_here['cpu_us_per_record']:.1f} µs"),
+        ("project / raw, by drained rate", f"{results['project_over_raw']:.3f}"),
         ("project / raw, by CPU a record", f"{results['project_over_raw_by_cpu']:.3f}"),
+        ("project / bare Faust, by CPU a record", f"{results['project_over_faust_by_cpu']:.3f}"),
         ("  tables and alerts as the offline reference", agreed(results["same_as_reference"])),
         (
             f"alert latency p50 at {latency['achieved_per_s']:,.0f}/s offered",
