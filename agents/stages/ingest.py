@@ -315,10 +315,11 @@ class Ingest:
         mark sent after the others' newer ones would vouch for their times. Whether a
         partition has caught up is for `report_idle_inputs`, which asks the broker.
         """
-        for topic in sorted({event.message.tp.topic for event in events}):
-            partitions = {e.message.tp.partition for e in events if e.message.tp.topic == topic}
-            marks = [self.sources.reading(topic, partition) for partition in sorted(partitions)]
-            await self.wiring.send_marks(marks, topic)
+        read = sorted({(event.message.topic, event.message.partition) for event in events})
+        marks: defaultdict[str, list[SourceMark]] = defaultdict(list)
+        for topic, partition in read:
+            marks[topic].append(self.sources.reading(topic, partition))
+        await self.wiring.send_marks(marks)
 
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty.
@@ -367,8 +368,7 @@ class Ingest:
         for tp, (read_to, mark) in candidates.items():
             if tp in ends and read_to >= ends[tp]:
                 idle[tp.topic].append(mark)
-        for topic, marks in idle.items():
-            await self.wiring.send_marks(marks, topic)
+        await self.wiring.send_marks(idle)
 
     def _restore_watermark(self, source: str) -> None:
         """The event time an input had reached, from its checkpoint, if not read here since.

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -124,10 +124,15 @@ class Wiring:
         if progress.take(raw):
             self.sources.read_at = time.monotonic()
 
-    async def send_marks(self, marks: list[SourceMark], origin: str) -> None:
-        """Every partition of every topic fed from `origin` learns how far it has got."""
-        value = encode_marks(marks)
-        for topic in self.downstream[origin]:
+    async def send_marks(self, marks: Mapping[str, list[SourceMark]]) -> None:
+        """Every partition of every topic fed from each origin learns how far it has got:
+        one message a partition, whatever the number of origins and marks."""
+        bound: dict[faust.TopicT, list[SourceMark]] = {}
+        for origin, reached in marks.items():
+            for topic in self.downstream[origin]:
+                bound.setdefault(topic, []).extend(reached)
+        for topic, reached in bound.items():
+            value = encode_marks(reached)
             for partition in range(self.partitions):
                 await topic.send(key=PROGRESS_KEY, value=value, partition=partition)
 
@@ -137,10 +142,14 @@ class Wiring:
         """A stage's own progress, for the stages it feeds: sent behind the records it
         covers, so they wait for them."""
         name = topic.get_topic_name()
+        marks = []
         for partition in sorted(partitions):
             reached = progress[partition]
-            mark = SourceMark(source_name(name, partition), reached.watermark(), reached.all_idle())
-            await self.send_marks([mark], name)
+            marks.append(
+                SourceMark(source_name(name, partition), reached.watermark(), reached.all_idle())
+            )
+        if marks:
+            await self.send_marks({name: marks})
 
     async def emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""
