@@ -649,8 +649,9 @@ async def test_restored_customers_still_waiting_are_judged_when_event_time_moves
     restored.put(0, b"c-waits", CustomerMessages(list(messages)).encode())
     judged = CustomerMessages(list(messages), judged_to_ms=START_MS + 3_600_000)
     restored.put(0, b"c-judged", judged.encode())
-    assert CustomerMessages.stored_waiting(restored.data[b"c-waits"])
-    assert not CustomerMessages.stored_waiting(restored.data[b"c-judged"])
+    due = harness.pipeline.frequency._due
+    assert due(restored.data[b"c-waits"]) == START_MS, "due at its first message"
+    assert due(restored.data[b"c-judged"]) is None
     marks = all_idle(topology, START_MS + 3_600_000, topology.touchpoint_events, topology.contacts)
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
     alerts = [orjson.loads(s.value or b"") for s in harness.to(topology.alerts)]
@@ -771,7 +772,7 @@ async def test_what_fatigue_left_behind_is_dropped_by_a_catalog_without_it(
     await harness.feed("count_customer_messages", [(PROGRESS_KEY, marks, 0)])
     stored = harness.pipeline.frequency.customers.states.get(b"c-1") or b""
     assert CustomerMessages.decode(stored).answers == []
-    assert not CustomerMessages.stored_waiting(stored)
+    assert harness.pipeline.frequency._due(stored) is None
 
     bucket = BucketTally(START_MS, START_MS, Tally(csat_count=1, csat_sum=2), "4")
     tally = TouchpointPartial(FATIGUE_SUBJECT, "cx-monitor.customer-messages-0", 1, [bucket])

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import itertools
+import random
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.records import Alert, AlertKind, AlertStatus, Category, Severity
 from streams.catalog import parse_catalog, parse_duration_ms
-from streams.core.messaging import CustomerMessages, FrequencyPolicy, Message, message_digest
+from streams.core.messaging import (
+    Answered,
+    CustomerMessages,
+    FrequencyPolicy,
+    Message,
+    message_digest,
+)
+from streams.core.scores import Tally
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 MINUTE = 60_000
@@ -343,3 +353,70 @@ def test_budget_says_what_one_more_message_would_break(policy: FrequencyPolicy) 
     assert late.would_break == ("max_messages", "max_per_channel", "quiet_hours")
     # A day later the window is empty again, quiet hours aside.
     assert policy.budget(state, ten_am + DAY + HOUR, "sms").would_break == ()
+
+
+def test_due_is_the_first_message_not_judged_the_incident_end_or_a_waiting_answer(
+    policy: FrequencyPolicy,
+) -> None:
+    grace = 5 * MINUTE
+    state = CustomerMessages()
+    assert policy.due_ms(state, grace) is None, "nothing waits"
+    for minute in range(3):
+        policy.record(state, message(at(9, minute), "sms"))
+    assert policy.due_ms(state, grace) == at(9, 0), "never judged: its first message"
+    policy.advance(state, CUSTOMER, at(9, 1))
+    assert policy.due_ms(state, grace) == at(9, 2), "the first message after the verdict"
+    policy.advance(state, CUSTOMER, at(10, 0))
+    assert policy.due_ms(state, grace) is None, "all judged, no incident"
+    policy.record(state, message(at(10, 1), "sms"))
+    policy.advance(state, CUSTOMER, at(10, 2))
+    assert state.incident_start_ms == at(10, 1), "four on sms"
+    # Once 09:00 leaves the 24 h window, three remain on sms: no breach.
+    assert policy.due_ms(state, grace) == at(9, 0, day=23)
+    state.answer(Answered(at(10, 30), 7, Tally(promoters=1)))
+    assert policy.due_ms(state, grace) == at(10, 30) + grace, "sooner than the incident's end"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    sent=st.lists(
+        st.tuples(
+            st.integers(0, 48),
+            st.sampled_from(["sms", "email", "wechat"]),
+            st.sampled_from([MARKETING, TRANSACTIONAL]),
+        ),
+        max_size=14,
+    ),
+    steps=st.lists(st.integers(0, 72), max_size=30),
+    arrivals=st.randoms(use_true_random=False),
+)
+def test_judging_only_the_customers_due_changes_no_verdict(
+    sent: list[tuple[int, str, Category]], steps: list[int], arrivals: random.Random
+) -> None:
+    """The frequency stage judges a customer only once the watermark reaches `due_ms`: the
+    alerts, the step that makes each and the incident must be those of judging on every
+    step, whatever the steps and however messages arrive between them."""
+    policy = FrequencyPolicy(parse_catalog(CATALOG_YAML).messaging)
+    start = at(0, 0)
+    messages = [message(start + hour * HOUR, channel, kind) for hour, channel, kind in sent]
+    arrivals.shuffle(messages)
+    # Hours apart, so that steps often fall on a message's own time.
+    watermarks = [*sorted({start + hour * HOUR for hour in steps}), start + 80 * HOUR]
+    every, due = CustomerMessages(), CustomerMessages()
+    every_alerts: list[tuple[int, Alert]] = []
+    due_alerts: list[tuple[int, Alert]] = []
+    for step, watermark in enumerate(watermarks):
+        # Messages arrive no later than the watermark that passes them (they are refused
+        # as late otherwise), some of them earlier.
+        arriving = [m for m in messages if m.sent_at_ms <= watermark or arrivals.random() < 0.2]
+        for m in arriving:
+            messages.remove(m)
+            policy.record(every, m)
+            policy.record(due, m)
+        every_alerts += [(step, a) for a in policy.advance(every, CUSTOMER, watermark)]
+        next_due = policy.due_ms(due, grace_ms=0)
+        if arriving or (next_due is not None and next_due <= watermark):
+            due_alerts += [(step, a) for a in policy.advance(due, CUSTOMER, watermark)]
+    assert due_alerts == every_alerts
+    assert due.incident_start_ms == every.incident_start_ms
+    assert policy.inside(due, watermarks[-1]) == policy.inside(every, watermarks[-1])

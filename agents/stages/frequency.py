@@ -36,9 +36,10 @@ class Frequency:
         topology, core = wiring.topology, wiring.core
         self.topology, self.core = topology, core
         self.policy = FrequencyPolicy(core.catalog.messaging)
+        self.grace_ms = core.catalog.scores.grace_ms
         self.customers = CheckpointedTable(
             topology.customer_frequency,
-            waiting_customer,
+            self._due,
             topology.customer_checkpoints,
             topology.customer_messages,
             wiring.deliver,
@@ -106,6 +107,10 @@ class Frequency:
                 checkpoint.sends.append(Send(partials, FATIGUE_SUBJECT.encode(), partial.encode()))
             await self.customers.store(partition, checkpoint)
 
+    def _due(self, raw: bytes) -> int | None:
+        """When a stored customer must be judged next, in event time."""
+        return self.policy.due_ms(CustomerMessages.decode(raw), self.grace_ms)
+
     def _customer(self, key: bytes) -> CustomerMessages:
         raw = self.customers.states.get(key)
         return CustomerMessages() if raw is None else CustomerMessages.decode(raw)
@@ -136,8 +141,8 @@ class Frequency:
         dict[bytes, list[Send]],
         dict[bytes, list[tuple[int, str, Tally]]],
     ]:
-        """Every waiting customer of the partition judged up to its watermark, in event time,
-        and its answers put in cohorts up to the watermark less the grace.
+        """The partition's customers due by its watermark, and those fed, judged up to it in
+        event time, and their answers put in cohorts up to the watermark less the grace.
 
         Returns the customers judged that were not fed, the alerts each sends, and the
         answers each put in a cohort (time, count class, tally).
@@ -149,8 +154,10 @@ class Frequency:
         if watermark is None or watermark <= self.judged_to.get(partition, -1):
             return judged, sends, cohorts
         self.judged_to[partition] = watermark
-        closed = watermark - self.core.catalog.scores.grace_ms
-        for key in sorted(self.customers.due.of(partition).keys() | fed.keys()):
+        closed = watermark - self.grace_ms
+        # Customers fed in this batch are judged too: they are written anyway.
+        due = {key for key, at in self.customers.due.of(partition).items() if at <= watermark}
+        for key in sorted(due | fed.keys()):
             state = fed.get(key)
             if state is None:
                 state = judged[key] = self._customer(key)
@@ -161,8 +168,3 @@ class Frequency:
             alerts = self.policy.advance(state, key.decode(), watermark)
             sends[key] = [self.wiring.alert_send(alert) for alert in alerts]
         return judged, sends, cohorts
-
-
-def waiting_customer(raw: bytes) -> bool | None:
-    """Due for judging: a stored customer whose messages or incident wait for event time."""
-    return True if CustomerMessages.stored_waiting(raw) else None

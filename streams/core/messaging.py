@@ -52,26 +52,8 @@ class CustomerMessages:
     answers: list[Answered] = field(default_factory=list)
 
     @property
-    def waiting(self) -> bool:
-        """Messages not judged yet, an incident still open or answers not in their cohort:
-        event time must come back here."""
-        if self.incident_start_ms is not None or self.oldest_waiting_answer_ms is not None:
-            return True
-        return bool(self.messages) and (
-            self.judged_to_ms is None or self.messages[-1].sent_at_ms > self.judged_to_ms
-        )
-
-    @property
     def oldest_waiting_answer_ms(self) -> int | None:
         return next((a.at_ms for a in self.answers if a.tally is not None), None)
-
-    @staticmethod
-    def stored_waiting(raw: bytes) -> bool:
-        """`waiting` of a stored state, read without building its messages."""
-        incident, messages, judged_to, *answers = orjson.loads(raw)
-        if incident is not None or any(tally is not None for _, _, tally in answers):
-            return True
-        return bool(messages) and (judged_to is None or messages[-1][0] > judged_to)
 
     def answer(self, answered: Answered) -> bool:
         """Keep an answer in time order; False for one already held (a redelivery)."""
@@ -260,6 +242,29 @@ class FrequencyPolicy:
             if instant > state.incident_start_ms and not self.pressure(state, instant).breaches:
                 return instant
         return None
+
+    def due_ms(self, state: CustomerMessages, grace_ms: int) -> int | None:
+        """The event time from which judging the customer can change anything; None if
+        nothing waits: its first message not judged yet, the end of its open incident, or
+        the grace past its oldest answer waiting for a cohort.
+
+        Judging at any watermark before it only moves `judged_to_ms`: verdicts are made at
+        the messages' own times, and an incident resolves at its exact instant, however the
+        steps of the watermark fall.
+        """
+        due: list[int] = []
+        judged_to = state.judged_to_ms
+        for message in state.messages:
+            if judged_to is None or message.sent_at_ms > judged_to:
+                due.append(message.sent_at_ms)
+                break
+        if state.incident_start_ms is not None:
+            # An incident whose end no message tells is looked at on every step.
+            due.append(self.resolves_at(state) or state.incident_start_ms)
+        waiting = state.oldest_waiting_answer_ms
+        if waiting is not None:
+            due.append(waiting + grace_ms)
+        return min(due, default=None)
 
     def advance(self, state: CustomerMessages, customer: str, watermark_ms: int) -> list[Alert]:
         """Judge, in event-time order, every message the watermark has passed, then settle.
