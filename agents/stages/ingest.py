@@ -51,6 +51,11 @@ MAX_ERROR_DETAIL = 1_000
 # another, and ours vouch only for what the others had reached when they said so. At least
 # this often otherwise.
 IDLE_REPORT_WHILE_READING_S = 5.0
+# How often the inputs are looked at for idle ones. An idle partition vouches downstream
+# only for the time the others had reached when it last said so: every stage behind it
+# waits up to this long, and a stage behind another stage twice (measured at 1,000
+# events/s: alert p50 1.2 s with 0.5 s, see Performance in the README).
+IDLE_REPORT_INTERVAL_S = 0.1
 IDLE_REPORT_AT_LEAST_EVERY_S = 15.0
 
 

@@ -41,8 +41,8 @@ class SourceProgress:
     end is idle and holds nobody back, but only as far as the others had got when it
     last said so: after a quiet spell a burst reaches the partitions one after another,
     and a partition still reported idle from before it may have older records unread.
-    Idle partitions say so again every half second while their worker reads input (and
-    at least every 15 s otherwise), so a burst costs about that much delay.
+    Idle partitions say so again every tenth of a second while their worker reads input
+    (and at least every 15 s otherwise), so a burst costs about that much delay.
     When all are idle, the newest time counts.
 
     A stage's output (`stages`: the contacts the contact stage resolved, the journeys the
