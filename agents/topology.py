@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from faust.sensors import Sensor
 from mode import ServiceT
 
 from agents.tables import BulkRestoredTable, ChangelogLoader
@@ -38,6 +39,9 @@ class App(faust.App):
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         dependencies = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
+        # Faust's base sensor does nothing; with no sensor at all, every rebalance would
+        # log two warnings that it found no sensor state.
+        self.sensors.add(Sensor())
         return dependencies
 
 
