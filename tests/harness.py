@@ -467,10 +467,18 @@ def break_differences(
         for start in sorted(want.buckets.keys() | got.buckets.keys()):
             wanted, held = want.buckets.get(start, {}), got.buckets.get(start, {})
             if wanted != held:
-                apart = len(wanted.items() ^ held.items())
+                apart = sorted(
+                    wanted.keys() ^ held.keys()
+                    | {key for key in wanted.keys() & held.keys() if wanted[key] != held[key]}
+                )
+                sides = ", ".join(
+                    f"{key}: {held.get(key, '-')} here, {wanted.get(key, '-')} there"
+                    for key in apart[:6]
+                )
                 found.append(
                     f"break {name} bucket {at(start)}: {len(held)} attempts, the reference "
-                    f"{len(wanted)}; {apart} decided differently or only on one side"
+                    f"{len(wanted)}; {len(apart)} decided differently or only on one side "
+                    f"(attempt: broken here, there: {sides})"
                 )
     return found
 
