@@ -11,7 +11,7 @@ from agents import metrics
 from agents.stages.breaks import Breaks
 from agents.stages.contacts import Contacts
 from agents.stages.frequency import Frequency
-from agents.stages.ingest import IDLE_REPORT_INTERVAL_S, Ingest
+from agents.stages.ingest import Ingest
 from agents.stages.journeys import Journeys
 from agents.stages.scoring import Scoring
 from agents.stages.wiring import Core, Wiring
@@ -50,7 +50,7 @@ class Pipeline:
             (topology.journey_outcomes, self.breaks.judge_breaks),
         ):
             app.agent(topic, name=agent.__name__)(agent)
-        app.timer(IDLE_REPORT_INTERVAL_S, name="report_idle_inputs")(self.ingest.report_idle_inputs)
+        app.task(self.ingest.keep_reporting_idle_inputs)
         app.on_partitions_revoked.connect(self.forget_revoked_progress)
         app.on_partitions_revoked.connect(self.scoring.forget_revoked_touchpoints)
         app.on_partitions_revoked.connect(self.breaks.forget_revoked_breaks)

@@ -326,6 +326,13 @@ class Ingest:
             marks[topic].append(self.sources.reading(topic, partition))
         await self.wiring.send_marks(marks)
 
+    async def keep_reporting_idle_inputs(self) -> None:
+        """`report_idle_inputs` every `IDLE_REPORT_INTERVAL_S` after the last one ended: a
+        slow report (the broker's answer) delays the next, and is no warning."""
+        while not self.app.should_stop:
+            await asyncio.sleep(IDLE_REPORT_INTERVAL_S)
+            await self.report_idle_inputs()
+
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty.
 
