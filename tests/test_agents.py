@@ -999,13 +999,20 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     ]
     assert source_name(answers, 1) not in {m.source for m in marks}
     offsets.cursors.finished(behind, 39)
+    # Read up to 00:02 on one input, 00:01 on the other, when it asks for the ends: the
+    # idle marks vouch for no later time (marks of what is read after may arrive first).
+    sources = harness.pipeline.wiring.sources
+    sources.saw(events, 0, 39, START_MS + 60_000)
+    sources.saw(answers, 1, 38, START_MS + 120_000)
     harness.sent.clear()
-    harness.pipeline.wiring.sources.idle_reported_at = 0.0
+    sources.idle_reported_at = 0.0
     await harness.pipeline.ingest.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
-    assert SourceMark(source_name(answers, 1), None, True) in marks
+    vouches = START_MS + 120_000
+    assert SourceMark(source_name(answers, 1), START_MS + 120_000, True, vouches) in marks
+    assert SourceMark(source_name(events, 0), START_MS + 60_000, True, vouches) in marks
 
 
 async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(

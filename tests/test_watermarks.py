@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.state.watermarks import SourceMark, SourceProgress, encode_marks
+from streams.state.watermarks import SourceMark, SourceProgress, decode_marks, encode_marks
 
 MIN = 60_000
 
@@ -87,3 +87,21 @@ def test_an_idle_stage_that_knows_no_time_yet_holds_the_watermark_back() -> None
     tracked.report(SourceMark("events:0", 6 * MIN, True))
     tracked.report(SourceMark("contacts:0", None, True))
     assert tracked.watermark() is None
+
+
+def test_an_idle_mark_vouches_for_nothing_read_after_its_worker_asked_for_the_ends() -> None:
+    # b was at its end when its worker asked the broker, having read up to 15:00 anywhere.
+    # A burst then reached a first, which was read and marked 30:00, and b's idle mark
+    # arrived after that mark: b may hold burst records of 15:00-30:00 not read yet.
+    tracked = progress(("a", 15 * MIN, False), ("b", 15 * MIN, False))
+    tracked.report(SourceMark("a", 30 * MIN, False))
+    tracked.report(SourceMark("b", 15 * MIN, True, vouches_ms=15 * MIN))
+    assert tracked.watermark() == 15 * MIN, "not past what b's worker had read when it asked"
+    tracked.report(SourceMark("b", 15 * MIN, True, vouches_ms=30 * MIN))  # asked again
+    assert tracked.watermark() == 30 * MIN
+
+
+def test_a_mark_without_a_vouch_reads_as_before_and_one_with_it_round_trips() -> None:
+    marks = [SourceMark("a", 5, True, vouches_ms=9), SourceMark("b", None, False)]
+    assert decode_marks(encode_marks(marks)) == marks
+    assert decode_marks(b'[["a", 5, true]]') == [SourceMark("a", 5, True)]

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 from faust.exceptions import ConsumerNotStarted
@@ -371,6 +372,9 @@ class Ingest:
         # The consumer's highwater is what the last fetch of a partition said: one whose
         # fetch is slow (a 10 MB record) or paused looks caught up while records wait, and
         # said idle again and again it would vouch for the others' newer times. Asked afresh.
+        # Records published after the question below may be read, and marked downstream,
+        # before these marks arrive: they vouch for no time read after it was asked.
+        vouches = max(self.sources.watermarks.values(), default=None)
         try:
             ends = await self.app.consumer.highwaters(*candidates)
         except Exception:
@@ -379,7 +383,7 @@ class Ingest:
         idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
         for tp, (read_to, mark) in candidates.items():
             if tp in ends and read_to >= ends[tp]:
-                idle[tp.topic].append(mark)
+                idle[tp.topic].append(replace(mark, vouches_ms=vouches))
         await self.wiring.send_marks(idle)
 
     def _restore_watermark(self, source: str) -> None:

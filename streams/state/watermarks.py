@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 
@@ -13,19 +13,34 @@ PROGRESS_KEY = b"\x00progress"
 
 @dataclass(frozen=True, slots=True)
 class SourceMark:
-    """How far one input partition has got in event time, and whether it has caught up."""
+    """How far one input partition has got in event time, and whether it has caught up.
+
+    An idle input's mark may say how far it vouches for the others (`vouches_ms`): the
+    newest time its worker had read anywhere when it asked the broker for the ends.
+    Marks of records published after that question may reach a stage before this mark
+    does, and it must not vouch for them: this partition may hold records as old.
+    """
 
     source: str
     watermark_ms: int | None
     idle: bool
+    vouches_ms: int | None = None
 
 
 def encode_marks(marks: Iterable[SourceMark]) -> bytes:
-    return orjson.dumps([[m.source, m.watermark_ms, m.idle] for m in marks])
+    return orjson.dumps(
+        [
+            [m.source, m.watermark_ms, m.idle] + ([] if m.vouches_ms is None else [m.vouches_ms])
+            for m in marks
+        ]
+    )
 
 
 def decode_marks(raw: bytes) -> list[SourceMark]:
-    return [SourceMark(source, watermark, idle) for source, watermark, idle in orjson.loads(raw)]
+    return [
+        SourceMark(source, watermark, idle, *vouches)
+        for source, watermark, idle, *vouches in orjson.loads(raw)
+    ]
 
 
 def source_name(topic: str, partition: int) -> str:
@@ -63,9 +78,11 @@ class SourceProgress:
         if previous is not None and previous.watermark_ms is not None:
             newest = previous.watermark_ms
             if mark.watermark_ms is None or mark.watermark_ms < newest:
-                mark = SourceMark(mark.source, newest, mark.idle)
+                mark = replace(mark, watermark_ms=newest)
         self.marks[mark.source] = mark
         if mark.idle and (reached := self._reach()) is not None:
+            if mark.vouches_ms is not None:
+                reached = min(reached, mark.vouches_ms)
             vouched = self.idle_through.get(mark.source, reached)
             self.idle_through[mark.source] = max(reached, vouched)
 
