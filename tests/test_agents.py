@@ -999,18 +999,23 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     ]
     assert source_name(answers, 1) not in {m.source for m in marks}
     offsets.cursors.finished(behind, 39)
-    # Read up to 00:02 on one input, 00:01 on the other, when it asks for the ends: the
-    # idle marks vouch for no later time (marks of what is read after may arrive first).
+    # Read up to 00:01 and 00:02 here, and told by a mark that another worker's input
+    # reached 00:05, when it asks for the ends: the idle marks vouch for no later time
+    # (the marks of what is read after the question may reach a stage before them).
     sources = harness.pipeline.wiring.sources
     sources.saw(events, 0, 39, START_MS + 60_000)
     sources.saw(answers, 1, 38, START_MS + 120_000)
+    harness.pipeline.wiring.take_marks(
+        harness.pipeline.scoring.progress[0],
+        encode_marks([SourceMark(source_name(events, 1), START_MS + 300_000, False)]),
+    )
     harness.sent.clear()
     sources.idle_reported_at = 0.0
     await harness.pipeline.ingest.report_idle_inputs()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
-    vouches = START_MS + 120_000
+    vouches = START_MS + 300_000
     assert SourceMark(source_name(answers, 1), START_MS + 120_000, True, vouches) in marks
     assert SourceMark(source_name(events, 0), START_MS + 60_000, True, vouches) in marks
 

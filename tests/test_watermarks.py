@@ -61,10 +61,10 @@ def test_a_partition_still_sending_without_a_time_holds_the_watermark_back() -> 
     assert tracked.watermark() == 2 * MIN
 
 
-def test_a_progress_record_says_whether_a_partition_is_still_being_read() -> None:
+def test_a_progress_record_is_taken_whole() -> None:
     tracked = SourceProgress({"a", "b"})
-    assert tracked.take(encode_marks([SourceMark("a", 5 * MIN, True)])) is False
-    assert tracked.take(encode_marks([SourceMark("a", 5 * MIN, True), SourceMark("b", MIN, False)]))
+    marks = [SourceMark("a", 5 * MIN, True), SourceMark("b", MIN, False)]
+    assert tracked.take(encode_marks(marks)) == marks
     assert tracked.watermark() == MIN
 
 

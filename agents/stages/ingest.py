@@ -373,8 +373,8 @@ class Ingest:
         # fetch is slow (a 10 MB record) or paused looks caught up while records wait, and
         # said idle again and again it would vouch for the others' newer times. Asked afresh.
         # Records published after the question below may be read, and marked downstream,
-        # before these marks arrive: they vouch for no time read after it was asked.
-        vouches = max(self.sources.watermarks.values(), default=None)
+        # before these marks arrive: they vouch for no time learnt of after it was asked.
+        vouches = self.sources.newest_known()
         try:
             ends = await self.app.consumer.highwaters(*candidates)
         except Exception:

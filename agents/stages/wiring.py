@@ -121,8 +121,10 @@ class Wiring:
         return outgoing
 
     def take_marks(self, progress: SourceProgress, raw: bytes) -> None:
-        if progress.take(raw):
+        marks = progress.take(raw)
+        if any(not mark.idle for mark in marks):
             self.sources.read_at = time.monotonic()
+        self.sources.hear(marks)
 
     async def send_marks(self, marks: Mapping[str, list[SourceMark]]) -> None:
         """Every partition of every topic fed from each origin learns how far it has got:
@@ -230,6 +232,9 @@ class Sources:
             )
         )
         self.watermarks: dict[str, int] = {}
+        # The newest event time the progress marks this worker's stages took have said,
+        # whoever read it.
+        self.heard_ms: int | None = None
         # When input was last read, here or by another worker of the group, and when
         # this worker last said which of its inputs are idle: monotonic.
         self.read_at = 0.0
@@ -250,6 +255,16 @@ class Sources:
         self.read_at = time.monotonic()
         if occurred_at_ms is not None and occurred_at_ms > self.watermarks.get(source, -1):
             self.watermarks[source] = occurred_at_ms
+
+    def hear(self, marks: list[SourceMark]) -> None:
+        for mark in marks:
+            if mark.watermark_ms is not None and mark.watermark_ms > (self.heard_ms or -1):
+                self.heard_ms = mark.watermark_ms
+
+    def newest_known(self) -> int | None:
+        """The newest event time this worker knows an input has reached, here or elsewhere."""
+        known = [*self.watermarks.values(), *([] if self.heard_ms is None else [self.heard_ms])]
+        return max(known, default=None)
 
     def restore(self, source: str, watermark_ms: int | None) -> None:
         """Event time reached before a restart, from the checkpoint."""

@@ -16,7 +16,8 @@ class SourceMark:
     """How far one input partition has got in event time, and whether it has caught up.
 
     An idle input's mark may say how far it vouches for the others (`vouches_ms`): the
-    newest time its worker had read anywhere when it asked the broker for the ends.
+    newest time its worker knew of when it asked the broker for the ends, read by itself
+    or said by the marks its stages had taken.
     Marks of records published after that question may reach a stage before this mark
     does, and it must not vouch for them: this partition may hold records as old.
     """
@@ -86,13 +87,12 @@ class SourceProgress:
             vouched = self.idle_through.get(mark.source, reached)
             self.idle_through[mark.source] = max(reached, vouched)
 
-    def take(self, raw: bytes) -> bool:
-        """Report every mark of one progress record; True if one is of a partition still read."""
-        moving = False
-        for mark in decode_marks(raw):
+    def take(self, raw: bytes) -> list[SourceMark]:
+        """Report every mark of one progress record; the marks, as read."""
+        marks = decode_marks(raw)
+        for mark in marks:
             self.report(mark)
-            moving = moving or not mark.idle
-        return moving
+        return marks
 
     def all_idle(self) -> bool:
         return self.expected <= self.marks.keys() and all(m.idle for m in self.marks.values())
