@@ -275,6 +275,7 @@ def run_backlog(
                     str(Path(sys.executable).with_name("py-spy")),
                     "record",
                     "--nonblocking",
+                    "--gil",  # only while a thread holds the interpreter: shares of CPU
                     "--format",
                     "raw",
                     "--rate",
