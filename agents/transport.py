@@ -71,6 +71,8 @@ class PacedConsumer(kafka_driver.Consumer):
         """Whether handing the record over cannot block, on any of the conductor's waits."""
         app = self.app
         conductor = cast(Any, app.topics)
+        # `.get`: the index is a defaultdict, and a lookup must not add to it.
+        channels = conductor._tp_index.get(message.tp, ())
         buffer = app.producer.buffer
         return (
             not self.suspend_flow.is_set()
@@ -79,7 +81,7 @@ class PacedConsumer(kafka_driver.Consumer):
             and app.flow_control.is_active()
             and buffer.size <= buffer.max_messages
             and not conductor._tp_to_callback_lock.locked()
-            and not any(channel.queue.full() for channel in conductor._tp_index[message.tp])
+            and not any(channel.queue.full() for channel in channels)
         )
 
 

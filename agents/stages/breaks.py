@@ -6,14 +6,13 @@ judged whenever the partition's watermark moves on.
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 from faust.types import TP, StreamT
 
 from agents import metrics
-from agents.stages.wiring import Wiring, by_subject
-from agents.streaming import PartitionedState, opened
+from agents.stages.wiring import Wiring
+from agents.streaming import PartitionedState
 from streams.core.journeys import BreakState, BreakWindows, Outcome
 
 
@@ -31,17 +30,14 @@ class Breaks:
         self.by_partition = wiring.by_partition({j.id for j in catalog.breaks})
 
     async def judge_breaks(self, stream: StreamT[bytes]) -> None:
-        async for events in self.wiring.batches.of(stream):
-            started = time.perf_counter()
-            grouped = by_subject(
-                opened(events),
-                lambda partition, raw: self.wiring.take_marks(self.progress[partition], raw),
-                Outcome.decode,
-                lambda o: o.break_id,
-            )
-            for partition, by_break in grouped.items():
-                await self._judge_breaks(partition, by_break)
-            metrics.BATCH_SECONDS.labels("breaks").observe(time.perf_counter() - started)
+        await self.wiring.judge_by_subject(
+            stream,
+            "breaks",
+            progress=self.progress,
+            decode=Outcome.decode,
+            subject_of=lambda o: o.break_id,
+            judge=self._judge_breaks,
+        )
 
     async def _judge_breaks(self, partition: int, by_break: dict[str, list[Outcome]]) -> None:
         watermark = self.progress[partition].watermark()

@@ -82,16 +82,20 @@ class Ingest:
         self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
-        async for events in self.batches.of(stream):
-            started = time.perf_counter()
-            await self._ingest(by_partition(events), decode_touchpoint_event, self._fold_event)
-            await self._report_progress(events)
-            self._observe_ingest(events, started)
+        await self._checkpointed_input(stream, decode_touchpoint_event, self._fold_event)
 
     async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
+        await self._checkpointed_input(stream, decode_survey_answer, self._fold_answer)
+
+    async def _checkpointed_input(
+        self,
+        stream: StreamT[bytes],
+        decode: Callable[[bytes], Any],
+        fold: Callable[[Event, Any, list[Send]], None],
+    ) -> None:
         async for events in self.batches.of(stream):
             started = time.perf_counter()
-            await self._ingest(by_partition(events), decode_survey_answer, self._fold_answer)
+            await self._ingest(by_partition(events), decode, fold)
             await self._report_progress(events)
             self._observe_ingest(events, started)
 

@@ -7,20 +7,19 @@ whenever its partition's watermark moves on, whether new tallies came for it or 
 
 from __future__ import annotations
 
-import time
 from typing import Any, cast
 
 from faust.types import TP, StreamT
 
 from agents import metrics
-from agents.stages.wiring import Wiring, by_subject, partition_of
-from agents.streaming import PartitionedState, opened
+from agents.stages.wiring import Wiring, partition_of
+from agents.streaming import PartitionedState
 from streams.catalog import Catalog, ScoreMetric
 from streams.core.consistency import stage_rules
 from streams.core.fatigue import Cohorts
 from streams.core.gaps import GapRules, RulesState
 from streams.core.ingest import FATIGUE_SUBJECT, TouchpointPartial, is_gap_subject, stage_subject
-from streams.core.touchpoints import TouchpointState, TouchpointWindows
+from streams.core.touchpoints import TouchpointState, TouchpointWindows, WindowsByTouchpoint
 from streams.state.delivery import Applied, unwrap, wrap
 
 
@@ -32,7 +31,7 @@ class Scoring:
         topology, catalog = wiring.topology, wiring.core.catalog
         self.topology, self.core, self.partitions = topology, wiring.core, wiring.partitions
         self.windows = PartitionedState(topology.touchpoint_windows)
-        self.touchpoint_windows: dict[str, TouchpointWindows] = {}
+        self.touchpoint_windows = WindowsByTouchpoint(catalog)
         self.progress = wiring.progress(
             topology.touchpoint_events,
             topology.survey_answers,
@@ -52,25 +51,15 @@ class Scoring:
         """The event time every partition of this worker has been judged to."""
         return min(self.judged_to.values(), default=None)
 
-    def _windows(self, touchpoint: str) -> TouchpointWindows:
-        windows = self.touchpoint_windows.get(touchpoint)
-        if windows is None:
-            windows = TouchpointWindows(self.core.catalog, touchpoint)
-            self.touchpoint_windows[touchpoint] = windows
-        return windows
-
     async def score_touchpoints(self, stream: StreamT[bytes]) -> None:
-        async for events in self.wiring.batches.of(stream):
-            started = time.perf_counter()
-            grouped = by_subject(
-                opened(events),
-                lambda partition, raw: self.wiring.take_marks(self.progress[partition], raw),
-                TouchpointPartial.decode,
-                lambda p: p.touchpoint,
-            )
-            for partition, by_touchpoint in grouped.items():
-                await self._score_partition(partition, by_touchpoint)
-            metrics.BATCH_SECONDS.labels("score").observe(time.perf_counter() - started)
+        await self.wiring.judge_by_subject(
+            stream,
+            "score",
+            progress=self.progress,
+            decode=TouchpointPartial.decode,
+            subject_of=lambda p: p.touchpoint,
+            judge=self._score_partition,
+        )
 
     async def _score_partition(
         self, partition: int, by_touchpoint: dict[str, list[TouchpointPartial]]
@@ -115,7 +104,7 @@ class Scoring:
         if body is None and not partials:
             return
         state = TouchpointState() if body is None else TouchpointState.decode(body)
-        windows = self._windows(touchpoint)
+        windows = self.touchpoint_windows[touchpoint]
         for partial in fresh:
             for bucket in partial.buckets:
                 if not windows.add(state, bucket.start_ms, bucket.tally, bucket.latest_ms):

@@ -6,17 +6,17 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 import faust
 from aiokafka.partitioner import murmur2
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP
+from faust.types import TP, StreamT
 
 from agents import metrics
-from agents.streaming import Batches, Event, Received
+from agents.streaming import Batches, Event, Received, opened
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from models.decode import encode_alert
 from models.records import Alert
@@ -152,6 +152,30 @@ class Wiring:
             )
         if marks:
             await self.send_marks({name: marks})
+
+    async def judge_by_subject(
+        self,
+        stream: StreamT[bytes],
+        stage: str,
+        *,
+        progress: dict[int, SourceProgress],
+        decode: Callable[[bytes], T],
+        subject_of: Callable[[T], str],
+        judge: Callable[[int, dict[str, list[T]]], Awaitable[None]],
+    ) -> None:
+        """A stage keyed by subject: each batch's marks taken, its records judged by
+        partition (a partition that got only marks too: its watermark moved)."""
+        async for events in self.batches.of(stream):
+            started = time.perf_counter()
+            grouped = by_subject(
+                opened(events),
+                lambda partition, raw: self.take_marks(progress[partition], raw),
+                decode,
+                subject_of,
+            )
+            for partition, records in grouped.items():
+                await judge(partition, records)
+            metrics.BATCH_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
     async def emit(self, alert: Alert) -> None:
         """Returns once the broker has the alert: only then may the state that made it change."""

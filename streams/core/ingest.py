@@ -23,7 +23,7 @@ from streams.catalog import Catalog
 from streams.core.messaging import Message, message_digest
 from streams.core.scores import Tally
 from streams.core.sentiment import SentimentScorer
-from streams.core.touchpoints import TouchpointWindows
+from streams.core.touchpoints import TouchpointWindows, WindowsByTouchpoint
 
 
 @dataclass(slots=True)
@@ -176,7 +176,7 @@ class PartialTallies:
     def __init__(self, catalog: Catalog, scorer: SentimentScorer) -> None:
         self.catalog = catalog
         self.scorer = scorer
-        self._windows: dict[str, TouchpointWindows] = {}
+        self._windows = WindowsByTouchpoint(catalog)
         self._buckets: dict[str, dict[tuple[int, str | None], BucketTally]] = {}
         self.stage_bucket_ms = {
             stage: reduce(math.gcd, [rule.step_ms for rule in rules])
@@ -185,10 +185,7 @@ class PartialTallies:
         self.fatigue_bucket_ms = reduce(math.gcd, [rule.step_ms for rule in catalog.fatigue], 0)
 
     def windows(self, touchpoint: str) -> TouchpointWindows:
-        windows = self._windows.get(touchpoint)
-        if windows is None:
-            windows = self._windows[touchpoint] = TouchpointWindows(self.catalog, touchpoint)
-        return windows
+        return self._windows[touchpoint]
 
     def add_event(self, event: TouchpointEvent) -> None:
         for tally in self._tallies(event.touchpoint, event.channel, event.occurred_at_ms):

@@ -549,3 +549,15 @@ def drift_limit(moment: KeyMoment) -> float:
     if drift.detector is Detector.CUSUM:
         return drift.limit
     return ewma_chart_limit(drift.limit, drift.smoothing)
+
+
+class WindowsByTouchpoint(dict[str, TouchpointWindows]):
+    """Each touchpoint's windows, built from the catalog the first time they are asked for."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__()
+        self.catalog = catalog
+
+    def __missing__(self, touchpoint: str) -> TouchpointWindows:
+        windows = self[touchpoint] = TouchpointWindows(self.catalog, touchpoint)
+        return windows
