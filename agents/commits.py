@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar, cast
 
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from faust.types import TP, EventT
+from faust.types import TP
 
 from streams.settings import Settings
 from streams.state.offset_ledger import Admission, Cursors
@@ -56,41 +56,43 @@ class Offsets:
         consumer._acked_index = Forgetful[set[int]](set)
         self.app.timer(COMMIT_INTERVAL_S, name="commit_finished_offsets")(self.commit_all)
         self.app.timer(LOOK_INTERVAL_S, name="read_again_what_never_came")(self.read_again_lost)
-        self.app.on_partitions_revoked.connect(self.on_partitions_revoked)
         self.app.on_before_shutdown.connect(self.on_shutdown)
 
-    async def admit(self, events: list[EventT[bytes]]) -> list[EventT[bytes]]:
-        """The events to process: each partition's next ones in order, none skipped unseen."""
-        await self.learn({event.message.tp for event in events})
-        taken: list[EventT[bytes]] = []
-        rewinds: dict[TP, int] = {}
-        for event in events:
-            message = event.message
-            tp = message.tp
-            if tp in rewinds:
-                continue  # read again from the hole: what follows comes again, in order
-            admission = self.cursors.admit(tp, message.offset)
-            if admission is Admission.TAKE:
-                taken.append(event)
-            elif admission is Admission.REWIND:
-                rewinds[tp] = self.cursors.cursors[tp].next_offset
-        for tp, offset in rewinds.items():
-            log.warning(
-                "%s:%d: records from offset %d were not delivered; reading again from there",
-                tp.topic,
-                tp.partition,
-                offset,
-            )
-            await self._seek(tp, offset)
+    async def admit(
+        self, batch: Mapping[TP, list[T]], offset_of: Callable[[T], int]
+    ) -> dict[TP, list[T]]:
+        """Of each partition's records, the ones to process: its next in order, none skipped
+        unseen."""
+        await self.learn(set(batch))
+        taken: dict[TP, list[T]] = {}
+        for tp, records in batch.items():
+            kept = []
+            for record in records:
+                admission = self.cursors.admit(tp, offset_of(record))
+                if admission is Admission.TAKE:
+                    kept.append(record)
+                elif admission is Admission.REWIND:
+                    # Read again from the hole: what follows comes again, in order.
+                    offset = self.cursors.cursors[tp].next_offset
+                    log.warning(
+                        "%s:%d: records from offset %d were not delivered; reading again "
+                        "from there",
+                        tp.topic,
+                        tp.partition,
+                        offset,
+                    )
+                    await self._seek(tp, offset)
+                    break
+            if kept:
+                taken[tp] = kept
         return taken
 
-    def finished(self, events: list[EventT[bytes]]) -> None:
-        for event in events:
-            self.cursors.finished(event.message.tp, event.message.offset)
+    def finished(self, tp: TP, last_offset: int) -> None:
+        self.cursors.finished(tp, last_offset)
 
-    def abandon(self, events: list[EventT[bytes]]) -> None:
+    def abandon(self, tps: Iterable[TP]) -> None:
         """A batch its agent did not finish: its partitions are read again from what is done."""
-        for tp in {event.message.tp for event in events}:
+        for tp in tps:
             offset = self.cursors.abandon(tp)
             if offset is not None and not self.app.should_stop:
                 rewind = asyncio.ensure_future(self._seek(tp, offset))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import faust
 from faust.exceptions import ConsumerNotStarted
@@ -13,14 +14,25 @@ from faust.types import TP, EventT, StreamT
 
 from agents import metrics
 from agents.commits import Offsets
+from agents.handover import Handover, Record
 from agents.tables import BulkRestoredTable
+from agents.transport import PacedTransport
 from streams.settings import Settings
 from streams.state.envelope import ENVELOPE_KEY, unpack
 
 Stream = faust.Stream[bytes]
 Event = EventT[bytes]
+T = TypeVar("T")
 
 LAG_INTERVAL_S = 5.0
+
+
+def event_offset(event: Event) -> int:
+    return event.message.offset
+
+
+def record_offset(record: Record) -> int:
+    return cast(int, record.offset)
 
 
 def payload(event: Event) -> bytes:
@@ -133,30 +145,71 @@ class Batches:
         self.settings = settings
         self.processed_offsets: dict[TP, int] = {}
         self.offsets = Offsets(app, settings)
+        names = settings.topics
+        self.handover = Handover(
+            app,
+            (names.touchpoint_events, names.survey_answers, names.identity_links),
+            max_records=settings.batch_size * 2,
+        )
         self.lag: list[metrics.LagReading] = []
         metrics.CONSUMER_LAG.readings = lambda: self.lag
 
     def attach(self) -> None:
         self.app.timer(LAG_INTERVAL_S, name="measure_consumer_lag")(self.measure_consumer_lag)
         self.offsets.attach()
+        self.app.on_partitions_revoked.connect(self.on_partitions_revoked)
+        cast(PacedTransport, self.app.transport).handover = self.handover
 
     async def of(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
+        """A Faust stream's events, a batch at a time."""
         batches = cast(Stream, stream).take_events(
             self.settings.batch_size, self.settings.batch_seconds
         )
         async for events in batches:
-            batch = await self.offsets.admit(list(events))
-            if not batch:
+            by_tp: dict[TP, list[Event]] = {}
+            for event in events:
+                by_tp.setdefault(event.message.tp, []).append(event)
+            admitted = await self.offsets.admit(by_tp, event_offset)
+            if not admitted:
                 continue
+            async with self._finishing(admitted, event_offset):
+                yield [event for batch in admitted.values() for event in batch]
+
+    async def fetched(self, topic: str) -> AsyncIterator[dict[TP, list[Record]]]:
+        """A handed-over topic's records as fetched, a batch of partitions at a time."""
+        while True:
+            fetched = await self.handover.take(topic)
             try:
-                yield batch
-            except BaseException:
-                self.offsets.abandon(batch)
-                raise
-            self.offsets.finished(batch)
-            for event in batch:
-                message = event.message
-                self.processed_offsets[message.tp] = message.offset
+                admitted = await self.offsets.admit(fetched, record_offset)
+                if admitted:
+                    async with self._finishing(admitted, record_offset):
+                        yield admitted
+            finally:
+                self.handover.done()
+
+    @contextlib.asynccontextmanager
+    async def _finishing(
+        self, batch: dict[TP, list[T]], offset_of: Callable[[T], int]
+    ) -> AsyncIterator[None]:
+        """Around a batch's processing: what is finished is committed, what is abandoned
+        is read again."""
+        try:
+            yield
+        except BaseException:
+            self.offsets.abandon(batch)
+            raise
+        for tp, records in batch.items():
+            last = offset_of(records[-1])
+            self.offsets.finished(tp, last)
+            self.processed_offsets[tp] = last
+
+    async def on_partitions_revoked(
+        self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
+    ) -> None:
+        """Sent once Faust's agents finished their batches; the handed-over stages' are
+        finished too before the revoked partitions' offsets are committed."""
+        await self.handover.on_revoked()
+        await self.offsets.on_partitions_revoked(sender, *args, signal=signal, **kwargs)
 
     async def measure_consumer_lag(self) -> None:
         """Lag from what the agents finished, not what the consumer fetched ahead of them."""

@@ -11,19 +11,22 @@ a third of the worker's CPU in one profile. At most one fetch a broker every
 Faust hands each fetched record to its streams through `wait_first(deliver(record),
 suspend_flow.wait())`: four tasks, an `asyncio.wait` and three cancellations a record, so
 that a delivery blocked on a full stream buffer gives way when a rebalance suspends the
-flow. A delivery that cannot block needs none of that, and is awaited directly.
+flow. A delivery that cannot block needs none of that, and is awaited directly. The input
+topics' records skip the streams altogether: each fetch's are handed to their stage whole
+(agents/handover.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
-from faust.types import Message
+from faust.types import TP, Message
 from mode.services import WaitArgT, WaitResults
 
+from agents.handover import Handover
 from streams.kafka.pacing import pace_fetches
 
 
@@ -54,6 +57,30 @@ class PacedConsumer(kafka_driver.Consumer):
         deliver = self.callback
         # Faust's fetch loop calls this for every record and waits on what it returns.
         self.callback = lambda message: Delivery(deliver, message)
+
+    async def _wait_next_records(
+        self, timeout: float
+    ) -> tuple[Mapping[TP, list[Any]] | None, set[TP] | None]:
+        """A fetch's records of the handed-over topics go to the hand-over; Faust gets the
+        rest. Like Faust, only those of active partitions, and none while the flow stops."""
+        records, active = await super()._wait_next_records(timeout)
+        handover = cast(PacedTransport, self.transport).handover
+        if not records or handover is None:
+            return records, active
+        taken = {tp: fetched for tp, fetched in records.items() if handover.takes(tp.topic)}
+        if not taken:
+            return records, active
+        if self.flow_active and not self.should_stop:
+            buffered = self._buffered_partitions
+            await handover.put(
+                self.app.consumer_generation_id,
+                {
+                    tp: fetched
+                    for tp, fetched in taken.items()
+                    if active is None or tp in active or tp in buffered
+                },
+            )
+        return {tp: fetched for tp, fetched in records.items() if tp not in taken}, active
 
     def _new_consumer_thread(self) -> kafka_driver.AIOKafkaConsumerThread:
         return PacedConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -88,6 +115,7 @@ class PacedConsumer(kafka_driver.Consumer):
 class PacedTransport(kafka_driver.Transport):
     Consumer = PacedConsumer
     fetch_interval_s = 0.0
+    handover: Handover | None = None
 
 
 def use_paced_fetches(app: faust.App, interval_s: float) -> None:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 import pytest
 import yaml
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 from agents.checkpointed import Change, chunked
@@ -20,7 +21,6 @@ from agents.metrics import REGISTRY, declare_catalog
 from agents.pipeline import Pipeline
 from agents.stages.ingest import MAX_DEAD_LETTER_BYTES
 from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, partition_of
-from agents.streaming import Event
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
 from models.records import Category, Stage, SurveyAnswer, SurveyMetric
@@ -51,6 +51,8 @@ from streams.state.watermarks import (
 PARTITIONS = 2
 DAY_MS = 86_400_000
 START_MS = 1_795_305_600_000
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -84,11 +86,27 @@ class Harness:
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
         agent = self.app.agents[agent_name]
+        topic = agent.channel.get_topic_name()
+        handover = self.pipeline.wiring.batches.handover
         async with agent.test_context() as context:
-            for key, value, partition in items:
-                await context.put(value, key=key, partition=partition, headers=list(headers))
-            # take_events hands a batch over after its `within` timeout; give it that.
-            await asyncio.sleep(0.3)
+            if not handover.takes(topic):
+                for key, value, partition in items:
+                    await context.put(value, key=key, partition=partition, headers=list(headers))
+                # take_events hands a batch over after its `within` timeout; give it that.
+                await asyncio.sleep(0.3)
+                return
+            # Numbered from 0 across partitions for each call, as Faust's test context does.
+            fetched: dict[TP, list[ConsumerRecord[bytes, bytes]]] = {}
+            for offset, (key, value, partition) in enumerate(items):
+                size = len(key or b""), len(value)
+                record = ConsumerRecord(
+                    topic, partition, offset, int(time.time() * 1000), 0, key, value, None,
+                    *size, list(headers),
+                )  # fmt: skip
+                fetched.setdefault(TP(topic, partition), []).append(record)
+            await handover.put(self.app.consumer_generation_id, fetched)
+            while handover.waiting_records or handover.working:
+                await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -129,8 +147,10 @@ class EveryRecord(Offsets):
     """Faust's test context numbers records across partitions, so there is no offset order
     to keep per partition, and no broker to commit to (tests/test_offsets.py covers both)."""
 
-    async def admit(self, events: list[Event]) -> list[Event]:
-        return events
+    async def admit(
+        self, batch: Mapping[TP, list[T]], offset_of: Callable[[T], int]
+    ) -> dict[TP, list[T]]:
+        return dict(batch)
 
 
 def delivered() -> asyncio.Future[None]:

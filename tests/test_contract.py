@@ -17,6 +17,7 @@ from typing import Any, cast
 import orjson
 import pytest
 import yaml
+from aiokafka.structs import ConsumerRecord
 from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 
@@ -395,8 +396,8 @@ def test_asyncapi_channels_are_the_default_topics_and_their_records() -> None:
 
 def dead_letter_headers(raw: bytes, error: InvalidRecord) -> dict[str, str]:
     """The headers the worker itself puts on a dead letter, from its own code."""
-    message = SimpleNamespace(
-        topic=Topics().survey_answers, partition=3, offset=48213, key=b"c-20417", value=raw
+    record = ConsumerRecord(
+        Topics().survey_answers, 3, 48213, 0, 0, b"c-20417", raw, None, 7, len(raw), []
     )
     worker = SimpleNamespace(
         sources=SimpleNamespace(saw=lambda *args: None),
@@ -404,9 +405,7 @@ def dead_letter_headers(raw: bytes, error: InvalidRecord) -> dict[str, str]:
             dead_letters=SimpleNamespace(get_topic_name=lambda: Topics().dead_letters)
         ),
     )
-    send = Ingest._dead_letter(
-        cast(Ingest, worker), cast(Any, SimpleNamespace(message=message)), error
-    )
+    send = Ingest._dead_letter(cast(Ingest, worker), record, error)
     assert send.topic == Topics().dead_letters
     assert send.key == b"c-20417", "the key as received"
     return {name: value.decode() for name, value in send.headers}

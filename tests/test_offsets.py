@@ -183,8 +183,13 @@ class ThreadedConsumer:
 PARTITION = TP("t", 0)
 
 
-def events_at(tp: TP, offsets: list[int]) -> list[Any]:
-    return [SimpleNamespace(message=SimpleNamespace(tp=tp, offset=o)) for o in offsets]
+def at(tp: TP, offsets: list[int]) -> dict[TP, list[int]]:
+    """A partition's batch, its records standing for their offsets."""
+    return {tp: offsets}
+
+
+def offset_of(offset: int) -> int:
+    return offset
 
 
 async def test_a_rewind_is_not_lost_to_records_the_consumer_thread_is_handing_out() -> None:
@@ -196,13 +201,13 @@ async def test_a_rewind_is_not_lost_to_records_the_consumer_thread_is_handing_ou
     app = SimpleNamespace(consumer=consumer, should_stop=False)
     offsets = Offsets(cast(Any, app), cast(Any, None))
     offsets.cursors.start(PARTITION, 142)
-    assert [e.message.offset for e in await offsets.admit(events_at(PARTITION, [*range(142, 149)]))]
+    assert await offsets.admit(at(PARTITION, [*range(142, 149)]), offset_of)
     try:
         consumer.hand_out(274, 300)
-        admitting = asyncio.ensure_future(offsets.admit(events_at(PARTITION, [274, 275])))
+        admitting = asyncio.ensure_future(offsets.admit(at(PARTITION, [274, 275]), offset_of))
         await asyncio.sleep(0.05)
         consumer.read_on.set()
-        assert await asyncio.wait_for(admitting, 5) == []
+        assert await asyncio.wait_for(admitting, 5) == {}
         await asyncio.sleep(0.05)
         assert consumer.position == 149, "the partition is read again from the hole"
     finally:
@@ -215,7 +220,7 @@ async def test_an_abandoned_batch_is_read_again_even_while_the_consumer_thread_h
     app = SimpleNamespace(consumer=consumer, should_stop=False)
     offsets = Offsets(cast(Any, app), cast(Any, None))
     offsets.cursors.start(PARTITION, 10)
-    batch = await offsets.admit(events_at(PARTITION, [10, 11]))
+    batch = await offsets.admit(at(PARTITION, [10, 11]), offset_of)
     try:
         consumer.hand_out(12, 20)
         offsets.abandon(batch)

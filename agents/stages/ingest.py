@@ -17,12 +17,14 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, cast
 
+import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, StreamT
 
 from agents import metrics
-from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, Wiring, by_partition
-from agents.streaming import Event, PartitionedState, payload
+from agents.handover import Record
+from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, Wiring
+from agents.streaming import PartitionedState
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES
 from models.decode import (
     InvalidRecord,
@@ -81,29 +83,35 @@ class Ingest:
         self.checkpoints = PartitionedState(topology.ingest_checkpoints)
         self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def ingest_touchpoint_events(self, stream: StreamT[bytes]) -> None:
-        await self._checkpointed_input(stream, decode_touchpoint_event, self._fold_event)
+    # The input agents' streams stay empty: Faust subscribes their topics and assigns their
+    # partitions, and the records come as fetched, through the hand-over (agents/handover.py).
 
-    async def ingest_survey_answers(self, stream: StreamT[bytes]) -> None:
-        await self._checkpointed_input(stream, decode_survey_answer, self._fold_answer)
+    async def ingest_touchpoint_events(self, _: StreamT[bytes]) -> None:
+        topic = self.topology.touchpoint_events
+        await self._checkpointed_input(topic, decode_touchpoint_event, self._fold_event)
+
+    async def ingest_survey_answers(self, _: StreamT[bytes]) -> None:
+        topic = self.topology.survey_answers
+        await self._checkpointed_input(topic, decode_survey_answer, self._fold_answer)
 
     async def _checkpointed_input(
         self,
-        stream: StreamT[bytes],
+        topic: faust.TopicT,
         decode: Callable[[bytes], Any],
-        fold: Callable[[Event, Any, list[Send]], None],
+        fold: Callable[[Record, Any, list[Send]], None],
     ) -> None:
-        async for events in self.batches.of(stream):
+        async for batch in self.batches.fetched(topic.get_topic_name()):
             started = time.perf_counter()
-            await self._ingest(by_partition(events), decode, fold)
-            await self._report_progress(events)
-            self._observe_ingest(events, started)
+            await self._ingest(batch, decode, fold)
+            await self._report_progress(batch)
+            self._observe_ingest(batch, started)
 
-    async def ingest_identity_links(self, stream: StreamT[bytes]) -> None:
+    async def ingest_identity_links(self, _: StreamT[bytes]) -> None:
         # Links are idempotent downstream: no checkpoint needed, at-least-once suffices.
-        async for events in self.batches.of(stream):
+        async for batch in self.batches.fetched(self.topology.identity_links.get_topic_name()):
             sends: list[Send] = []
-            for _, link in self._valid(events, decode_identity_link, dead_letters=sends):
+            records = [record for records in batch.values() for record in records]
+            for _, link in self._valid(records, decode_identity_link, dead_letters=sends):
                 sends.append(
                     Send(
                         self.topology.contacts.get_topic_name(),
@@ -113,18 +121,18 @@ class Ingest:
                     )
                 )
             await self.wiring.deliver(sends)
-            await self._report_progress(events)
+            await self._report_progress(batch)
 
-    def _observe_ingest(self, events: list[Event], started: float) -> None:
+    def _observe_ingest(self, batch: dict[TP, list[Record]], started: float) -> None:
         metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
-        oldest = min(event.message.timestamp for event in events)
-        metrics.INGEST_LATENCY.observe(max(0.0, time.time() - oldest))
+        oldest_ms = min(record.timestamp for records in batch.values() for record in records)
+        metrics.INGEST_LATENCY.observe(max(0.0, time.time() - oldest_ms / 1000))
 
     async def _ingest(
         self,
-        batches: list[list[Event]],
+        batch: dict[TP, list[Record]],
         decode: Callable[[bytes], Any],
-        fold: Callable[[Event, Any, list[Send]], None],
+        fold: Callable[[Record, Any, list[Send]], None],
     ) -> None:
         """Each input partition's batch folded once, its sends stored before they go out.
 
@@ -134,24 +142,23 @@ class Ingest:
         async with contextlib.AsyncExitStack() as locks:
             dead_letters: list[Send] = []
             stored: list[tuple[int, bytes, Checkpoint]] = []
-            for events in batches:
-                first = events[0].message
-                source = source_name(first.topic, first.partition)
+            for tp, records in batch.items():
+                source = source_name(tp.topic, tp.partition)
                 await locks.enter_async_context(self.checkpoint_locks[source])
-                checkpoint = await self._resend_unsent(source, first.partition)
-                fresh = [e for e in events if e.message.offset > checkpoint.offset]
-                for event in events[: len(events) - len(fresh)]:
+                checkpoint = await self._resend_unsent(source, tp.partition)
+                fresh = [r for r in records if r.offset > checkpoint.offset]
+                for record in records[: len(records) - len(fresh)]:
                     # Done before a crash or a rebalance: its sends are out already.
-                    self.sources.saw(first.topic, first.partition, event.message.offset, None)
+                    self.sources.saw(tp.topic, tp.partition, record.offset, None)
                 if not fresh:
                     continue
                 sends: list[Send] = []
                 self._load_seen(source)
-                self.seen_batch = SeenBatch(first.partition)
-                for event, record in self._valid(fresh, decode, dead_letters):
-                    fold(event, record, sends)
-                self._store_seen(source, fresh[0].message.offset)
-                last_offset = fresh[-1].message.offset
+                self.seen_batch = SeenBatch(tp.partition)
+                for record, decoded in self._valid(fresh, decode, dead_letters):
+                    fold(record, decoded, sends)
+                self._store_seen(source, fresh[0].offset)
+                last_offset = fresh[-1].offset
                 partials = self.topology.touchpoint_partials.get_topic_name()
                 for partial in self.partials.drain(source, last_offset):
                     sends.append(Send(partials, partial.touchpoint.encode(), partial.encode()))
@@ -160,7 +167,7 @@ class Ingest:
                     sends.append(Send(visits, entry.customer.encode(), entry.encode()))
                 watermark = self.sources.watermarks.get(source)
                 stored.append(
-                    (first.partition, source.encode(), Checkpoint(last_offset, watermark, sends))
+                    (tp.partition, source.encode(), Checkpoint(last_offset, watermark, sends))
                 )
             # Dead letters are for people, not for the next stage: out first, at least
             # once, and never kept in the checkpoint (a bad record may be a megabyte).
@@ -193,8 +200,8 @@ class Ingest:
             self.checkpoints.put(partition, source.encode(), checkpoint.encode())
         return checkpoint
 
-    def _fold_event(self, event: Event, record: Any, sends: list[Send]) -> None:
-        if not self._first_time(event, record.event_id, record.occurred_at_ms):
+    def _fold_event(self, fetched: Record, record: Any, sends: list[Send]) -> None:
+        if not self._first_time(fetched, record.event_id, record.occurred_at_ms):
             return
         self.partials.add_event(record)
         self.visit_batch.add(record)
@@ -208,8 +215,8 @@ class Ingest:
             topic, key = self.topology.contacts, message.contact_key
         sends.append(Send(topic.get_topic_name(), key.encode(), message.encode()))
 
-    def _fold_answer(self, event: Event, record: Any, sends: list[Send]) -> None:
-        if not self._first_time(event, record.answer_id, record.answered_at_ms):
+    def _fold_answer(self, fetched: Record, record: Any, sends: list[Send]) -> None:
+        if not self._first_time(fetched, record.answer_id, record.answered_at_ms):
             return
         sentiment = self.partials.add_answer(record)
         if not self.wiring.fatigue:
@@ -223,35 +230,35 @@ class Ingest:
         sends.append(Send(topic.get_topic_name(), key.encode(), answer.encode(), (ANSWER_RECORD,)))
 
     def _valid(
-        self, events: list[Event], decode: Callable[[bytes], Any], dead_letters: list[Send]
-    ) -> list[tuple[Event, Any]]:
+        self, records: list[Record], decode: Callable[[bytes], Any], dead_letters: list[Send]
+    ) -> list[tuple[Record, Any]]:
         """The records that decode and keep to time; the others become `dead_letters`."""
         valid = []
         now_ms = int(time.time() * 1000)
         judged_ms = self.judged_to()
-        for event in events:
-            message = event.message
-            metrics.RECORDS.labels(message.topic).inc()
+        if records:
+            metrics.RECORDS.labels(records[0].topic).inc(len(records))
+        for message in records:
             newest_ms = self.sources.watermarks.get(source_name(message.topic, message.partition))
             try:
-                record = decode(payload(event))
+                # A tombstone reads as empty, and fails validation.
+                record = decode(message.value or b"")
                 self.timeliness.check(record, newest_ms, now_ms, judged_ms)
                 if self.settings.pseudonymise_ids:
                     record = pseudonymised(record, self.settings.pseudonym_key)
             except InvalidRecord as exc:
                 if exc.reason is Reason.LATE:
                     metrics.LATE_RECORDS.inc()
-                dead_letters.append(self._dead_letter(event, exc))
+                dead_letters.append(self._dead_letter(message, exc))
                 continue
-            valid.append((event, record))
+            valid.append((message, record))
             self.sources.saw(message.topic, message.partition, message.offset, record.at_ms)
         return valid
 
-    def _dead_letter(self, event: Event, error: InvalidRecord) -> Send:
-        message = event.message
+    def _dead_letter(self, message: Record, error: InvalidRecord) -> Send:
         self.sources.saw(message.topic, message.partition, message.offset, None)
         metrics.DEAD_LETTERS.labels(message.topic, error.reason.value).inc()
-        value = payload(event)
+        value = message.value or b""
         headers = [
             ("cxmon-reason", error.reason.value.encode()),
             ("cxmon-error", error.detail[:MAX_ERROR_DETAIL].encode()),
@@ -265,9 +272,8 @@ class Ingest:
             value = value[:MAX_DEAD_LETTER_BYTES]
         return Send(self.topology.dead_letters.get_topic_name(), message.key, value, tuple(headers))
 
-    def _first_time(self, event: Event, record_id: str, occurred_at_ms: int) -> bool:
+    def _first_time(self, message: Record, record_id: str, occurred_at_ms: int) -> bool:
         """False for a duplicate id; the same record read again after a crash is no duplicate."""
-        message = event.message
         digest = id_digest(message.topic, record_id)
         if not self.seen_ids.first_time(digest, message.partition, message.offset):
             metrics.DUPLICATES.labels(message.topic).inc()
@@ -318,17 +324,16 @@ class Ingest:
             for _key, raw in self._stored_seen(source):
                 self.seen_ids.forget(SeenBatch.decode(raw))
 
-    async def _report_progress(self, events: list[Event]) -> None:
+    async def _report_progress(self, batch: dict[TP, list[Record]]) -> None:
         """One message per downstream partition for the whole batch, whatever it touched.
 
         Never idle: the end a batch's fetch saw may be behind the log by now, and an idle
         mark sent after the others' newer ones would vouch for their times. Whether a
         partition has caught up is for `report_idle_inputs`, which asks the broker.
         """
-        read = sorted({(event.message.topic, event.message.partition) for event in events})
         marks: defaultdict[str, list[SourceMark]] = defaultdict(list)
-        for topic, partition in read:
-            marks[topic].append(self.sources.reading(topic, partition))
+        for tp in sorted(batch):
+            marks[tp.topic].append(self.sources.reading(tp.topic, tp.partition))
         await self.wiring.send_marks(marks)
 
     async def keep_reporting_idle_inputs(self) -> None:
