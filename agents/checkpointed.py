@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +96,16 @@ class CheckpointedTable:
             )
             await self._apply(partition, checkpoint)
         return checkpoint
+
+    async def store_each(self, chains: Mapping[int, list[KeyedCheckpoint]]) -> None:
+        """Each partition's checkpoints stored in order, the partitions side by side: a
+        batch over eight partitions waits for the broker three times, not twenty-four."""
+
+        async def store_all(partition: int, checkpoints: list[KeyedCheckpoint]) -> None:
+            for checkpoint in checkpoints:
+                await self.store(partition, checkpoint)
+
+        await asyncio.gather(*(store_all(p, chain) for p, chain in chains.items()))
 
     async def store(self, partition: int, checkpoint: KeyedCheckpoint) -> None:
         """Stored with its offset before anything is written or sent, then applied."""

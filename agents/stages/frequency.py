@@ -22,7 +22,7 @@ from streams.core.fatigue import Cohorts
 from streams.core.ingest import FATIGUE_SUBJECT, CustomerAnswer, OutboundMessage, PartialTallies
 from streams.core.messaging import Answered, CustomerMessages, FrequencyPolicy, Message
 from streams.core.scores import Tally
-from streams.state.delivery import Send
+from streams.state.delivery import KeyedCheckpoint, Send
 from streams.state.watermarks import PROGRESS_KEY, source_name
 
 log = logging.getLogger(__name__)
@@ -53,18 +53,20 @@ class Frequency:
     async def count_customer_messages(self, stream: StreamT[bytes]) -> None:
         async for events in self.wiring.batches.of(stream):
             started = time.perf_counter()
-            partitions = set()
-            for batch in by_partition(events):
-                partitions.add(batch[0].message.partition)
-                await self._count_partition(batch)
+            chains = {
+                batch[0].message.partition: await self._count_partition(batch)
+                for batch in by_partition(events)
+            }
+            await self.customers.store_each(chains)
             if self.wiring.fatigue:
                 topic = self.topology.customer_messages
-                await self.wiring.pass_marks_on(topic, self.progress, partitions)
+                await self.wiring.pass_marks_on(topic, self.progress, set(chains))
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    async def _count_partition(self, batch: list[Event]) -> None:
+    async def _count_partition(self, batch: list[Event]) -> list[KeyedCheckpoint]:
         """One partition's messages and answers taken in, its customers judged and its
-        answers put in cohorts up to its watermark, all stored before any of it is applied.
+        answers put in cohorts up to its watermark: the checkpoints to store before any of
+        it is applied.
 
         Each customer's state is read and written once per batch, however many messages,
         answers and judgements it takes in.
@@ -98,14 +100,15 @@ class Frequency:
         rest = [Change(key, state.encode(), sends.get(key, [])) for key, state in judged.items()]
         source = source_name(self.topology.customer_messages.get_topic_name(), partition)
         partials = self.topology.touchpoint_partials.get_topic_name()
-        for checkpoint in chunked(offset, done.sequence, changes, rest):
+        checkpoints = list(chunked(offset, done.sequence, changes, rest))
+        for checkpoint in checkpoints:
             for customer in checkpoint.states:
                 for at_ms, count_class, tally in cohorts.get(customer.encode(), []):
                     self.cohort_tallies.add_cohort(at_ms, count_class, tally)
             # Named by the checkpoint: sent again after a stop, it is known downstream.
             for partial in self.cohort_tallies.drain(source, checkpoint.sequence):
                 checkpoint.sends.append(Send(partials, FATIGUE_SUBJECT.encode(), partial.encode()))
-            await self.customers.store(partition, checkpoint)
+        return checkpoints
 
     def _due(self, raw: bytes) -> int | None:
         """When a stored customer must be judged next, in event time."""

@@ -58,12 +58,13 @@ class Journeys:
                         self._remember_visits(partition, entry, fed)
                 done.offset = max(done.offset, batch[-1].message.offset)
             decided, outcomes = self._decide_journeys(progressed, fed)
+            chains = {}
             for partition, done in sorted(stored.items()):
                 first, rest = (
                     self._journey_changes(partition, states, outcomes) for states in (fed, decided)
                 )
-                for checkpoint in chunked(done.offset, done.sequence, first, rest):
-                    await self.customers.store(partition, checkpoint)
+                chains[partition] = list(chunked(done.offset, done.sequence, first, rest))
+            await self.customers.store_each(chains)
             await self.wiring.pass_marks_on(self.topology.journey_visits, self.progress, progressed)
             metrics.BATCH_SECONDS.labels("journeys").observe(time.perf_counter() - started)
 
