@@ -55,6 +55,7 @@ class Pipeline:
         app.on_partitions_revoked.connect(self.scoring.forget_revoked_touchpoints)
         app.on_partitions_revoked.connect(self.breaks.forget_revoked_breaks)
         app.on_partitions_revoked.connect(self.ingest.forget_revoked_ids)
+        app.on_partitions_revoked.connect(self.ingest.say_idle_again)
 
     def forget_revoked_progress(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
         """A stage's partition, given back, is read again from the group's commit, its

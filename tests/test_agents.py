@@ -1040,6 +1040,65 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     assert SourceMark(source_name(events, 0), START_MS + 60_000, True, vouches) in marks
 
 
+async def test_an_idle_mark_is_said_again_only_once_it_changes_or_after_a_rebalance(
+    harness: Harness,
+) -> None:
+    """Said again unchanged while no other mark changes, an idle mark tells no stage
+    anything: after a backlog, the stages read and committed such marks every tick for
+    seconds before they could drain."""
+    topology, ingest = harness.topology, harness.pipeline.ingest
+    sources, events = harness.pipeline.wiring.sources, topology.touchpoint_events.get_topic_name()
+    idle = TP(events, 0)
+    consumer: Any = harness.app.consumer
+    consumer.assignment = lambda: {idle}
+    consumer.highwater = lambda tp: 40
+
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        return dict.fromkeys(tps, 40)
+
+    async def committed(tps: set[TP]) -> dict[TP, int]:
+        return dict.fromkeys(tps, 40)
+
+    consumer.highwaters = highwaters
+    harness.pipeline.wiring.batches.offsets._committed = committed  # type: ignore[method-assign]
+
+    async def said() -> list[SourceMark]:
+        harness.sent.clear()
+        sources.read_at = time.monotonic()  # the group read lately: a report every tick
+        await ingest.report_idle_inputs()
+        return [
+            m
+            for s in harness.to(topology.touchpoint_partials)
+            for m in decode_marks(s.value or b"")
+        ]
+
+    source = source_name(events, 0)
+    assert await said() == [SourceMark(source, None, True)] * PARTITIONS
+    assert await said() == [], "unchanged"
+    sources.hear([SourceMark(source_name(events, 1), START_MS, False)])
+    assert await said() == [SourceMark(source, None, True, START_MS)] * PARTITIONS, "vouches more"
+    assert await said() == []
+    sources.hear([SourceMark(source_name(events, 1), START_MS, False)])
+    assert await said() == [], "heard again, unchanged"
+    sources.hear([SourceMark(source_name(events, 1), START_MS, True)])
+    assert await said() == [SourceMark(source, None, True, START_MS)] * PARTITIONS, (
+        "the others moved on downstream: it vouches for as far as they have got now"
+    )
+    assert await said() == []
+    ingest.say_idle_again(None, {TP(events, 1)}, signal=None)
+    assert await said() == [SourceMark(source, None, True, START_MS)] * PARTITIONS, "rebalanced"
+    await ingest._report_progress({idle: []})
+    assert await said() == [SourceMark(source, None, True, START_MS)] * PARTITIONS, (
+        "read since: downstream it was not idle"
+    )
+    harness.sent.clear()
+    sources.read_at = sources.idle_reported_at = 0.0
+    await ingest.report_idle_inputs()
+    assert [
+        m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
+    ] == [SourceMark(source, None, True, START_MS)] * PARTITIONS, "the report at least every 15 s"
+
+
 async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
     harness: Harness,
 ) -> None:

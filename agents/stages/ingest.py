@@ -82,6 +82,8 @@ class Ingest:
         self.dedup_sweeps: dict[str, int] = {}
         self.checkpoints = PartitionedState(topology.ingest_checkpoints)
         self.checkpoint_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # The idle marks last sent: one said again unchanged would tell no stage anything.
+        self.idle_said: dict[str, SourceMark] = {}
 
     # The input agents' streams stay empty: Faust subscribes their topics and assigns their
     # partitions, and the records come as fetched, through the hand-over (agents/handover.py).
@@ -333,7 +335,9 @@ class Ingest:
         """
         marks: defaultdict[str, list[SourceMark]] = defaultdict(list)
         for tp in sorted(batch):
-            marks[tp.topic].append(self.sources.reading(tp.topic, tp.partition))
+            mark = self.sources.reading(tp.topic, tp.partition)
+            self.idle_said.pop(mark.source, None)
+            marks[tp.topic].append(mark)
         await self.wiring.send_marks(marks)
 
     async def keep_reporting_idle_inputs(self) -> None:
@@ -346,8 +350,13 @@ class Ingest:
     async def report_idle_inputs(self) -> None:
         """Inputs with nothing left to read must not hold the watermark back, even if empty.
 
-        Said again and again: downstream an idle input vouches only for how far the others
-        had got when it last said so (see `SourceProgress`).
+        Said again as the others get further: downstream an idle input vouches only for
+        how far the others had got when it last said so (see `SourceProgress`). So every
+        idle mark is said again once the marks this worker's stages take (its own, and
+        other workers') have changed since the last report, at least every
+        `IDLE_REPORT_AT_LEAST_EVERY_S`, and after a rebalance (a stage's partition given to
+        another worker starts its marks afresh); otherwise only the marks that changed.
+        Once nothing changes any more, the inputs fall silent and the stages can drain.
         """
         now = time.monotonic()
         reading = now - self.sources.read_at < IDLE_REPORT_WHILE_READING_S
@@ -366,6 +375,8 @@ class Ingest:
         except Exception:
             # Asked again on the next tick; what is known is reported meanwhile.
             log.warning("where the inputs not read yet start is unknown", exc_info=True)
+        if not reading or self.sources.heard_changed_at >= self.sources.idle_reported_at:
+            self.idle_said.clear()
         self.sources.idle_reported_at = now
         candidates: dict[TP, tuple[int, SourceMark]] = {}
         for tp in sorted(inputs):
@@ -392,8 +403,15 @@ class Ingest:
         idle: defaultdict[str, list[SourceMark]] = defaultdict(list)
         for tp, (read_to, mark) in candidates.items():
             if tp in ends and read_to >= ends[tp]:
-                idle[tp.topic].append(replace(mark, vouches_ms=vouches))
+                said = replace(mark, vouches_ms=vouches)
+                if self.idle_said.get(said.source) != said:
+                    self.idle_said[said.source] = said
+                    idle[tp.topic].append(said)
         await self.wiring.send_marks(idle)
+
+    def say_idle_again(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        """After a rebalance every idle mark is said again, changed or not."""
+        self.idle_said.clear()
 
     def _restore_watermark(self, source: str) -> None:
         """The event time an input had reached, from its checkpoint, if not read here since.

@@ -257,8 +257,10 @@ class Sources:
         )
         self.watermarks: dict[str, int] = {}
         # The newest event time the progress marks this worker's stages took have said,
-        # whoever read it.
+        # whoever read it; the last mark taken of each partition, and when one last changed.
         self.heard_ms: int | None = None
+        self.heard: dict[str, SourceMark] = {}
+        self.heard_changed_at = 0.0
         # When input was last read, here or by another worker of the group, and when
         # this worker last said which of its inputs are idle: monotonic.
         self.read_at = 0.0
@@ -282,6 +284,9 @@ class Sources:
 
     def hear(self, marks: list[SourceMark]) -> None:
         for mark in marks:
+            if self.heard.get(mark.source) != mark:
+                self.heard[mark.source] = mark
+                self.heard_changed_at = time.monotonic()
             if mark.watermark_ms is not None and mark.watermark_ms > (self.heard_ms or -1):
                 self.heard_ms = mark.watermark_ms
 
