@@ -1,13 +1,14 @@
-"""Input records handed from the consumer to their stage a fetch at a time, past Faust's streams.
+"""Records handed from the consumer to their stage a fetch at a time, past Faust's streams.
 
 Faust turns every fetched record into a message, an event on each of its channels, a queue
 put and get, a stream step and an ack: about 50 µs a record for an agent that only decodes
-(bench/faust_floor.py), more than the first stage's own work. The input topics' records skip
-all of it: the consumer's drain loop hands each fetch's records of those topics, as aiokafka
-read them, to the stage that reads them. Faust still subscribes the topics, assigns their
-partitions, and owns the group, the rebalances and the tables; the monitor's own ledger
-(agents/commits.py) admits the records in offset order and commits what the stage finished,
-as it does for Faust's streams.
+(bench/faust_floor.py), more than the first stage's own work; and its batches
+(`take_events`) wait for a timer. The stages' records skip all of it: the consumer's drain
+loop hands each fetch's records of their topics, as aiokafka read them, to the stage that
+reads them, which takes whatever has come whenever it is ready for more. Faust still
+subscribes the topics, assigns their partitions, and owns the group, the rebalances and the
+tables (their changelogs go through Faust's recovery as before); the monitor's own ledger
+(agents/commits.py) admits the records in offset order and commits what a stage finished.
 
 A rebalance drops what waits here, as Faust drops what waits in its streams' buffers: the
 ledger reads a partition again from what was finished. The batch a stage is working on when
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -44,9 +45,9 @@ class Fetch:
 class Handover:
     """Per input topic, the fetches waiting for its stage, at most about `max_records`."""
 
-    def __init__(self, app: faust.App, topics: Iterable[str], max_records: int) -> None:
+    def __init__(self, app: faust.App, max_records: int) -> None:
         self.app = app
-        self.topics = frozenset(topics)
+        self.topics: set[str] = set()
         self.max_records = max_records
         self.waiting: defaultdict[str, deque[Fetch]] = defaultdict(deque)
         self.waiting_records = 0
@@ -57,6 +58,10 @@ class Handover:
         self.working = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def serve(self, topic: str) -> None:
+        """Records of `topic` come here from now on; before the consumer reads any."""
+        self.topics.add(topic)
 
     def takes(self, topic: str) -> bool:
         return topic in self.topics

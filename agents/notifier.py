@@ -11,10 +11,9 @@ from typing import Any
 import aiohttp
 import faust
 import orjson
-from faust.types import StreamT
 
 from agents import metrics
-from agents.streaming import Batches, PartitionedState, payload
+from agents.streaming import Batches, PartitionedState, every_record
 from agents.topology import Topology
 from models.decode import InvalidRecord, parse_json_object
 from models.records import AlertStatus
@@ -97,22 +96,23 @@ class Notifier:
                 "CXMON_PSEUDONYM_KEY is not set: customer pseudonyms in notifications are "
                 "unkeyed hashes, which anyone can match against guessed customer ids"
             )
-        self.app.agent(self.topology.alerts, name="notify_alertmanager")(self.notify_alertmanager)
+        self.batches.bind(self.topology.alerts, "notify_alertmanager", self.notify_alertmanager)
         resend_s = self.settings.alertmanager_resend_ms / 1000
         self.app.timer(resend_s, name="resend_firing_alerts")(self.resend_firing_alerts)
 
-    async def notify_alertmanager(self, stream: StreamT[bytes]) -> None:
-        async for events in self.batches.of(stream):
+    async def notify_alertmanager(self) -> None:
+        async for batch in self.batches.fetched(self.topology.alerts.get_topic_name()):
             alerts = []
-            for event in events:
+            for record in every_record(batch):
+                value = record.value or b""
                 try:
-                    alert = parse_json_object(payload(event))
+                    alert = parse_json_object(value)
                 except InvalidRecord as exc:
                     log.error("skipping an alert that is not JSON: %s", exc.detail)
                     continue
-                key, partition = str(alert["fingerprint"]).encode(), event.message.partition
+                key, partition = str(alert["fingerprint"]).encode(), record.partition
                 if alert["status"] == AlertStatus.FIRING.value:
-                    self.firing.put(partition, key, payload(event))
+                    self.firing.put(partition, key, value)
                 else:
                     self.firing.delete(partition, key)
                 alerts.append(alert)

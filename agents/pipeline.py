@@ -49,7 +49,7 @@ class Pipeline:
             (topology.journey_visits, self.journeys.follow_journeys),
             (topology.journey_outcomes, self.breaks.judge_breaks),
         ):
-            app.agent(topic, name=agent.__name__)(agent)
+            self.wiring.batches.bind(topic, agent.__name__, agent)
         app.task(self.ingest.keep_reporting_idle_inputs)
         app.on_partitions_revoked.connect(self.forget_revoked_progress)
         app.on_partitions_revoked.connect(self.scoring.forget_revoked_touchpoints)

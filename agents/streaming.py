@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 import faust
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, StreamT
 
 from agents import metrics
 from agents.commits import Offsets
@@ -20,29 +21,19 @@ from agents.transport import PacedTransport
 from streams.settings import Settings
 from streams.state.envelope import ENVELOPE_KEY, unpack
 
-Stream = faust.Stream[bytes]
-Event = EventT[bytes]
+# A stage's batch: each partition's records, in offset order.
+Batch = dict[TP, list[Record]]
 T = TypeVar("T")
 
 LAG_INTERVAL_S = 5.0
-
-
-def event_offset(event: Event) -> int:
-    return event.message.offset
 
 
 def record_offset(record: Record) -> int:
     return cast(int, record.offset)
 
 
-def payload(event: Event) -> bytes:
-    """The raw value; a tombstone on an input topic reads as empty and fails validation."""
-    return event.message.value or b""
-
-
-def headers_of(event: Event) -> tuple[tuple[str, bytes], ...]:
-    headers = event.message.headers or []
-    return tuple(headers.items()) if isinstance(headers, Mapping) else tuple(headers)
+def every_record(batch: Batch) -> Iterator[Record]:
+    return itertools.chain.from_iterable(batch.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,19 +47,18 @@ class Received:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def opened(events: list[Event]) -> list[Received]:
-    """The records a batch of an internal topic carries, envelopes taken apart, in order."""
+def opened(records: Iterable[Record]) -> list[Received]:
+    """The records of an internal topic, envelopes taken apart, in order."""
     received = []
-    for event in events:
-        message = event.message
-        key, partition, offset = message.key or b"", message.partition, message.offset
+    for record in records:
+        key, partition, offset = record.key or b"", record.partition, record.offset
+        value = record.value or b""
         if key == ENVELOPE_KEY:
             received += [
-                Received(partition, offset, r.key, r.value, r.headers)
-                for r in unpack(payload(event))
+                Received(partition, offset, r.key, r.value, r.headers) for r in unpack(value)
             ]
         else:
-            received.append(Received(partition, offset, key, payload(event), headers_of(event)))
+            received.append(Received(partition, offset, key, value, tuple(record.headers)))
     return received
 
 
@@ -145,12 +135,7 @@ class Batches:
         self.settings = settings
         self.processed_offsets: dict[TP, int] = {}
         self.offsets = Offsets(app, settings)
-        names = settings.topics
-        self.handover = Handover(
-            app,
-            (names.touchpoint_events, names.survey_answers, names.identity_links),
-            max_records=settings.batch_size * 2,
-        )
+        self.handover = Handover(app, max_records=settings.batch_size * 2)
         self.lag: list[metrics.LagReading] = []
         metrics.CONSUMER_LAG.readings = lambda: self.lag
 
@@ -160,23 +145,18 @@ class Batches:
         self.app.on_partitions_revoked.connect(self.on_partitions_revoked)
         cast(PacedTransport, self.app.transport).handover = self.handover
 
-    async def of(self, stream: StreamT[bytes]) -> AsyncIterator[list[Event]]:
-        """A Faust stream's events, a batch at a time."""
-        batches = cast(Stream, stream).take_events(
-            self.settings.batch_size, self.settings.batch_seconds
-        )
-        async for events in batches:
-            by_tp: dict[TP, list[Event]] = {}
-            for event in events:
-                by_tp.setdefault(event.message.tp, []).append(event)
-            admitted = await self.offsets.admit(by_tp, event_offset)
-            if not admitted:
-                continue
-            async with self._finishing(admitted, event_offset):
-                yield [event for batch in admitted.values() for event in batch]
+    def bind(self, topic: faust.TopicT, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """`loop` reads `topic` through `fetched`. A Faust agent of that name subscribes the
+        topic and has its partitions assigned; its own stream stays empty."""
+        self.handover.serve(topic.get_topic_name())
 
-    async def fetched(self, topic: str) -> AsyncIterator[dict[TP, list[Record]]]:
-        """A handed-over topic's records as fetched, a batch of partitions at a time."""
+        async def agent(_: StreamT[bytes]) -> None:
+            await loop()
+
+        self.app.agent(topic, name=name)(agent)
+
+    async def fetched(self, topic: str) -> AsyncIterator[Batch]:
+        """A bound topic's records as fetched: whatever has come, whenever asked for more."""
         while True:
             fetched = await self.handover.take(topic)
             try:

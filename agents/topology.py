@@ -77,7 +77,6 @@ def build_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=3.0,
         producer_linger_ms=5,
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
-        stream_buffer_maxsize=max(4_096, settings.batch_size * 2),
         web_enabled=True,
         web_bind=settings.web_host,
         web_host=settings.web_host,

@@ -1,4 +1,4 @@
-"""The worker's Kafka transport: fetches at a steady pace, records handed over without tasks.
+"""The worker's Kafka transport: fetches at a steady pace, records handed to the stages whole.
 
 A worker reads every partition of eight topics or so. Each fetch request names them all
 and each response is parsed partition by partition in Python, so a fetch costs the same
@@ -8,12 +8,12 @@ measured) then has the consumer fetch thousands of times a second, a record or t
 a third of the worker's CPU in one profile. At most one fetch a broker every
 `CXMON_FETCH_INTERVAL_MS` bounds that cost; it adds at most that much to a record's wait.
 
-Faust hands each fetched record to its streams through `wait_first(deliver(record),
+The stages' records skip Faust's streams: each fetch's records of their topics are handed
+to them whole (agents/handover.py). What Faust still reads itself (a table's changelog
+while it recovers) it hands to its streams through `wait_first(deliver(record),
 suspend_flow.wait())`: four tasks, an `asyncio.wait` and three cancellations a record, so
 that a delivery blocked on a full stream buffer gives way when a rebalance suspends the
-flow. A delivery that cannot block needs none of that, and is awaited directly. The input
-topics' records skip the streams altogether: each fetch's are handed to their stage whole
-(agents/handover.py).
+flow. A delivery that cannot block needs none of that, and is awaited directly.
 """
 
 from __future__ import annotations

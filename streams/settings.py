@@ -108,7 +108,6 @@ class Settings:
     dedup_ttl_ms: int = 86_400_000
     max_future_ms: int = 300_000
     batch_size: int = 2_000
-    batch_seconds: float = 0.05
     fetch_interval_ms: int = 10
     standby_replicas: int = 0
     sentiment: str = "auto"
@@ -184,13 +183,6 @@ class Settings:
                 "CXMON_PSEUDONYMISE_IDS needs CXMON_PSEUDONYM_KEY or CXMON_PSEUDONYM_KEY_FILE: "
                 "an unkeyed hash of a guessable id can be reversed"
             )
-        batch_seconds_raw = text("BATCH_SECONDS", str(default.batch_seconds))
-        try:
-            batch_seconds = float(batch_seconds_raw)
-        except ValueError:
-            raise SettingsError(
-                f"CXMON_BATCH_SECONDS={batch_seconds_raw!r} is not a number"
-            ) from None
         return cls(
             alertmanager_urls=tuple(
                 url.strip().rstrip("/")
@@ -215,7 +207,6 @@ class Settings:
             dedup_ttl_ms=duration("DEDUP_TTL", default.dedup_ttl_ms),
             max_future_ms=duration("MAX_FUTURE", default.max_future_ms),
             batch_size=integer("BATCH_SIZE", default.batch_size),
-            batch_seconds=batch_seconds,
             fetch_interval_ms=integer("FETCH_INTERVAL_MS", default.fetch_interval_ms, minimum=0),
             standby_replicas=integer("STANDBY_REPLICAS", default.standby_replicas, minimum=0),
             sentiment=text("SENTIMENT", default.sentiment),

@@ -35,7 +35,10 @@ def app() -> Any:
 
 
 def handover(app: Any, max_records: int = 100) -> Handover:
-    return Handover(cast(Any, app), (EVENTS, ANSWERS), max_records)
+    hand = Handover(cast(Any, app), max_records)
+    hand.serve(EVENTS)
+    hand.serve(ANSWERS)
+    return hand
 
 
 async def test_a_stage_takes_its_topics_records_of_every_fetch_waiting_by_partition(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from faust.types import TP, StreamT
+from faust.types import TP
 
 from agents import metrics
 from agents.stages.wiring import Wiring
@@ -29,9 +29,9 @@ class Breaks:
         self.windows = {j.id: BreakWindows(j) for j in catalog.breaks}
         self.by_partition = wiring.by_partition({j.id for j in catalog.breaks})
 
-    async def judge_breaks(self, stream: StreamT[bytes]) -> None:
+    async def judge_breaks(self) -> None:
         await self.wiring.judge_by_subject(
-            stream,
+            self.topology.journey_outcomes,
             "breaks",
             progress=self.progress,
             decode=Outcome.decode,

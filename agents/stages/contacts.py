@@ -7,11 +7,9 @@ to the customer the links say and sent on to the frequency stage.
 
 from __future__ import annotations
 
-from faust.types import StreamT
-
 from agents import metrics
 from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, Wiring
-from agents.streaming import PartitionedState, opened
+from agents.streaming import PartitionedState, every_record, opened
 from streams.core.identity import HeldMessages, add_link, customer_at
 from streams.core.ingest import CustomerAnswer, OutboundMessage
 from streams.state.delivery import Send
@@ -31,10 +29,10 @@ class Contacts:
             topology.touchpoint_events, topology.identity_links, *answered
         )
 
-    async def resolve_contacts(self, stream: StreamT[bytes]) -> None:
-        async for events in self.wiring.batches.of(stream):
+    async def resolve_contacts(self) -> None:
+        async for batch in self.wiring.batches.fetched(self.topology.contacts.get_topic_name()):
             progressed: set[int] = set()
-            for record in opened(events):
+            for record in opened(every_record(batch)):
                 partition, key = record.partition, record.key
                 if key == PROGRESS_KEY:
                     self.wiring.take_marks(self.progress[partition], record.value)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import time
 
-from faust.types import StreamT
-
 from agents import metrics
 from agents.checkpointed import Change, CheckpointedTable, chunked
-from agents.stages.wiring import ANSWER_RECORD, Wiring, by_partition
-from agents.streaming import Event, opened
+from agents.handover import Record
+from agents.stages.wiring import ANSWER_RECORD, Wiring
+from agents.streaming import opened
 from models.decode import format_timestamp
 from streams.core.fatigue import Cohorts
 from streams.core.ingest import FATIGUE_SUBJECT, CustomerAnswer, OutboundMessage, PartialTallies
@@ -50,20 +49,20 @@ class Frequency:
         self.progress = wiring.progress(topology.touchpoint_events, topology.contacts, *answered)
         self.judged_to: dict[int, int] = {}
 
-    async def count_customer_messages(self, stream: StreamT[bytes]) -> None:
-        async for events in self.wiring.batches.of(stream):
+    async def count_customer_messages(self) -> None:
+        topic = self.topology.customer_messages
+        async for batch in self.wiring.batches.fetched(topic.get_topic_name()):
             started = time.perf_counter()
             chains = {
-                batch[0].message.partition: await self._count_partition(batch)
-                for batch in by_partition(events)
+                tp.partition: await self._count_partition(tp.partition, records)
+                for tp, records in batch.items()
             }
             await self.customers.store_each(chains)
             if self.wiring.fatigue:
-                topic = self.topology.customer_messages
                 await self.wiring.pass_marks_on(topic, self.progress, set(chains))
             metrics.BATCH_SECONDS.labels("frequency").observe(time.perf_counter() - started)
 
-    async def _count_partition(self, batch: list[Event]) -> list[KeyedCheckpoint]:
+    async def _count_partition(self, partition: int, batch: list[Record]) -> list[KeyedCheckpoint]:
         """One partition's messages and answers taken in, its customers judged and its
         answers put in cohorts up to its watermark: the checkpoints to store before any of
         it is applied.
@@ -71,7 +70,6 @@ class Frequency:
         Each customer's state is read and written once per batch, however many messages,
         answers and judgements it takes in.
         """
-        partition = batch[0].message.partition
         done = await self.customers.resume(partition)
         fed: dict[bytes, CustomerMessages] = {}
         messaged: set[bytes] = set()
@@ -95,7 +93,7 @@ class Frequency:
             window = self.policy.inside(state, state.messages[-1].sent_at_ms)
             metrics.CUSTOMER_WINDOW_MESSAGES.observe(len(self.policy.counted(window)))
         judged, sends, cohorts = self._judge_customers(partition, fed)
-        offset = max(done.offset, batch[-1].message.offset)
+        offset = max(done.offset, batch[-1].offset)
         changes = [Change(key, state.encode(), sends.get(key, [])) for key, state in fed.items()]
         rest = [Change(key, state.encode(), sends.get(key, [])) for key, state in judged.items()]
         source = source_name(self.topology.customer_messages.get_topic_name(), partition)

@@ -19,12 +19,12 @@ from typing import Any, cast
 
 import faust
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, StreamT
+from faust.types import TP
 
 from agents import metrics
 from agents.handover import Record
 from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, Wiring
-from agents.streaming import PartitionedState
+from agents.streaming import Batch, PartitionedState
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES
 from models.decode import (
     InvalidRecord,
@@ -85,14 +85,11 @@ class Ingest:
         # The idle marks last sent: one said again unchanged would tell no stage anything.
         self.idle_said: dict[str, SourceMark] = {}
 
-    # The input agents' streams stay empty: Faust subscribes their topics and assigns their
-    # partitions, and the records come as fetched, through the hand-over (agents/handover.py).
-
-    async def ingest_touchpoint_events(self, _: StreamT[bytes]) -> None:
+    async def ingest_touchpoint_events(self) -> None:
         topic = self.topology.touchpoint_events
         await self._checkpointed_input(topic, decode_touchpoint_event, self._fold_event)
 
-    async def ingest_survey_answers(self, _: StreamT[bytes]) -> None:
+    async def ingest_survey_answers(self) -> None:
         topic = self.topology.survey_answers
         await self._checkpointed_input(topic, decode_survey_answer, self._fold_answer)
 
@@ -108,7 +105,7 @@ class Ingest:
             await self._report_progress(batch)
             self._observe_ingest(batch, started)
 
-    async def ingest_identity_links(self, _: StreamT[bytes]) -> None:
+    async def ingest_identity_links(self) -> None:
         # Links are idempotent downstream: no checkpoint needed, at-least-once suffices.
         async for batch in self.batches.fetched(self.topology.identity_links.get_topic_name()):
             sends: list[Send] = []
@@ -125,14 +122,14 @@ class Ingest:
             await self.wiring.deliver(sends)
             await self._report_progress(batch)
 
-    def _observe_ingest(self, batch: dict[TP, list[Record]], started: float) -> None:
+    def _observe_ingest(self, batch: Batch, started: float) -> None:
         metrics.BATCH_SECONDS.labels("ingest").observe(time.perf_counter() - started)
         oldest_ms = min(record.timestamp for records in batch.values() for record in records)
         metrics.INGEST_LATENCY.observe(max(0.0, time.time() - oldest_ms / 1000))
 
     async def _ingest(
         self,
-        batch: dict[TP, list[Record]],
+        batch: Batch,
         decode: Callable[[bytes], Any],
         fold: Callable[[Record, Any, list[Send]], None],
     ) -> None:
@@ -326,7 +323,7 @@ class Ingest:
             for _key, raw in self._stored_seen(source):
                 self.seen_ids.forget(SeenBatch.decode(raw))
 
-    async def _report_progress(self, batch: dict[TP, list[Record]]) -> None:
+    async def _report_progress(self, batch: Batch) -> None:
         """One message per downstream partition for the whole batch, whatever it touched.
 
         Never idle: the end a batch's fetch saw may be behind the log by now, and an idle

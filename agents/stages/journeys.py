@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import time
 
-from faust.types import StreamT
-
 from agents import metrics
 from agents.checkpointed import Change, CheckpointedTable, chunked
-from agents.stages.wiring import Wiring, by_partition
+from agents.stages.wiring import Wiring
 from agents.streaming import opened
 from streams.core.journeys import CustomerJourneys, CustomerVisits, JourneyTracker, Outcome
 from streams.state.delivery import KeyedCheckpoint, Send
@@ -39,16 +37,17 @@ class Journeys:
         self.progress = wiring.progress(topology.touchpoint_events)
         self.decided_to: dict[int, int] = {}
 
-    async def follow_journeys(self, stream: StreamT[bytes]) -> None:
-        async for events in self.wiring.batches.of(stream):
+    async def follow_journeys(self) -> None:
+        topic = self.topology.journey_visits.get_topic_name()
+        async for batch in self.wiring.batches.fetched(topic):
             started = time.perf_counter()
             stored: dict[int, KeyedCheckpoint] = {}
             progressed: set[int] = set()
             fed: dict[bytes, CustomerJourneys] = {}
-            for batch in by_partition(events):
-                partition = batch[0].message.partition
+            for tp, records in batch.items():
+                partition = tp.partition
                 done = stored[partition] = await self.customers.resume(partition)
-                for record in opened(batch):
+                for record in opened(records):
                     if record.key == PROGRESS_KEY:
                         # Marks only ever raise the watermark: read twice, they change nothing.
                         self.wiring.take_marks(self.progress[partition], record.value)
@@ -56,7 +55,7 @@ class Journeys:
                     elif record.offset > done.offset:
                         entry = CustomerVisits.decode(record.value)
                         self._remember_visits(partition, entry, fed)
-                done.offset = max(done.offset, batch[-1].message.offset)
+                done.offset = max(done.offset, records[-1].offset)
             decided, outcomes = self._decide_journeys(progressed, fed)
             chains = {}
             for partition, done in sorted(stored.items()):

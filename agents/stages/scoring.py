@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from faust.types import TP, StreamT
+from faust.types import TP
 
 from agents import metrics
 from agents.stages.wiring import Wiring, partition_of
@@ -51,9 +51,9 @@ class Scoring:
         """The event time every partition of this worker has been judged to."""
         return min(self.judged_to.values(), default=None)
 
-    async def score_touchpoints(self, stream: StreamT[bytes]) -> None:
+    async def score_touchpoints(self) -> None:
         await self.wiring.judge_by_subject(
-            stream,
+            self.topology.touchpoint_partials,
             "score",
             progress=self.progress,
             decode=TouchpointPartial.decode,

@@ -13,10 +13,10 @@ from typing import TypeVar
 import faust
 from aiokafka.partitioner import murmur2
 from faust.exceptions import ConsumerNotStarted
-from faust.types import TP, StreamT
+from faust.types import TP
 
 from agents import metrics
-from agents.streaming import Batches, Event, Received, opened
+from agents.streaming import Batches, Received, every_record, opened
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from models.decode import encode_alert
 from models.records import Alert
@@ -155,7 +155,7 @@ class Wiring:
 
     async def judge_by_subject(
         self,
-        stream: StreamT[bytes],
+        topic: faust.TopicT,
         stage: str,
         *,
         progress: dict[int, SourceProgress],
@@ -165,10 +165,10 @@ class Wiring:
     ) -> None:
         """A stage keyed by subject: each batch's marks taken, its records judged by
         partition (a partition that got only marks too: its watermark moved)."""
-        async for events in self.batches.of(stream):
+        async for batch in self.batches.fetched(topic.get_topic_name()):
             started = time.perf_counter()
             grouped = by_subject(
-                opened(events),
+                opened(every_record(batch)),
                 lambda partition, raw: self.take_marks(progress[partition], raw),
                 decode,
                 subject_of,
@@ -232,14 +232,6 @@ def by_subject(
         decoded = decode(record.value)
         records.setdefault(subject_of(decoded), []).append(decoded)
     return grouped
-
-
-def by_partition(events: list[Event]) -> list[list[Event]]:
-    """A batch split by the partition it came from, each in offset order."""
-    split: dict[int, list[Event]] = {}
-    for event in events:
-        split.setdefault(event.message.partition, []).append(event)
-    return list(split.values())
 
 
 class Sources:
