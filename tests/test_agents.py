@@ -19,6 +19,7 @@ from agents.checkpointed import Change, chunked
 from agents.commits import Offsets
 from agents.metrics import REGISTRY, declare_catalog
 from agents.pipeline import Pipeline
+from agents.stages import ingest as ingest_stage
 from agents.stages.ingest import MAX_DEAD_LETTER_BYTES
 from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, partition_of
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
@@ -1090,6 +1091,31 @@ async def test_an_idle_mark_is_said_again_only_once_it_changes_or_after_a_rebala
     assert [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ] == [SourceMark(source, None, True, START_MS)] * PARTITIONS, "the report at least every 15 s"
+
+
+async def test_a_batch_of_input_done_has_the_idle_inputs_looked_at_without_waiting_a_tick(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Downstream, an idle input holds the watermark back until it vouches for the time of
+    what was just read: it is looked at once a batch is done, not at the next tick."""
+    monkeypatch.setattr(ingest_stage, "IDLE_REPORT_INTERVAL_S", 60.0)
+    ingest = harness.pipeline.ingest
+    reported = asyncio.Event()
+
+    async def report_idle_inputs() -> None:
+        reported.set()
+
+    monkeypatch.setattr(ingest, "report_idle_inputs", report_idle_inputs)
+    looking = asyncio.ensure_future(ingest.keep_reporting_idle_inputs())
+    try:
+        await asyncio.sleep(0.1)
+        assert not reported.is_set(), "no input done, and the tick is a minute away"
+        await ingest._report_progress(
+            {TP(harness.topology.touchpoint_events.get_topic_name(), 0): []}
+        )
+        await asyncio.wait_for(reported.wait(), 5)
+    finally:
+        looking.cancel()
 
 
 async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
