@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar, cast
 
@@ -31,6 +32,10 @@ T = TypeVar("T")
 
 # Faust's own default commit interval.
 COMMIT_INTERVAL_S = 2.8
+# Once the stages have finished everything handed to them, what they finished is committed
+# then rather than at the next tick, so the group's lag reads 0 once they are through; at
+# most this often.
+QUIET_COMMIT_INTERVAL_S = 0.5
 # How often partitions read past records that never reached an agent are looked for.
 LOOK_INTERVAL_S = 10.0
 
@@ -45,6 +50,8 @@ class Offsets:
         self.lookup = asyncio.Lock()
         self.commit_lock = asyncio.Lock()
         self.rewinds: set[asyncio.Future[None]] = set()
+        self.quiet_commit: asyncio.Future[None] | None = None
+        self.quiet_committed_at = 0.0
 
     def attach(self) -> None:
         # Before the fetcher starts, which reads the first. Acks still tell Faust when the
@@ -144,6 +151,23 @@ class Offsets:
 
     async def commit_all(self) -> None:
         await self.commit(None)
+
+    def commit_soon(self) -> None:
+        """The stages are through what they were given: commit it now, or as soon as
+        `QUIET_COMMIT_INTERVAL_S` has passed since the last such commit."""
+        if self.quiet_commit is not None and not self.quiet_commit.done():
+            return
+        wait_s = self.quiet_committed_at + QUIET_COMMIT_INTERVAL_S - time.monotonic()
+        self.quiet_commit = self.app.add_future(self._commit_quiet(max(0.0, wait_s)))
+
+    async def _commit_quiet(self, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
+        self.quiet_committed_at = time.monotonic()
+        try:
+            await self.commit(None)
+        except Exception:
+            # Not worth stopping the worker for: the next tick commits the same offsets.
+            log.warning("a commit once the stages were through failed", exc_info=True)
 
     async def commit(self, tps: set[TP] | None) -> None:
         """Once the producer has every write of the finished batches, their offsets."""

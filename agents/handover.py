@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -58,6 +58,8 @@ class Handover:
         self.working = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        # Called whenever the stages have finished all that was handed over.
+        self.on_quiet: Callable[[], None] = lambda: None
 
     def serve(self, topic: str) -> None:
         """Records of `topic` come here from now on; before the consumer reads any."""
@@ -113,6 +115,8 @@ class Handover:
         self.working -= 1
         if not self.working:
             self.idle.set()
+            if not self.waiting_records:
+                self.on_quiet()
 
     async def on_revoked(self) -> None:
         """Drops what waits, and returns once the batches being worked on are finished."""

@@ -144,6 +144,7 @@ class Batches:
         self.offsets.attach()
         self.app.on_partitions_revoked.connect(self.on_partitions_revoked)
         cast(PacedTransport, self.app.transport).handover = self.handover
+        self.handover.on_quiet = self.offsets.commit_soon
 
     def bind(self, topic: faust.TopicT, name: str, loop: Callable[[], Awaitable[None]]) -> None:
         """`loop` reads `topic` through `fetched`. A Faust agent of that name subscribes the

@@ -117,3 +117,23 @@ async def test_a_revoke_returns_once_the_batch_being_worked_on_is_done(app: Any)
     assert hand.waiting_records == 0, "what waited is dropped at once"
     hand.done()
     await asyncio.wait_for(revoking, 1)
+
+
+async def test_the_stages_through_everything_handed_over_is_said_once_the_last_is_done(
+    app: Any,
+) -> None:
+    hand = handover(app)
+    quiet: list[int] = []
+    hand.on_quiet = lambda: quiet.append(hand.working)
+    await hand.put(1, {TP(EVENTS, 0): records(EVENTS, 0, range(0, 3))})
+    await hand.put(1, {TP(ANSWERS, 0): records(ANSWERS, 0, range(0, 3))})
+    await hand.take(EVENTS)
+    await hand.take(ANSWERS)
+    await hand.put(1, {TP(EVENTS, 0): records(EVENTS, 0, range(3, 4))})
+    hand.done()
+    assert quiet == [], "a stage is still working"
+    hand.done()
+    assert quiet == [], "a record waits"
+    await hand.take(EVENTS)
+    hand.done()
+    assert quiet == [0]
