@@ -182,14 +182,16 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_counts_nothing_twice(
     worker = deployment.start_worker()
     uncommitted_at_kill = []
     restarts_s: list[float] = []
-    for chunk in chunks[:-1]:
+    for n, chunk in enumerate(chunks[:-1]):
         deployment.publish(chunk)
         published += published_per_topic(deployment, chunk)
-        # A random moment while the worker works through the chunk it was just given
-        # (it reads one in about a second, and commits every 2.8 s).
-        time.sleep(moments.uniform(0.1, 1.5))
-        uncommitted_at_kill.append(uncommitted_inputs(deployment, published))
+        # The first kill the moment the chunk is published, with all of it in hand; the
+        # others at a random moment while the worker may be working through it (it takes
+        # a chunk in well under a second and commits once through, at most every 0.5 s).
+        time.sleep(0.0 if n == 0 else moments.uniform(0.0, 1.0))
         assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
+        # Counted with the worker dead, so its commits stand still.
+        uncommitted_at_kill.append(uncommitted_inputs(deployment, published))
         # The same command, no instance id set: the one kept in the data dir takes the dead
         # member's place (static membership), or the worker would wait for it for good.
         started = time.monotonic()
@@ -217,11 +219,14 @@ def test_data_dir_deleted_the_lingering_member_is_named_and_once_removed_state_c
     no partition; it must say so, name the member and the fix, and export it; once the
     member is removed with the command it names, the state comes back from the changelogs.
     """
-    half = len(scenario.records) // 2
+    third, half = len(scenario.records) // 3, len(scenario.records) // 2
     worker = deployment.start_worker()
     old = deployment.instance_id("w1")
-    deployment.publish(scenario.records[:half])
-    time.sleep(1.0)  # work in hand, as at a crash
+    deployment.publish(scenario.records[:third])
+    time.sleep(1.0)  # state in the changelogs
+    # Killed with work in hand: records the group has not committed wait for the member
+    # that holds their partitions.
+    deployment.publish(scenario.records[third:half])
     assert worker.stop(signal.SIGKILL) == -signal.SIGKILL
     shutil.rmtree(deployment.data_dir("w1"))
 
