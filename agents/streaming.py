@@ -23,7 +23,6 @@ from streams.state.envelope import ENVELOPE_KEY, unpack
 
 # A stage's batch: each partition's records, in offset order.
 Batch = dict[TP, list[Record]]
-T = TypeVar("T")
 
 LAG_INTERVAL_S = 5.0
 
@@ -163,15 +162,13 @@ class Batches:
             try:
                 admitted = await self.offsets.admit(fetched, record_offset)
                 if admitted:
-                    async with self._finishing(admitted, record_offset):
+                    async with self._finishing(admitted):
                         yield admitted
             finally:
                 self.handover.done()
 
     @contextlib.asynccontextmanager
-    async def _finishing(
-        self, batch: dict[TP, list[T]], offset_of: Callable[[T], int]
-    ) -> AsyncIterator[None]:
+    async def _finishing(self, batch: Batch) -> AsyncIterator[None]:
         """Around a batch's processing: what is finished is committed, what is abandoned
         is read again."""
         try:
@@ -180,15 +177,15 @@ class Batches:
             self.offsets.abandon(batch)
             raise
         for tp, records in batch.items():
-            last = offset_of(records[-1])
+            last = record_offset(records[-1])
             self.offsets.finished(tp, last)
             self.processed_offsets[tp] = last
 
     async def on_partitions_revoked(
         self, sender: Any, /, *args: Any, signal: Any, **kwargs: Any
     ) -> None:
-        """Sent once Faust's agents finished their batches; the handed-over stages' are
-        finished too before the revoked partitions' offsets are committed."""
+        """The batches the stages are working on finished, then the revoked partitions'
+        offsets committed."""
         await self.handover.on_revoked()
         await self.offsets.on_partitions_revoked(sender, *args, signal=signal, **kwargs)
 
