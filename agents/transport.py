@@ -82,6 +82,18 @@ class PacedConsumer(kafka_driver.Consumer):
             )
         return {tp: fetched for tp, fetched in records.items() if tp not in taken}, active
 
+    async def verify_all_partitions_active(self) -> None:
+        """Faust's partition health check, off: the worker's stall watch does its work.
+
+        Faust checks every few seconds that each partition fetched ahead of its streams had a
+        record taken by one within five minutes. No stream sees the stages' records, and a
+        table's changelog is read only while it recovers, so it would log an error for every
+        changelog partition from the fifth minute on. Its other check, that fetches are still
+        sent, compares aiokafka's wall-clock time with the monotonic clock and never fires.
+        The stall watch (agents/membership.py) looks at what matters instead: every input
+        partition's committed offset against the records waiting in it.
+        """
+
     def _new_consumer_thread(self) -> kafka_driver.AIOKafkaConsumerThread:
         return PacedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

@@ -1,15 +1,19 @@
-"""Fetch pacing: a fetch that comes back early waits out the interval; a slow one does not."""
+"""The worker's transport: a fetch that comes back early waits out the interval, a slow one
+does not; and Faust's partition health check looks only at what the transport still does."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from agents.topology import build_app
-from agents.transport import PacedTransport
+from agents.transport import PacedConsumer, PacedTransport
 from streams.kafka.pacing import pace_fetches
 from streams.settings import Settings
 
@@ -83,3 +87,38 @@ async def test_a_wait_cancelled_when_the_consumer_closes_ends_quietly(
     waiting.cancel()
     # aiokafka's fetcher cancels its fetches on close and awaits them: no error may surface.
     assert await waiting is True
+
+
+class ChangelogAfterRecovery:
+    """aiokafka's view of a changelog partition once recovered: written to, read no further."""
+
+    active = True
+
+    def __init__(self) -> None:
+        self.value = SimpleNamespace(timestamp=time.time() * 1000, highwater=5_000, position=1_200)
+
+    def state_value(self, tp: Any) -> Any:
+        return self.value
+
+
+async def test_a_changelog_no_stream_reads_after_recovery_is_no_error(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = build_app(Settings.from_env({"CXMON_DATA_DIR": str(tmp_path)}))
+    consumer = app.consumer
+    assert isinstance(consumer, PacedConsumer)
+    changelog = TP("cx-monitor-tallies-changelog", 3)
+    assignment = ChangelogAfterRecovery()
+    consumer._thread._consumer = SimpleNamespace(
+        assignment=lambda: {changelog},
+        _fetcher=SimpleNamespace(
+            _subscriptions=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment))
+        ),
+    )
+    # Faust acks a table's changelog, the case its stream check looks at.
+    monkeypatch.setattr(app.topics, "acks_enabled_for", lambda topic: True)
+    # Long past Faust's five minutes, as in a worker that has run for an hour.
+    consumer._thread.time_started = time.monotonic() - 3_600
+    with caplog.at_level(logging.WARNING):
+        await consumer.verify_all_partitions_active()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
