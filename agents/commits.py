@@ -23,6 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
+from agents.topology import App
 from streams.settings import Settings
 from streams.state.offset_ledger import Admission, Cursors
 
@@ -175,7 +176,7 @@ class Offsets:
             due = self.cursors.due(tps)
             if not due:
                 return
-            await self.app.producer.flush()
+            await cast(App, self.app).outbox.flush()
             # The consumer's own commit, not its ack-driven one: offsets as given.
             consumer = cast(Any, self.app.consumer)
             if await consumer._commit(due):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 from collections import defaultdict
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 import faust
+from aiokafka.structs import RecordMetadata
 from faust.exceptions import ConsumerNotStarted
 from faust.types import TP, StreamT
 
@@ -17,6 +19,7 @@ from agents import metrics
 from agents.commits import Offsets
 from agents.handover import Handover, Record
 from agents.tables import BulkRestoredTable
+from agents.topology import App
 from agents.transport import PacedTransport
 from streams.settings import Settings
 from streams.state.envelope import ENVELOPE_KEY, unpack
@@ -68,21 +71,36 @@ class PartitionedState:
         self.table = table
         self.store = table.store
         self.values = cast(dict[bytes, bytes], self.store.data)
+        self.changelog = table.changelog_topic.get_topic_name()
+        self.outbox = cast(App, table.app).outbox
 
     def get(self, key: bytes) -> bytes | None:
         return self.values.get(key)
 
-    def put(self, partition: int, key: bytes, value: bytes) -> Awaitable[object]:
+    def put(self, partition: int, key: bytes, value: bytes) -> asyncio.Future[RecordMetadata]:
         """Write now; the changelog follows, and the result is done once the broker has it."""
         self.store.put(partition, key, value)
-        return self.table.send_changelog(partition, key, value)
+        return self._log(partition, key, value)
 
-    def delete(self, partition: int, key: bytes) -> Awaitable[object] | None:
+    def delete(self, partition: int, key: bytes) -> asyncio.Future[RecordMetadata] | None:
         """Delete now; the result, if there was anything, is done once the broker has it."""
         if key not in self.values:
             return None
         self.store.delete(key)
-        return self.table.send_changelog(partition, key, None, value_serializer="raw")
+        return self._log(partition, key, None)
+
+    def _log(
+        self, partition: int, key: bytes, value: bytes | None
+    ) -> asyncio.Future[RecordMetadata]:
+        written = self.outbox.send(self.changelog, key, value, partition)
+        written.add_done_callback(self._held)
+        return written
+
+    def _held(self, written: asyncio.Future[RecordMetadata]) -> None:
+        """The store learns how far its own acknowledged writes go, as from Faust's send."""
+        if not written.cancelled() and written.exception() is None:
+            done = written.result()
+            self.store.set_persisted_offset(TP(done.topic, done.partition), done.offset)
 
     def items(self) -> list[tuple[bytes, bytes]]:
         return list(self.values.items())

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cached_property
 from typing import Any
 
 import faust
 from faust.sensors import Sensor
 from mode import ServiceT
 
+from agents.outbox import Outbox
 from agents.tables import BulkRestoredTable, ChangelogLoader
 from agents.transport import use_paced_fetches
 from streams.kafka.topics import COMPACTED, TopicSpec, input_topics
@@ -28,13 +30,18 @@ PRODUCER_MAX_REQUEST_BYTES = 1_048_576
 
 
 class App(faust.App):
-    """Faust's app without its Monitor sensor, whose statistics nobody reads here.
+    """Faust's app without its Monitor sensor, whose statistics nobody reads here, and
+    with the outbox every record of the worker leaves by (agents/outbox.py).
 
     The worker's own metrics are in `agents/metrics.py`. The Monitor is told of every
     record read, every event a stream takes and every message sent: about 11 µs a record
     for a bare agent (bench/faust_floor.py, 2026-12-05). Faust's own code still finds it
     as `app.monitor`, it is only no longer called for each of those.
     """
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.producer)
 
     def on_init_dependencies(self) -> Iterable[ServiceT]:
         dependencies = super().on_init_dependencies()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any, TypeVar, cast
 import orjson
 import pytest
 import yaml
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, RecordMetadata, TopicPartition
 from faust.types import TP
 
 from agents.checkpointed import Change, chunked
@@ -22,6 +23,7 @@ from agents.pipeline import Pipeline
 from agents.stages import ingest as ingest_stage
 from agents.stages.ingest import MAX_DEAD_LETTER_BYTES
 from agents.stages.wiring import ANSWER_RECORD, LINK_RECORD, partition_of
+from agents.streaming import PartitionedState
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
 from agents.worker import assemble
 from models.records import Category, Stage, SurveyAnswer, SurveyMetric
@@ -102,6 +104,7 @@ class Harness:
             await handover.put(self.app.consumer_generation_id, fetched)
             while handover.waiting_records or handover.working:
                 await asyncio.sleep(0.01)
+        await self.app.outbox.handed()
 
 
 @pytest.fixture
@@ -130,10 +133,8 @@ def build_harness(tmp_path: Any, **env: str) -> Harness:
     app.finalize()
     app.flow_control.resume()
     result = Harness(app, topology, pipeline)
-    for topic in topology.topics():
-        topic.send = capture(result, topic.get_topic_name())  # type: ignore[method-assign]
-    for table in topology.tables():
-        table.send_changelog = record_changelog(result, table.name)  # type: ignore[method-assign]
+    changelogs = {table.changelog_topic.get_topic_name(): table.name for table in topology.tables()}
+    app.producer.send = capture(result, changelogs)  # type: ignore[method-assign]
     return result
 
 
@@ -147,41 +148,37 @@ class EveryRecord(Offsets):
         return dict(batch)
 
 
-def delivered() -> asyncio.Future[None]:
+def delivered(topic: str, partition: int | None, offset: int) -> asyncio.Future[RecordMetadata]:
     """What a send returns once the broker has the record."""
     future = asyncio.get_running_loop().create_future()
-    future.set_result(None)
+    tp = TopicPartition(topic, partition or 0)
+    future.set_result(RecordMetadata(topic, tp.partition, tp, offset, -1, 0, 0))
     return future
 
 
-def capture(harness: Harness, name: str) -> Callable[..., Any]:
-    async def send(
-        *, key: bytes | None = None, value: bytes | None = None, partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None, **_: Any,
-    ) -> asyncio.Future[None]:  # fmt: skip
-        if key == ENVELOPE_KEY:
+def capture(harness: Harness, tables: dict[str, str]) -> Callable[..., Any]:
+    """The producer's send: what the stages send, and each table's writes by table name."""
+    offsets = itertools.count()
+
+    async def send(  # noqa: PLR0917 (the producer's own signature)
+        topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+        timestamp: float | None, headers: list[tuple[str, bytes]] | None, **_: Any,
+    ) -> asyncio.Future[RecordMetadata]:  # fmt: skip
+        if topic in tables:
+            harness.changelog.append((tables[topic], partition, key or b"", value))
+        elif key == ENVELOPE_KEY:
             # What the next stage reads: the records, each as if sent alone.
             records = unpack(value or b"")
-            harness.envelopes.append((name, partition, len(records)))
+            harness.envelopes.append((topic, partition, len(records)))
             for record in records:
                 harness.sent.append(
-                    Sent(name, record.key, record.value, partition, dict(record.headers))
+                    Sent(topic, record.key, record.value, partition, dict(record.headers))
                 )
         else:
-            harness.sent.append(Sent(name, key, value, partition, dict(headers or [])))
-        return delivered()
+            harness.sent.append(Sent(topic, key, value, partition, dict(headers or [])))
+        return delivered(topic, partition, next(offsets))
 
     return send
-
-
-def record_changelog(harness: Harness, table: str) -> Callable[..., Any]:
-    def send_changelog(
-        partition: int | None, key: bytes, value: bytes | None, **_: Any
-    ) -> asyncio.Future[None]:
-        harness.changelog.append((table, partition, key, value))
-        return delivered()
-
-    return send_changelog
 
 
 def sample(name: str, **labels: str) -> float:
@@ -996,6 +993,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
 
     offsets._committed = committed  # type: ignore[method-assign]
     await harness.pipeline.ingest.report_idle_inputs()
+    await harness.app.outbox.handed()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
@@ -1008,6 +1006,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     harness.sent.clear()
     harness.pipeline.wiring.sources.idle_reported_at = 0.0
     await harness.pipeline.ingest.report_idle_inputs()
+    await harness.app.outbox.handed()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
@@ -1026,6 +1025,7 @@ async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     harness.sent.clear()
     sources.idle_reported_at = 0.0
     await harness.pipeline.ingest.report_idle_inputs()
+    await harness.app.outbox.handed()
     marks = [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ]
@@ -1060,6 +1060,7 @@ async def test_an_idle_mark_is_said_again_only_once_it_changes_or_after_a_rebala
         harness.sent.clear()
         sources.read_at = time.monotonic()  # the group read lately: a report every tick
         await ingest.report_idle_inputs()
+        await harness.app.outbox.handed()
         return [
             m
             for s in harness.to(topology.touchpoint_partials)
@@ -1082,12 +1083,14 @@ async def test_an_idle_mark_is_said_again_only_once_it_changes_or_after_a_rebala
     ingest.say_idle_again(None, {TP(events, 1)}, signal=None)
     assert await said() == [SourceMark(source, None, True, START_MS)] * PARTITIONS, "rebalanced"
     await ingest._report_progress({idle: []})
+    await harness.app.outbox.handed()
     assert await said() == [SourceMark(source, None, True, START_MS)] * PARTITIONS, (
         "read since: downstream it was not idle"
     )
     harness.sent.clear()
     sources.read_at = sources.idle_reported_at = 0.0
     await ingest.report_idle_inputs()
+    await harness.app.outbox.handed()
     assert [
         m for s in harness.to(topology.touchpoint_partials) for m in decode_marks(s.value or b"")
     ] == [SourceMark(source, None, True, START_MS)] * PARTITIONS, "the report at least every 15 s"
@@ -1141,6 +1144,7 @@ async def test_a_partition_whose_last_fetch_is_stale_is_not_reported_idle(
     consumer.highwaters = highwaters
     offsets._committed = committed  # type: ignore[method-assign]
     await harness.pipeline.ingest.report_idle_inputs()
+    await harness.app.outbox.handed()
     marks = {
         m.source
         for s in harness.to(topology.touchpoint_partials)
@@ -1168,3 +1172,17 @@ def test_a_partition_revoked_meanwhile_is_reported_not_idle_instead_of_crashing(
     events = harness.topology.touchpoint_events.get_topic_name()
     mark = harness.pipeline.wiring.sources.mark(cast(Any, app), events, 0, 10)
     assert mark.idle is False
+
+
+async def test_a_table_write_once_delivered_is_held_by_the_store(harness: Harness) -> None:
+    """The store knows how far its own acknowledged writes go: a worker keeping the partition
+    across a rebalance reads none of it again (agents/tables.py)."""
+    table = harness.topology.seen_ids
+    state = PartitionedState(table)
+    changelog = TP(table.changelog_topic.get_topic_name(), 1)
+    table.store.keep({1})
+    before = table.store.persisted_offset(changelog)
+    written = await state.put(1, b"key", b"value")
+    assert table.store.persisted_offset(changelog) == written.offset
+    assert written.offset != before
+    assert harness.changelog[-1] == (table.name, 1, b"key", b"value")

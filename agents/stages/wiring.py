@@ -8,7 +8,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import faust
 from aiokafka.partitioner import murmur2
@@ -17,7 +17,7 @@ from faust.types import TP
 
 from agents import metrics
 from agents.streaming import Batches, Received, every_record, opened
-from agents.topology import PRODUCER_MAX_REQUEST_BYTES, Topology
+from agents.topology import PRODUCER_MAX_REQUEST_BYTES, App, Topology
 from models.decode import encode_alert
 from models.records import Alert
 from streams.catalog import Catalog
@@ -73,8 +73,8 @@ class Wiring:
         self.core = core
         self.batches = batches
         self.partitions = settings.partitions
+        self.outbox = cast(App, app).outbox
         self.sources = Sources(topology, settings.partitions)
-        self.topics_by_name = {topic.get_topic_name(): topic for topic in topology.topics()}
         self.enveloped = frozenset(topic.get_topic_name() for topic in topology.internal())
         self.downstream = downstream(topology, core.catalog)
         self.fatigue = bool(core.catalog.fatigue)
@@ -96,13 +96,13 @@ class Wiring:
 
     async def deliver(self, sends: list[Send]) -> None:
         """Send, and return once the broker has every record."""
-        deliveries = [
-            await self.topics_by_name[s.topic].send(
-                key=s.key, value=s.value, headers=list(s.headers) or None, partition=partition
+        outbox = self.outbox
+        await asyncio.gather(
+            *(
+                outbox.send(s.topic, s.key, s.value, partition, list(s.headers) or None)
+                for s, partition in self._outgoing(sends)
             )
-            for s, partition in self._outgoing(sends)
-        ]
-        await asyncio.gather(*deliveries)
+        )
 
     def _outgoing(self, sends: list[Send]) -> list[tuple[Send, int | None]]:
         """The messages that carry `sends`: one envelope a partition of an internal topic."""
@@ -134,9 +134,9 @@ class Wiring:
             for topic in self.downstream[origin]:
                 bound.setdefault(topic, []).extend(reached)
         for topic, reached in bound.items():
-            value = encode_marks(reached)
+            name, value = topic.get_topic_name(), encode_marks(reached)
             for partition in range(self.partitions):
-                await topic.send(key=PROGRESS_KEY, value=value, partition=partition)
+                self.outbox.send(name, PROGRESS_KEY, value, partition)
 
     async def pass_marks_on(
         self, topic: faust.TopicT, progress: dict[int, SourceProgress], partitions: set[int]
