@@ -82,7 +82,9 @@ def build_app(settings: Settings) -> faust.App:
         consumer_group_instance_id=settings.instance_id,
         broker_session_timeout=30.0,
         broker_heartbeat_interval=3.0,
-        producer_linger_ms=5,
+        # No linger: the outbox hands each burst of a stage's records over at once, and a
+        # stage waiting for its checkpoint should not also wait out a linger, hop after hop.
+        producer_linger_ms=0,
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         web_enabled=True,
         web_bind=settings.web_host,
