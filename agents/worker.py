@@ -48,9 +48,6 @@ def assemble(settings: Settings) -> tuple[faust.App, Topology, Pipeline]:
     Notifier(app, topology, settings, batches).attach()
     PressurePage(app, topology, settings, pipeline.frequency.policy).attach()
     GroupWatch(app, settings, settings.instance_id or "").attach()
-    # Faust pauses a stream whenever more than 100 changelog writes wait to be sent;
-    # a batch writes up to one per record, so let a whole batch through at once.
-    app.producer.buffer.max_messages = settings.batch_size * 4
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
