@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.protocol.metadata import MetadataResponse_v0
 
 from models.decode import InvalidRecord, parse_json_object
 from streams.catalog import parse_catalog
@@ -17,6 +19,8 @@ from streams.commands.cli import build_parser, simulation_config
 from streams.commands.progress_bar import ProgressBar
 from streams.commands.publish import UnroutableLine, route
 from streams.commands.simulate import generate
+from streams.kafka.history import known_partitions
+from streams.kafka.topics import ensure_topics, input_topics
 from tests.harness import Deployment
 from tests.test_cli import REPO, cxmon
 
@@ -635,3 +639,26 @@ def test_the_topics_history_gives_the_same_report_as_the_file(
     missing = cxmon("backtest", *span, **(env | {"CXMON_TOPIC_SURVEY_ANSWERS": "no.such-topic"}))
     assert missing.returncode == 2
     assert "no topic no.such-topic at 127.0.0.1:" in missing.stderr
+
+
+@pytest.mark.broker
+async def test_partitions_are_read_from_the_broker_when_the_metadata_cache_has_none_yet(
+    deployment: Deployment,
+) -> None:
+    """As right after aiokafka's bootstrap, which asks for no topic's metadata: the
+    topics' partitions are asked for, not taken as none (a history read as empty)."""
+    topics = deployment.topics
+    settings = deployment.settings()
+    await ensure_topics(settings, input_topics(settings))
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    try:
+        cluster = consumer._client.cluster
+        brokers = [(b.nodeId, b.host, b.port) for b in cluster.brokers()]
+        cluster.update_metadata(MetadataResponse_v0(brokers, []))
+        names = [topics.touchpoint_events, topics.survey_answers]
+        assert consumer.partitions_for_topic(topics.touchpoint_events) is None
+        partitions = await known_partitions(consumer, names)
+    finally:
+        await consumer.stop()
+    assert partitions == [TopicPartition(name, p) for name in names for p in range(4)]

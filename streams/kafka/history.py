@@ -21,6 +21,31 @@ def input_roles(settings: Settings) -> dict[str, Role]:
     }
 
 
+# Metadata refreshes asked for before giving up on a topic the broker says exists.
+METADATA_ATTEMPTS = 10
+
+
+async def known_partitions(consumer: AIOKafkaConsumer, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of `topics`, once the consumer's metadata names them all.
+
+    aiokafka's bootstrap asks the broker for the metadata of no topic (an empty list means
+    none since Metadata v1), and its cache is filled by a refresh that runs beside the
+    caller: read at once, an existing topic may have no partitions yet, and its history
+    would read as empty (seen once in a test run).
+    """
+    for _ in range(METADATA_ATTEMPTS):
+        known = {topic: consumer.partitions_for_topic(topic) for topic in topics}
+        if all(known.values()):
+            return [
+                TopicPartition(topic, partition)
+                for topic in topics
+                for partition in sorted(known[topic] or ())
+            ]
+        await consumer._client.force_metadata_update()
+    missing = sorted(topic for topic in topics if not consumer.partitions_for_topic(topic))
+    raise TopologyError(f"the broker names no partitions of {', '.join(missing)}")
+
+
 async def read_history(
     settings: Settings, on_total: Callable[[int], None]
 ) -> AsyncIterator[tuple[Role, bytes]]:
@@ -52,11 +77,7 @@ async def read_history(
                 f"no topic {', '.join(missing)} at {settings.bootstrap_servers}: "
                 "check CXMON_BROKER_URL and CXMON_TOPIC_*, or backtest a file with --input"
             )
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in roles
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
+        partitions = await known_partitions(consumer, list(roles))
         consumer.assign(partitions)
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
