@@ -55,10 +55,11 @@ class Outbox:
         headers: Headers | None = None,
     ) -> asyncio.Future[RecordMetadata]:
         """Queued now; the future is done once the broker has the record."""
-        delivered: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        delivered: asyncio.Future[RecordMetadata] = loop.create_future()
         self.waiting.append(Outgoing(topic, key, value, partition, headers, delivered))
         if self.handing is None:
-            self.handing = asyncio.get_running_loop().create_task(self._hand_over())
+            self.handing = loop.create_task(self._hand_over())
         return delivered
 
     async def handed(self) -> None:
