@@ -65,6 +65,7 @@ from tests.harness import (
 from tests.services import wait_for
 
 HOUR_MS = 3_600_000
+SAVING_SECONDS = 8.0
 BACKLOG_START_MS = 1_795_305_600_000  # 2026-11-22T16:00Z: days before any live run
 SAMPLE = re.compile(r"^(cxmon_\w+)(?:\{([^}]*)\})? ([0-9.e+-]+)$", re.M)
 # Probe customers get six marketing messages at one instant: over the limit of five.
@@ -236,6 +237,36 @@ def rss_bytes(worker: WorkerProcess) -> int:
     return int(match.group(1)) * 1024 if match else 0
 
 
+async def broker_saving_rate(broker: LocalBroker, settings: Settings, seconds: float) -> float:
+    """The broker's CPU a second when all it has to do is save what it holds.
+
+    The local broker writes its whole state to one JSON file about once a second while
+    anything changes; at the bench's sizes that, not the requests, is most of its CPU. A
+    one-byte record every 50 ms keeps it saving; timed over whole saves, with the input
+    held and before the worker writes anything: a floor under its CPU in the backlog run.
+    """
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        **settings.broker_security.client_options(),
+    )
+    await producer.start()
+
+    async def until_saved() -> None:
+        before = broker.last_save()
+        while broker.last_save() == before:
+            await producer.send_and_wait("bench-saving-ticks", b"")
+            await asyncio.sleep(0.05)
+
+    try:
+        await until_saved()
+        cpu, started = cpu_seconds(broker_pid(broker)), time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            await until_saved()
+        return (cpu_seconds(broker_pid(broker)) - cpu) / (time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+
 @dataclass
 class Throughput:
     workers: int
@@ -245,6 +276,7 @@ class Throughput:
     drained_events_per_s: float  # the headline: every stage through the backlog
     cpu_us_per_event: float
     broker_cpu_us_per_event: float  # the broker shares the machine's cores
+    broker_seconds: float  # the wall time its CPU was measured over
     rss_bytes: list[int]
     events_by_worker: list[float]
 
@@ -329,6 +361,7 @@ def run_backlog(
         drained = float("nan")
     cpu = sum(cpu_seconds(worker.process.pid) for worker in workers) - cpu
     broker_cpu = cpu_seconds(broker_pid) - broker_cpu
+    broker_seconds = time.perf_counter() - started
     for profiler in profilers:
         profiler.send_signal(signal.SIGINT)
         profiler.wait(30)
@@ -346,6 +379,7 @@ def run_backlog(
         data.events / drained,
         cpu / data.events * 1e6,
         broker_cpu / data.events * 1e6,
+        broker_seconds,
         [rss_bytes(worker) for worker in workers],
         [events_read(worker, inputs) for worker in workers],
     )
@@ -690,6 +724,9 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         floor = faust_rate(one.settings(), list(names.values()), len(outgoing), root, framework)
         say(f"  {floor}")
         floors[framework] = floor
+    say("the broker alone, saving what it holds")
+    saving = asyncio.run(broker_saving_rate(broker, one.settings(), SAVING_SECONDS))
+    say(f"  {saving:.3f} s CPU a second")
     say("offline reference: the same records through the pure core, no Kafka")
     expected = reference(CATALOG, data.records)
 
@@ -717,6 +754,10 @@ def measure(args: argparse.Namespace, broker: LocalBroker, root: Path) -> dict[s
         "raw": vars(raw),
         "faust_floor": {framework: vars(floor) for framework, floor in floors.items()},
         "worker": vars(throughput),
+        "broker_saving": {
+            "cpu_s_per_s": saving,
+            "us_per_event": saving * throughput.broker_seconds / data.events * 1e6,
+        },
         "project_over_raw": throughput.drained_events_per_s / raw.records_per_s,
         "project_over_raw_by_cpu": raw.cpu_us_per_record / throughput.cpu_us_per_event,
         "project_over_faust_by_cpu": (
@@ -822,7 +863,7 @@ def agreed(comparison: dict[str, Any]) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    worker, latency = results["worker"], results["latency"]
+    worker, latency, saving = results["worker"], results["latency"], results["broker_saving"]
     floor, floor_here = results["faust_floor"]["stock"], results["faust_floor"]["worker"]
 
     def seconds(value: float | None) -> str:
@@ -834,6 +875,10 @@ def table(results: dict[str, Any]) -> str:
         ("  read to the last record", f"{worker['events_per_s']:,.0f}/s"),
         ("  CPU a record, worker (all stages)", f"{worker['cpu_us_per_event']:.0f} µs"),
         ("  CPU a record, broker", f"{worker['broker_cpu_us_per_event']:.0f} µs"),
+        (
+            "    of it, saving what it holds (at least)",
+            f"{saving['us_per_event']:.0f} µs ({saving['cpu_s_per_s']:.2f} s CPU a second)",
+        ),
         ("raw aiokafka consumer, decode only", f"{results['raw']['records_per_s']:,.0f}/s"),
         ("  CPU a record, raw", f"{results['raw']['cpu_us_per_record']:.1f} µs"),
         ("bare Faust agent, decode only", f"{floor['records_per_s']:,.0f}/s"),

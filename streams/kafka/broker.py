@@ -76,6 +76,17 @@ class LocalBroker:
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def saved_state(self) -> Path:
+        """The file the broker saves everything it holds to: written anew, as JSON, about
+        once a second while anything changes (noida-db 0.2)."""
+        return self.data_dir / "kafka.json"
+
+    def last_save(self) -> tuple[int, int]:
+        """Which save is on disk: each one writes a new file and renames it into place."""
+        stat = self.saved_state.stat()
+        return stat.st_ino, stat.st_mtime_ns
+
     def start(self, *, fresh: bool = False, timeout_s: float = 30.0) -> LocalBroker:
         if fresh and self.data_dir.exists():
             shutil.rmtree(self.data_dir)
