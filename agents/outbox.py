@@ -11,6 +11,11 @@ A stage writes to a table inside a fold, where it cannot wait, so sending is two
 the queue to the producer in order. One queue for everything keeps the order the worker
 made its records in, on every partition: a mark never overtakes the records it covers,
 nor an older write of a key a newer one.
+
+A record the broker never takes (the producer retries for as long as its request timeout
+first) leaves state in memory that no changelog holds, and only reading the input again
+from the last commit writes it: from then on, `flush` refuses, so no commit goes past it,
+and the commit timer's error stops the worker.
 """
 
 from __future__ import annotations
@@ -38,6 +43,10 @@ class Outgoing(NamedTuple):
     delivered: asyncio.Future[RecordMetadata]
 
 
+class Undelivered(RuntimeError):
+    """A record the broker never took: no input offset may be committed past it."""
+
+
 class Outbox:
     """The queue between the stages and the producer."""
 
@@ -45,6 +54,7 @@ class Outbox:
         self.producer = producer
         self.waiting: deque[Outgoing] = deque()
         self.handing: asyncio.Task[None] | None = None
+        self.lost: Undelivered | None = None  # the first record the broker never took
 
     def send(
         self,
@@ -68,9 +78,12 @@ class Outbox:
             await asyncio.shield(self.handing)
 
     async def flush(self) -> None:
-        """Once the broker has every record queued so far."""
+        """Once the broker has every record queued so far; `Undelivered` once any record
+        was not delivered."""
         await self.handed()
         await self.producer.flush()
+        if self.lost is not None:
+            raise self.lost
 
     async def _hand_over(self) -> None:
         try:
@@ -99,8 +112,14 @@ class Outbox:
             record.delivered.set_result(done.result())
 
     def _fail(self, record: Outgoing, exc: BaseException) -> None:
-        # The producer retries until its request timeout first: this is rare, and serious.
         log.error("a record to %s was not delivered: %r", record.topic, exc)
+        if self.lost is None:
+            self.lost = Undelivered(
+                f"a record to {record.topic} was not delivered ({exc!r}): no input offset is "
+                "committed after it; the worker stops, and reads its input again from the "
+                "last commit when started again"
+            )
+            self.lost.__cause__ = exc
         if not record.delivered.done():
             record.delivered.set_exception(exc)
             # Marked as seen: most writes are not awaited, and the error is logged above.

@@ -7,10 +7,13 @@ import threading
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 from faust.types import TP
 
 from agents.commits import Offsets
+from agents.outbox import Outbox, Undelivered
 from streams.state.offset_ledger import Admission, Cursors
+from tests.test_outbox import Producer
 
 TAKE, SEEN, REWIND, STALE = Admission.TAKE, Admission.SEEN, Admission.REWIND, Admission.STALE
 
@@ -232,3 +235,31 @@ async def test_an_abandoned_batch_is_read_again_even_while_the_consumer_thread_h
     finally:
         consumer.read_on.set()
         consumer.close()
+
+
+class CommittingConsumer:
+    def __init__(self) -> None:
+        self.commits: list[dict[TP, int]] = []
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self.commits.append(dict(offsets))
+        return True
+
+
+async def test_no_offset_is_committed_once_a_write_was_lost() -> None:
+    tp = TP("cx.touchpoint-events", 0)
+    producer, consumer = Producer(refuse="lost-changelog"), CommittingConsumer()
+    app = SimpleNamespace(outbox=Outbox(producer), consumer=consumer)  # type: ignore[arg-type]
+    offsets = Offsets(cast(Any, app), cast(Any, None))
+    offsets.cursors.start(tp, 0)
+    offsets.cursors.admit(tp, 0)
+    offsets.cursors.finished(tp, 0)
+    await offsets.commit(None)
+    assert consumer.commits == [{tp: 1}]
+    app.outbox.send("lost-changelog", b"k", b"v")  # a table write of the next batch
+    offsets.cursors.admit(tp, 1)
+    offsets.cursors.finished(tp, 1)
+    with pytest.raises(Undelivered):
+        await offsets.commit(None)
+    assert consumer.commits == [{tp: 1}], "nothing committed past the lost write"
+    assert offsets.cursors.due() == {tp: 2}

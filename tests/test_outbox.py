@@ -1,5 +1,5 @@
 """The outbox: records reach the producer in the order they were made, each future done on
-delivery; a record the producer refuses fails alone, and is logged."""
+delivery; a record the producer refuses fails alone, is logged, and stops every flush."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from aiokafka.errors import KafkaTimeoutError
 from aiokafka.structs import RecordMetadata, TopicPartition
 
-from agents.outbox import Outbox
+from agents.outbox import Outbox, Undelivered
 
 
 class Producer:
@@ -96,3 +96,30 @@ async def test_a_delivery_that_fails_fails_its_future() -> None:
     producer.deliveries[0].set_exception(KafkaTimeoutError())
     with pytest.raises(KafkaTimeoutError):
         await written
+
+
+async def test_once_a_record_is_lost_every_flush_refuses() -> None:
+    producer = Producer(refuse="full")
+    outbox = Outbox(producer)  # type: ignore[arg-type]
+    outbox.send("t", b"before", b"v")
+    await outbox.flush()
+    outbox.send("full", b"refused", b"v")
+    with pytest.raises(Undelivered, match="a record to full was not delivered"):
+        await outbox.flush()
+    # Delivered later, the rest does not make up for it: the refused state is in memory only.
+    outbox.send("t", b"after", b"v")
+    producer.deliver_all()
+    with pytest.raises(Undelivered):
+        await outbox.flush()
+    assert [key for _, key, _ in producer.sent] == [b"before", b"after"]
+
+
+async def test_a_delivery_that_fails_stops_every_flush() -> None:
+    producer = Producer()
+    outbox = Outbox(producer)  # type: ignore[arg-type]
+    outbox.send("t", b"k", b"v")
+    await outbox.handed()
+    producer.deliveries[0].set_exception(KafkaTimeoutError())
+    await asyncio.sleep(0)
+    with pytest.raises(Undelivered, match="a record to t was not delivered"):
+        await outbox.flush()
