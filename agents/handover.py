@@ -43,7 +43,14 @@ class Fetch:
 
 
 class Handover:
-    """Per input topic, the fetches waiting for its stage, at most about `max_records`."""
+    """Per input topic, the fetches waiting for its stage, at most about `max_records`;
+    a stage takes at most `max_records` of each partition at a time.
+
+    What a batch of a partition writes in one record (its input checkpoint, its ids) grows
+    with the batch, and must fit one produce request. The local broker answers a fetch
+    with everything up to the end of the partition, whatever the fetch size asked for, so
+    a worker far behind would otherwise take a whole partition at once.
+    """
 
     def __init__(self, app: faust.App, max_records: int) -> None:
         self.app = app
@@ -103,13 +110,28 @@ class Handover:
                 self.waiting_records -= fetch.size
                 if fetch.generation != self.app.consumer_generation_id:
                     continue  # read before a rebalance: read again after it, where it left off
-                for tp, records in fetch.partitions.items():
-                    batch.setdefault(tp, []).extend(records)
+                rest = self._fill(batch, fetch)
+                if rest is not None:
+                    # First in line, so each partition's records still come in order.
+                    waiting.appendleft(rest)
+                    self.waiting_records += rest.size
+                    break
             self.room.set()
             if batch:
                 self.working += 1
                 self.idle.clear()
                 return batch
+
+    def _fill(self, batch: dict[TP, list[Record]], fetch: Fetch) -> Fetch | None:
+        """`fetch`'s records added to `batch` up to `max_records` a partition; what is left."""
+        rest: dict[TP, list[Record]] = {}
+        for tp, records in fetch.partitions.items():
+            taken = batch.setdefault(tp, [])
+            room = self.max_records - len(taken)
+            taken += records[:room]
+            if len(records) > room:
+                rest[tp] = records[room:]
+        return Fetch(fetch.generation, rest) if rest else None
 
     def done(self) -> None:
         self.working -= 1

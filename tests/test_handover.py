@@ -64,6 +64,35 @@ async def test_a_stage_takes_its_topics_records_of_every_fetch_waiting_by_partit
     assert hand.waiting_records == 0
 
 
+async def test_a_stage_takes_at_most_max_records_of_a_partition_and_the_rest_in_order(
+    app: Any,
+) -> None:
+    # As the local broker answers a worker far behind: a partition's whole backlog at once.
+    hand = handover(app, max_records=4)
+    first = {
+        TP(EVENTS, 0): records(EVENTS, 0, range(0, 10)),
+        TP(EVENTS, 1): records(EVENTS, 1, range(0, 2)),
+    }
+    second = {
+        TP(EVENTS, 0): records(EVENTS, 0, range(10, 12)),
+        TP(EVENTS, 1): records(EVENTS, 1, range(2, 4)),
+    }
+    await hand.put(1, first)
+    putting = asyncio.ensure_future(hand.put(1, second))  # waits for room
+    taken = []
+    for _ in range(3):
+        taken.append(offsets(await asyncio.wait_for(hand.take(EVENTS), 1)))
+        hand.done()
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(putting, 1)
+    assert taken == [
+        {TP(EVENTS, 0): [0, 1, 2, 3], TP(EVENTS, 1): [0, 1]},
+        {TP(EVENTS, 0): [4, 5, 6, 7]},
+        {TP(EVENTS, 0): [8, 9, 10, 11], TP(EVENTS, 1): [2, 3]},
+    ]
+    assert hand.waiting_records == 0
+
+
 async def test_records_fetched_before_a_rebalance_are_never_taken_after_it(app: Any) -> None:
     hand = handover(app)
     await hand.put(1, {TP(EVENTS, 0): records(EVENTS, 0, range(0, 3))})
