@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 # A checkpoint is one table value: well within one produce request.
 MAX_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES // 4
+# Larger than this (every key fed records rides one checkpoint, whatever their number), it
+# is stored in parts of MAX_CHECKPOINT_BYTES, then a head that names them.
+MAX_WHOLE_CHECKPOINT_BYTES = PRODUCER_MAX_REQUEST_BYTES * 3 // 4
 
 
 @dataclass(slots=True)
@@ -81,21 +84,41 @@ class CheckpointedTable:
     def _key(self, partition: int) -> bytes:
         return source_name(self.topic, partition).encode()
 
+    def _part_key(self, partition: int, sequence: int, part: int) -> bytes:
+        # Two sets of keys, by the sequence's parity: the parts of the next checkpoint never
+        # overwrite those of the last one stored, which a restart may still need.
+        return f"{source_name(self.topic, partition)}/part/{sequence % 2}/{part}".encode()
+
     async def resume(self, partition: int) -> KeyedCheckpoint:
         """The partition's last checkpoint, applied now if a stop came before it was."""
         raw = self.checkpoints.get(self._key(partition))
         if raw is None:
             return KeyedCheckpoint()
         checkpoint = KeyedCheckpoint.decode(raw)
-        if not checkpoint.applied:
-            log.info(
-                "writing again %d states and sending again %d records of %s",
-                len(checkpoint.states),
-                len(checkpoint.sends),
-                self._key(partition).decode(),
+        if checkpoint.applied:
+            return checkpoint
+        parts = checkpoint.parts
+        if parts:
+            checkpoint = checkpoint.joined(
+                [self._part(partition, checkpoint, n) for n in range(parts)]
             )
-            await self._apply(partition, checkpoint)
-        return checkpoint
+        log.info(
+            "writing again %d states and sending again %d records of %s",
+            len(checkpoint.states),
+            len(checkpoint.sends),
+            self._key(partition).decode(),
+        )
+        await self._apply(partition, checkpoint, parts)
+        return KeyedCheckpoint(checkpoint.offset, checkpoint.sequence)
+
+    def _part(self, partition: int, head: KeyedCheckpoint, part: int) -> KeyedCheckpoint:
+        raw = self.checkpoints.get(self._part_key(partition, head.sequence, part))
+        if raw is None:
+            raise RuntimeError(
+                f"part {part} of {head.parts} of checkpoint {head.sequence} of "
+                f"{self._key(partition).decode()} is missing from its table"
+            )
+        return KeyedCheckpoint.decode(raw)
 
     async def store_each(self, chains: Mapping[int, list[KeyedCheckpoint]]) -> None:
         """Each partition's checkpoints stored in order, the partitions side by side: a
@@ -108,11 +131,24 @@ class CheckpointedTable:
         await asyncio.gather(*(store_all(p, chain) for p, chain in chains.items()))
 
     async def store(self, partition: int, checkpoint: KeyedCheckpoint) -> None:
-        """Stored with its offset before anything is written or sent, then applied."""
-        await self.checkpoints.put(partition, self._key(partition), checkpoint.encode())
-        await self._apply(partition, checkpoint)
+        """Stored with its offset before anything is written or sent, then applied; too
+        large for one value, its parts first, then the head that names them."""
+        raw, parts = checkpoint.encode(), 0
+        if len(raw) > MAX_WHOLE_CHECKPOINT_BYTES:
+            split = checkpoint.split(MAX_CHECKPOINT_BYTES)
+            parts = len(split)
+            key, sequence = self._part_key, checkpoint.sequence
+            await asyncio.gather(
+                *(
+                    self.checkpoints.put(partition, key(partition, sequence, n), part.encode())
+                    for n, part in enumerate(split)
+                )
+            )
+            raw = KeyedCheckpoint(checkpoint.offset, sequence, parts=parts).encode()
+        await self.checkpoints.put(partition, self._key(partition), raw)
+        await self._apply(partition, checkpoint, parts)
 
-    async def _apply(self, partition: int, checkpoint: KeyedCheckpoint) -> None:
+    async def _apply(self, partition: int, checkpoint: KeyedCheckpoint, parts: int = 0) -> None:
         await self.deliver(checkpoint.sends)
         writes: list[Awaitable[object]] = []
         for customer, raw in checkpoint.states.items():
@@ -129,3 +165,6 @@ class CheckpointedTable:
         await asyncio.gather(*writes)
         done = KeyedCheckpoint(checkpoint.offset, checkpoint.sequence).encode()
         self.checkpoints.put(partition, self._key(partition), done)
+        # After the head that no longer needs them, on the same changelog partition.
+        for part in range(parts):
+            self.checkpoints.delete(partition, self._part_key(partition, checkpoint.sequence, part))

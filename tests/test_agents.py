@@ -967,6 +967,54 @@ def test_checkpoints_keep_fed_customers_first_and_each_within_the_limit() -> Non
     assert list(chunked(9, 3, [], [])) == [], "nothing changed: nothing to store"
 
 
+async def test_a_checkpoint_too_large_for_a_request_is_stored_in_parts_then_applied(
+    tmp_path: Any,
+) -> None:
+    """Every customer fed records rides one checkpoint, however many (a worker catching up
+    on a long backlog feeds thousands a partition): more than a produce request takes, its
+    parts are stored first, then a head that names them. A worker that stopped with the
+    head stored, before any of it was applied, writes and sends all of it again."""
+    first = build_harness(tmp_path / "first")
+    topology, customers = first.topology, first.pipeline.journeys.customers
+    partition = 3
+    visits = CustomerJourneys(partition)
+    visits.visits["app.cart"] = [(START_MS + n, n) for n in range(20)]
+    states: dict[str, bytes | None] = {f"c-{n}": visits.encode() for n in range(3_000)}
+    attempt = Send(topology.journey_outcomes.get_topic_name(), b"a -> b", b"broken")
+    checkpoint = KeyedCheckpoint(9, 4, dict(states), [attempt])
+    assert len(checkpoint.encode()) > PRODUCER_MAX_REQUEST_BYTES
+
+    await customers.store(partition, checkpoint)
+    await first.app.outbox.handed()
+    head_key = source_name(topology.journey_visits.get_topic_name(), partition).encode()
+    written = [
+        (key, value)
+        for table, _, key, value in first.changelog
+        if table == topology.journey_checkpoints.name
+    ]
+    parts = [key for key, value in written if key != head_key and value is not None]
+    heads = [KeyedCheckpoint.decode(value or b"") for key, value in written if key == head_key]
+    assert heads == [KeyedCheckpoint(9, 4, parts=len(parts)), KeyedCheckpoint(9, 4)]
+    assert len(parts) > 1
+    assert all(len(value or b"") < PRODUCER_MAX_REQUEST_BYTES // 2 for _, value in written)
+    assert [key for key, value in written if value is None] == parts, "gone once applied"
+    assert {key: customers.states.get(key.encode()) for key in states} == states
+    assert [s.value for s in first.data(topology.journey_outcomes)] == [b"broken"]
+
+    # The changelog as a worker left it that stopped right after storing the head.
+    second = build_harness(tmp_path / "second")
+    again = second.pipeline.journeys.customers
+    upto_head = written[: len(parts) + 1]
+    for key, value in upto_head:
+        again.checkpoints.put(partition, key, value or b"")
+    assert await again.resume(partition) == KeyedCheckpoint(9, 4)
+    await second.app.outbox.handed()
+    assert {key: again.states.get(key.encode()) for key in states} == states
+    assert [s.value for s in second.data(topology.journey_outcomes)] == [b"broken"]
+    assert KeyedCheckpoint.decode(again.checkpoints.get(head_key) or b"") == KeyedCheckpoint(9, 4)
+    assert not [key for key, _ in again.checkpoints.items() if key != head_key]
+
+
 async def test_an_input_committed_to_its_end_before_a_restart_is_reported_idle(
     harness: Harness,
 ) -> None:

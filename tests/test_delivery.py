@@ -8,7 +8,7 @@ from models.records import Category, Contact, IdentityLink
 from streams.core.identity import HeldMessages, add_link, customer_at, encode_link
 from streams.core.ingest import OutboundMessage
 from streams.core.messaging import Message, message_digest
-from streams.state.delivery import Applied, Checkpoint, Send, unwrap, wrap
+from streams.state.delivery import Applied, Checkpoint, KeyedCheckpoint, Send, unwrap, wrap
 
 T0 = 1_795_305_600_000
 PHONE = Contact("phone", "+8613800000000")
@@ -22,6 +22,25 @@ def test_checkpoint_keeps_any_bytes_it_must_send_again() -> None:
     checkpoint = Checkpoint(41, T0, unsent)
     assert Checkpoint.decode(checkpoint.encode()) == checkpoint
     assert Checkpoint.decode(Checkpoint().encode()) == Checkpoint(-1, None, [])
+
+
+def test_a_keyed_checkpoint_split_in_parts_joins_back_whole_and_in_order() -> None:
+    states: dict[str, bytes | None] = {f"c-{n}": b"x" * 300 for n in range(100)}
+    states["c-gone"] = None
+    sends = [Send("outcomes", b"k", bytes([n]) * 200, (("h", b"\xff"),)) for n in range(50)]
+    whole = KeyedCheckpoint(41, 7, states, sends)
+    parts = whole.split(4_000)
+    assert len(parts) > 5
+    assert all((p.offset, p.sequence, p.parts) == (41, 7, 0) for p in parts)
+    assert all(len(p.encode()) <= 4_000 + 500 for p in parts), "about the size asked for"
+    head = KeyedCheckpoint.decode(KeyedCheckpoint(41, 7, parts=len(parts)).encode())
+    assert head.parts == len(parts)
+    assert not head.applied, "a head names what is yet to be applied"
+    stored = [KeyedCheckpoint.decode(p.encode()) for p in parts]
+    joined = head.joined(stored)
+    assert joined == whole
+    assert list(joined.states) == list(states), "in order"
+    assert KeyedCheckpoint.decode(whole.encode()).parts == 0
 
 
 def test_applied_takes_each_batch_of_a_source_once() -> None:

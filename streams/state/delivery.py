@@ -88,30 +88,61 @@ class KeyedCheckpoint:
     sequence: int = 0
     states: dict[str, bytes | None] = field(default_factory=dict)
     sends: list[Send] = field(default_factory=list)
+    # More than none: the states and sends are stored apart, in this many values.
+    parts: int = 0
 
     @property
     def applied(self) -> bool:
-        return not (self.states or self.sends)
+        return not (self.states or self.sends or self.parts)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.offset,
-                self.sequence,
-                {key: None if raw is None else raw.decode() for key, raw in self.states.items()},
-                _sends_to_wire(self.sends),
-            ]
-        )
+        stored = [
+            self.offset,
+            self.sequence,
+            {key: None if raw is None else raw.decode() for key, raw in self.states.items()},
+            _sends_to_wire(self.sends),
+        ]
+        return orjson.dumps([*stored, self.parts] if self.parts else stored)
 
     @classmethod
     def decode(cls, raw: bytes) -> KeyedCheckpoint:
-        offset, sequence, states, sends = orjson.loads(raw)
+        offset, sequence, states, sends, *parts = orjson.loads(raw)
         return cls(
             offset,
             sequence,
             {key: None if text is None else text.encode() for key, text in states.items()},
             _sends_from_wire(sends),
+            parts[0] if parts else 0,
         )
+
+    def split(self, max_bytes: int) -> list[KeyedCheckpoint]:
+        """Its states, then its sends, in order, in parts of about `max_bytes` encoded."""
+        parts, size = [KeyedCheckpoint(self.offset, self.sequence)], 0
+
+        def room(needed: int) -> KeyedCheckpoint:
+            nonlocal size
+            if size + needed > max_bytes and not parts[-1].applied:
+                parts.append(KeyedCheckpoint(self.offset, self.sequence))
+                size = 0
+            size += needed
+            return parts[-1]
+
+        for key, raw in self.states.items():
+            room(len(key) + len(raw or b"") + 8).states[key] = raw
+        for send in self.sends:
+            # Keys, values and headers go as base64: a third larger.
+            payload = len(send.key or b"") + len(send.value)
+            payload += sum(len(value) for _, value in send.headers)
+            room(len(send.topic) + payload * 4 // 3 + 32).sends.append(send)
+        return parts
+
+    def joined(self, parts: list[KeyedCheckpoint]) -> KeyedCheckpoint:
+        """This head with the states and sends of its parts, as it was before `split`."""
+        whole = KeyedCheckpoint(self.offset, self.sequence)
+        for part in parts:
+            whole.states.update(part.states)
+            whole.sends += part.sends
+        return whole
 
 
 @dataclass(slots=True)
