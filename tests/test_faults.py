@@ -20,7 +20,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.stages.wiring import partition_of
+from agents.topology import PRODUCER_MAX_REQUEST_BYTES
 from models.decode import InvalidRecord, decode_touchpoint_event
 from streams.catalog import load_catalog
 from streams.commands.simulate import SimulatedRecord, SimulationConfig, generate
@@ -419,6 +420,35 @@ def test_10_mb_and_non_utf_8_records_on_each_input_are_dead_letters_and_nothing_
     sizes = sorted(dict(h).get("cxmon-original-size", b"") for h in refused)
     assert sizes == [b"", b"", b"", *[str(TEN_MB).encode()] * 3]
     assert {dict(h)["cxmon-reason"] for h in refused} == {b"invalid_json"}
+    assert worker.process.poll() is None, worker.log()[-3000:]
+
+
+def test_a_write_the_broker_refuses_stops_the_worker_before_any_commit_past_it(
+    deployment: Deployment,
+) -> None:
+    """Made to take the whole backlog of its one partition at once (the local broker answers
+    a fetch with all of it), the first stage writes the ids of that batch, more than a
+    produce request takes, and the producer refuses them. The worker commits nothing past
+    it and stops; started again with the defaults, it reads the input again and ends exact."""
+    records = list(generate(replace(SCENARIO, journeys_per_hour=32_000)))
+    events = sum(record.role == "touchpoint_events" for record in records)
+    assert events * 16 > PRODUCER_MAX_REQUEST_BYTES, "16 bytes an id: more than a request"
+    deployment.partitions = 1
+    deployment.publish(records)
+    deployment.extra_env["CXMON_BATCH_SIZE"] = "1000000"
+    refused = deployment.start_worker()
+    assert refused.process.wait(60) != 0, refused.log()[-3000:]
+    refusals = [line for line in refused.log().splitlines() if "was not delivered" in line]
+    assert refusals, refused.log()[-3000:]
+    assert "MessageSizeTooLargeError" in refusals[0]
+    topics = deployment.topics
+    committed = deployment.committed_offsets()
+    assert committed[topics.touchpoint_events] == committed[topics.survey_answers] == 0
+
+    del deployment.extra_env["CXMON_BATCH_SIZE"]
+    worker = deployment.start_worker()
+    expected = reference(deployment.catalog, records)
+    assert_settles_to(expected, deployment, "after a refused write and a restart")
     assert worker.process.poll() is None, worker.log()[-3000:]
 
 
