@@ -374,3 +374,27 @@ def test_offline_monitor_raises_journey_breaks_from_events() -> None:
 @pytest.mark.parametrize("closed_min", [0, 9])
 def test_nothing_is_decided_before_the_deadline(closed_min: int) -> None:
     assert decide([(CART, 0)], closed_min=closed_min) == []
+
+
+def test_a_break_state_stores_each_attempt_in_8_bytes_and_reads_the_json_it_stored_before() -> None:
+    state = BreakState(
+        {
+            T0: {2**64 - 1: True, 7: False, 12: True},
+            T0 + 5 * MINUTE: {3: False},
+            T0 + 10 * MINUTE: {},
+        },
+        evaluated_until_ms=T0 + 20 * MINUTE,
+        incident_start_ms=T0,
+        last_rate=0.5,
+        last_samples=40,
+    )
+    assert BreakState.decode(state.encode()) == state
+    assert BreakState.decode(BreakState().encode()) == BreakState()
+    busy = BreakState({T0: {ident: ident % 3 == 0 for ident in range(50_000)}})
+    assert len(busy.encode()) < 50_000 * 8 + 100, "8 bytes an attempt"
+    assert BreakState.decode(busy.encode()) == busy
+    # As a worker before this format wrote it: each attempt a JSON pair.
+    stored = b"[[[%d,[[18446744073709551615,true],[7,false]]]],%d,null,0.25,4]" % (T0, T0)
+    assert BreakState.decode(stored) == BreakState(
+        {T0: {2**64 - 1: True, 7: False}}, T0, None, 0.25, 4
+    )

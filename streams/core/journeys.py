@@ -30,6 +30,7 @@ never decided twice from different visits.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,7 +244,12 @@ class VisitBatch:
 
 @dataclass(slots=True)
 class BreakState:
-    """Decided attempts of one break by bucket (identity -> broken), and its incident."""
+    """Decided attempts of one break by bucket (identity -> broken), and its incident.
+
+    Stored as a JSON line (each bucket's start and counts, then the incident) followed by
+    every identity as 8 bytes, each bucket's broken attempts first: a busy break holds tens
+    of thousands of attempts, and as JSON pairs each took 28 bytes, not 8.
+    """
 
     buckets: dict[int, dict[int, bool]] = field(default_factory=dict)
     evaluated_until_ms: int | None = None
@@ -252,19 +258,34 @@ class BreakState:
     last_samples: int = 0
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                [[start, [[ident, broken] for ident, broken in ids.items()]]
-                 for start, ids in self.buckets.items()],
-                self.evaluated_until_ms,
-                self.incident_start_ms,
-                self.last_rate,
-                self.last_samples,
-            ]
-        )  # fmt: skip
+        counts, idents = [], array("Q")
+        for start, ids in self.buckets.items():
+            broken = [ident for ident, was_broken in ids.items() if was_broken]
+            idents.extend(broken)
+            idents.extend(ident for ident, was_broken in ids.items() if not was_broken)
+            counts.append([start, len(broken), len(ids) - len(broken)])
+        incident = [self.evaluated_until_ms, self.incident_start_ms, self.last_rate]
+        return orjson.dumps([counts, *incident, self.last_samples]) + b"\n" + idents.tobytes()
 
     @classmethod
     def decode(cls, raw: bytes) -> BreakState:
+        head, newline, packed = raw.partition(b"\n")
+        if not newline:
+            return cls._decode_json(raw)
+        counts, evaluated, incident, rate, samples = orjson.loads(head)
+        idents = array("Q")
+        idents.frombytes(packed)
+        buckets, at = {}, 0
+        for start, broken, converted in counts:
+            ids = dict.fromkeys(idents[at : at + broken], True)
+            ids.update(dict.fromkeys(idents[at + broken : at + broken + converted], False))
+            buckets[start] = ids
+            at += broken + converted
+        return cls(buckets, evaluated, incident, rate, samples)
+
+    @classmethod
+    def _decode_json(cls, raw: bytes) -> BreakState:
+        """As stored before 2026-12-05: each attempt a JSON pair."""
         buckets, evaluated, incident, rate, samples = orjson.loads(raw)
         return cls(
             {start: {ident: broken for ident, broken in ids} for start, ids in buckets},
