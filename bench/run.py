@@ -193,7 +193,8 @@ def faust_rate(
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for("the bare Faust agent to read every record", out.exists, STALL_S)
+        # Stock Faust reads some thousands of records a second: a million take minutes.
+        wait_for("the bare Faust agent to read every record", out.exists, STALL_S + total / 1000)
     except AssertionError as exc:
         raise RuntimeError(f"{exc}:\n{log.read_text(errors='replace')[-4000:]}") from None
     finally:
