@@ -13,7 +13,7 @@ import faust
 from agents.streaming import DueIndex, PartitionedState
 from agents.tables import BulkRestoredTable
 from agents.topology import PRODUCER_MAX_REQUEST_BYTES
-from streams.state.delivery import KeyedCheckpoint, Send
+from streams.state.delivery import KeyedCheckpoint, Send, send_size, state_size
 from streams.state.watermarks import source_name
 
 log = logging.getLogger(__name__)
@@ -37,11 +37,12 @@ class Change:
 def chunked(
     offset: int, sequence: int, fed: list[Change], rest: list[Change]
 ) -> Iterator[KeyedCheckpoint]:
-    """One partition's changes as checkpoints that each fit a produce request.
+    """One partition's changes as checkpoints of about MAX_CHECKPOINT_BYTES each.
 
-    Every key fed records rides the first, with the offset that covers the records; keys
-    only judged follow in as many as they need, each with the next sequence number.
-    Nothing changed: nothing to store.
+    Every key fed records rides the first, with the offset that covers the records, however
+    large that makes it (`CheckpointedTable.store` then stores it in parts); keys only
+    judged follow in as many as they need, each with the next sequence number. Nothing
+    changed: nothing to store.
     """
     checkpoint, size = KeyedCheckpoint(offset, sequence + 1), 0
     for first, changes in ((True, fed), (False, rest)):
@@ -51,8 +52,8 @@ def chunked(
                 checkpoint, size = KeyedCheckpoint(offset, checkpoint.sequence + 1), 0
             checkpoint.states[change.key.decode()] = change.raw
             checkpoint.sends += change.sends
-            size += len(change.key) + len(change.raw or b"")
-            size += sum(len(send.value) + 64 for send in change.sends)
+            size += state_size(change.key, change.raw)
+            size += sum(send_size(send) for send in change.sends)
     if checkpoint.states:
         yield checkpoint
 
@@ -135,18 +136,23 @@ class CheckpointedTable:
         large for one value, its parts first, then the head that names them."""
         raw, parts = checkpoint.encode(), 0
         if len(raw) > MAX_WHOLE_CHECKPOINT_BYTES:
-            split = checkpoint.split(MAX_CHECKPOINT_BYTES)
-            parts = len(split)
-            key, sequence = self._part_key, checkpoint.sequence
-            await asyncio.gather(
-                *(
-                    self.checkpoints.put(partition, key(partition, sequence, n), part.encode())
-                    for n, part in enumerate(split)
-                )
-            )
-            raw = KeyedCheckpoint(checkpoint.offset, sequence, parts=parts).encode()
+            parts = await self._store_parts(partition, checkpoint)
+            raw = KeyedCheckpoint(checkpoint.offset, checkpoint.sequence, parts=parts).encode()
         await self.checkpoints.put(partition, self._key(partition), raw)
         await self._apply(partition, checkpoint, parts)
+
+    async def _store_parts(self, partition: int, checkpoint: KeyedCheckpoint) -> int:
+        """Its states and sends stored in parts, side by side; how many."""
+        split = checkpoint.split(MAX_CHECKPOINT_BYTES)
+        await asyncio.gather(
+            *(
+                self.checkpoints.put(
+                    partition, self._part_key(partition, checkpoint.sequence, n), part.encode()
+                )
+                for n, part in enumerate(split)
+            )
+        )
+        return len(split)
 
     async def _apply(self, partition: int, checkpoint: KeyedCheckpoint, parts: int = 0) -> None:
         await self.deliver(checkpoint.sends)

@@ -71,6 +71,19 @@ class Checkpoint:
         return cls(offset, watermark, _sends_from_wire(unsent))
 
 
+def state_size(key: str | bytes, raw: bytes | None) -> int:
+    """About what one key's state takes in a stored checkpoint."""
+    return len(key) + len(raw or b"") + 8
+
+
+def send_size(send: Send) -> int:
+    """About what one send takes in a stored checkpoint: key, value and headers go as
+    base64, a third larger."""
+    payload = len(send.key or b"") + len(send.value)
+    payload += sum(len(value) for _, value in send.headers)
+    return len(send.topic) + payload * 4 // 3 + 32
+
+
 @dataclass(slots=True)
 class KeyedCheckpoint:
     """How far a stage keyed by customer has got in one partition, and what it has yet to
@@ -128,12 +141,9 @@ class KeyedCheckpoint:
             return parts[-1]
 
         for key, raw in self.states.items():
-            room(len(key) + len(raw or b"") + 8).states[key] = raw
+            room(state_size(key, raw)).states[key] = raw
         for send in self.sends:
-            # Keys, values and headers go as base64: a third larger.
-            payload = len(send.key or b"") + len(send.value)
-            payload += sum(len(value) for _, value in send.headers)
-            room(len(send.topic) + payload * 4 // 3 + 32).sends.append(send)
+            room(send_size(send)).sends.append(send)
         return parts
 
     def joined(self, parts: list[KeyedCheckpoint]) -> KeyedCheckpoint:
